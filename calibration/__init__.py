@@ -1,0 +1,1 @@
+"""Calibration feeds, INT8 Q/DQ quantization, FP16 conversion, accuracy gate."""

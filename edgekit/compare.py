@@ -1,0 +1,206 @@
+"""Numbers that say whether two runners compute the same thing.
+
+``compare_arrays`` scores one output against its reference; a :class:`Comparison`
+collects those scores for one stage over many feeds and is truthy when it passes its
+:class:`Tolerance`. Metrics: max abs, max rel, cosine, SQNR (dB) and, for
+classifier outputs, top-1 / top-5 agreement.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass/fail thresholds. ``None`` means the metric is reported, not gated."""
+
+    max_abs: float | None = None
+    cosine: float | None = None
+    sqnr_db: float | None = None
+    top1: float | None = None
+
+    def merged(self, **overrides: Any) -> "Tolerance":
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Defaults by precision. FP32 must match elementwise; FP16 and INT8 are judged on
+# what users care about (cosine, SQNR, top-1 agreement), not on an elementwise atol.
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_abs=1e-4, cosine=0.99999),
+    "fp16": Tolerance(cosine=0.999, sqnr_db=25.0, top1=0.98),
+    "int8": Tolerance(cosine=0.99, top1=0.98),
+}
+
+
+def tolerance_for(precision: str, overrides: dict[str, Any] | None = None) -> Tolerance:
+    return DEFAULT_TOLERANCES[precision].merged(**(overrides or {}))
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).reshape(-1)
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio, 20·log10(‖ref‖ / ‖ref − test‖); inf if identical."""
+    r, t = _flat(ref), _flat(test)
+    noise = np.linalg.norm(r - t)
+    if noise == 0:
+        return math.inf
+    signal = np.linalg.norm(r)
+    return 20.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+def cosine(ref: np.ndarray, test: np.ndarray) -> float:
+    r, t = _flat(ref), _flat(test)
+    nr, nt = np.linalg.norm(r), np.linalg.norm(t)
+    if nr == 0 and nt == 0:
+        return 1.0
+    if nr == 0 or nt == 0:
+        return 0.0
+    return float(np.dot(r, t) / (nr * nt))
+
+
+def topk_agreement(ref: np.ndarray, test: np.ndarray, k: int = 1) -> tuple[int, int]:
+    """(agreeing rows, rows): does ``test``'s top-1 class fall in ``ref``'s top-1 (k=1) / is
+    ``ref``'s top-1 in ``test``'s top-k (k>1)? Rows are the leading dimension."""
+    r = np.asarray(ref).reshape(ref.shape[0], -1)
+    t = np.asarray(test).reshape(test.shape[0], -1)
+    ref_top1 = r.argmax(axis=1)
+    if k == 1:
+        return int((t.argmax(axis=1) == ref_top1).sum()), r.shape[0]
+    k = min(k, t.shape[1])
+    topk = np.argpartition(-t, k - 1, axis=1)[:, :k]
+    return int((topk == ref_top1[:, None]).any(axis=1).sum()), r.shape[0]
+
+
+@dataclass
+class OutputScore:
+    """Running metrics for one output of one stage over all feeds."""
+
+    name: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    _dot: float = 0.0
+    _rr: float = 0.0
+    _tt: float = 0.0
+    _noise: float = 0.0
+    top1_hits: int = 0
+    top5_hits: int = 0
+    rows: int = 0
+    samples: int = 0
+    nonfinite: int = 0
+    classifier: bool = False
+
+    def add(self, ref: np.ndarray, test: np.ndarray) -> None:
+        ref = np.asarray(ref)
+        test = np.asarray(test)
+        if ref.shape != test.shape:
+            raise ValueError(f"output '{self.name}': shape {test.shape} differs from reference {ref.shape}")
+        r, t = _flat(ref), _flat(test)
+        self.nonfinite += int((~np.isfinite(t)).sum())
+        t = np.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+        diff = np.abs(r - t)
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        denom = np.maximum(np.abs(r), 1e-6 * max(float(np.abs(r).max(initial=0.0)), 1e-12))
+        self.max_rel = max(self.max_rel, float((diff / denom).max(initial=0.0)))
+        self._dot += float(r @ t)
+        self._rr += float(r @ r)
+        self._tt += float(t @ t)
+        self._noise += float(diff @ diff)
+        self.samples += 1
+        self.classifier = ref.ndim == 2 and ref.shape[1] > 1
+        if self.classifier:
+            h, n = topk_agreement(ref, test, 1)
+            self.top1_hits += h
+            self.rows += n
+            self.top5_hits += topk_agreement(ref, test, 5)[0]
+
+    @property
+    def cosine(self) -> float:
+        if self._rr == 0 and self._tt == 0:
+            return 1.0
+        if self._rr == 0 or self._tt == 0:
+            return 0.0
+        return self._dot / math.sqrt(self._rr * self._tt)
+
+    @property
+    def sqnr_db(self) -> float:
+        if self._noise == 0:
+            return math.inf
+        return 10.0 * math.log10(max(self._rr, 1e-60) / self._noise)
+
+    @property
+    def top1(self) -> float | None:
+        return self.top1_hits / self.rows if self.rows else None
+
+    @property
+    def top5(self) -> float | None:
+        return self.top5_hits / self.rows if self.rows else None
+
+    def failures(self, tol: Tolerance) -> list[str]:
+        out = []
+        if self.nonfinite:
+            out.append(f"{self.nonfinite} non-finite values")
+        if tol.max_abs is not None and self.max_abs > tol.max_abs:
+            out.append(f"max_abs {self.max_abs:.3g} > {tol.max_abs:.3g}")
+        if tol.cosine is not None and self.cosine < tol.cosine:
+            out.append(f"cosine {self.cosine:.6f} < {tol.cosine}")
+        if tol.sqnr_db is not None and self.sqnr_db < tol.sqnr_db:
+            out.append(f"sqnr {self.sqnr_db:.1f} dB < {tol.sqnr_db} dB")
+        if tol.top1 is not None and self.top1 is not None and self.top1 < tol.top1:
+            out.append(f"top1 {self.top1:.1%} < {tol.top1:.0%}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        f = lambda x: None if x is None else (x if math.isfinite(x) else ("inf" if x > 0 else "-inf"))  # noqa: E731
+        return {"output": self.name, "max_abs": self.max_abs, "max_rel": self.max_rel,
+                "cosine": self.cosine, "sqnr_db": f(self.sqnr_db), "top1": self.top1, "top5": self.top5,
+                "rows": self.rows, "samples": self.samples, "nonfinite": self.nonfinite}
+
+
+@dataclass
+class Comparison:
+    """One stage against the reference over every feed. Truthy when every output passes."""
+
+    stage: str
+    runner: str
+    precision: str
+    tolerance: Tolerance
+    outputs: dict[str, OutputScore] = field(default_factory=dict)
+    inputs_source: str = ""
+    note: str = ""
+
+    def add(self, ref: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> None:
+        ref_names, test_names = list(ref), list(test)
+        if len(ref_names) != len(test_names):
+            raise ValueError(f"stage {self.stage}: {len(test_names)} outputs, reference has {len(ref_names)}")
+        # outputs are matched by position: exporters may rename them
+        for rname, tname in zip(ref_names, test_names):
+            self.outputs.setdefault(rname, OutputScore(rname)).add(ref[rname], test[tname])
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{name}: {msg}" for name, s in self.outputs.items() for msg in s.failures(self.tolerance)]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.outputs) and not self.failures
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def primary(self) -> OutputScore:
+        return next(iter(self.outputs.values()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "runner": self.runner, "precision": self.precision,
+                "passed": self.passed, "failures": self.failures, "tolerance": self.tolerance.to_dict(),
+                "inputs": self.inputs_source, "note": self.note,
+                "outputs": [s.to_dict() for s in self.outputs.values()]}

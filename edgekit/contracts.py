@@ -1,0 +1,154 @@
+"""The protocols every target implements, and the request that drives an export.
+
+* An **Exporter** builds an artifact for one target: ``check`` fails fast before any
+  work, ``export`` writes the artifact into a work folder, ``open`` returns a Runner.
+* A **Runner** executes an artifact: a context manager with ``inputs``, ``outputs``
+  and ``infer(feeds) -> {name: array}``. The PyTorch reference is a Runner too;
+  parity and benchmarks only ever see Runners.
+* **Feeds** are a re-iterable ``Iterable[dict[str, np.ndarray]]``: one shape serves
+  calibration, parity and benchmarks.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+from .specs import InputSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .artifact import Artifact
+    from .models.registry import ModelSpec
+
+Feed = Mapping[str, np.ndarray]
+Feeds = Iterable[Feed]
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Executes one artifact. Use as ``with runner: runner.infer(feed)``."""
+
+    name: str            # e.g. "onnxruntime-cpu", "openvino-CPU", "torch"
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[str, ...]
+
+    def __enter__(self) -> "Runner": ...
+    def __exit__(self, *exc: object) -> None: ...
+    def infer(self, feeds: Feed) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Option:
+    """A target-specific command-line option (``--device``, ``--tf32`` ...)."""
+
+    flag: str
+    dest: str
+    help: str
+    type: Callable[[str], Any] | None = str
+    default: Any = None
+    choices: tuple[Any, ...] | None = None
+    action: str | None = None  # "store_true" for switches
+
+
+@dataclass
+class ExportRequest:
+    """What the user asked for. Built by the CLI or by ``edgekit.export(...)``."""
+
+    model: str
+    target: str = "onnx"
+    precision: str = "fp32"
+    out: Path | None = None
+    batch: int = 1
+    dynamic_batch: bool = False
+    input_shape: tuple[int, ...] | None = None
+    opset: int | None = None
+    weights: Path | None = None
+    calib: Path | None = None
+    calib_method: str | None = None
+    simplify: bool = True
+    simplifier: str = "onnxsim"
+    device: str | None = None
+    threads: int | None = None
+    dry_run: bool = False
+    force: bool = True
+    parity: bool = True
+    localize: bool = False
+    bench: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    tolerance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("out", "weights", "calib"):
+            d[k] = None if d[k] is None else str(d[k])
+        d["input_shape"] = list(self.input_shape) if self.input_shape else None
+        return d
+
+
+@dataclass
+class ExportContext:
+    """Everything an exporter may use. ``source`` is the newest ONNX stage for ONNX-fed
+    targets (already precision-encoded: FP16 casts or Q/DQ); torch-fed targets use
+    ``model`` and, for INT8, ``calib_feeds``."""
+
+    request: ExportRequest
+    spec: "ModelSpec"
+    model: "torch.nn.Module"
+    inputs: tuple[InputSpec, ...]
+    source: "Artifact | None"
+    calib_feeds: Feeds | None
+    heldout_feeds: Feeds
+    log: Callable[[str], None] = print
+    warn: Callable[[str], None] = print
+    stem: str = "model"
+
+
+class Exporter:
+    """Base for targets. Subclasses set the class attributes and implement the methods.
+
+    ``source`` says what the target consumes: ``"onnx"`` targets get the
+    precision-encoded ONNX from the pipeline (DESIGN §4: precision lives in the
+    graph); ``"torch"`` targets convert from the PyTorch module themselves.
+    """
+
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    source: ClassVar[str] = "onnx"
+    extra: ClassVar[str] = "onnx"          # pip extra that installs the backend
+    packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions go in the manifest
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def available(self) -> tuple[bool, str]:
+        """(True, version) when the backend can run here, else (False, why not)."""
+        raise NotImplementedError
+
+    def check(self, request: ExportRequest) -> None:
+        """Raise an EdgekitError before any work if this request cannot succeed here."""
+        from .errors import UsageError
+
+        if request.precision not in self.precisions:
+            raise UsageError(f"target '{self.name}' does not support {request.precision}",
+                             hint=f"supported: {', '.join(self.precisions)}")
+
+    def handles_precision(self, request: ExportRequest) -> bool:
+        """True when this target quantizes / converts precision itself (NNCF, CoreML,
+        ExecuTorch): the pipeline then hands it the FP32 source and the feeds instead of
+        a precision-encoded ONNX."""
+        return self.source != "onnx"
+
+    def lint(self, artifact: "Artifact") -> list[dict[str, Any]]:
+        """Pre-flight checks of the source artifact for this target (no backend needed).
+        Each problem: {"level": "error"|"warning", "node": str, "message": str}."""
+        return []
+
+    def export(self, ctx: ExportContext, workdir: Path) -> "Artifact":
+        raise NotImplementedError
+
+    def open(self, artifact: "Artifact", device: str | None = None, **options: Any) -> Runner:
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""One module per target: its Exporter and its Runner."""
