@@ -1,0 +1,195 @@
+"""torch → ONNX, and the ONNX Runtime runner that executes any ONNX stage.
+
+Export uses ``torch.onnx.export(dynamo=True)`` (the TorchScript exporter is
+deprecated) into a single file (``external_data=False``), optionally with a symbolic
+batch dimension. Every ONNX stage (exported, simplified, FP16, Q/DQ) is run by
+:class:`OrtRunner` on ONNX Runtime's CPU provider.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.artifact import Artifact, tool_versions
+from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feed
+from edgekit.errors import ArtifactError, ExportError, require
+from edgekit.specs import InputSpec
+
+DEFAULT_OPSET = 18
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+
+
+def node_counts(path_or_model: Any) -> dict[str, int]:
+    """Op type → count over the main graph."""
+    onnx = require("onnx", "onnx")
+    model = onnx.load(str(path_or_model), load_external_data=False) if isinstance(path_or_model, (str, Path)) \
+        else path_or_model
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def load_onnx(path: Path):
+    """Load and check an ONNX file; a corrupt file is an ArtifactError, not a traceback."""
+    onnx = require("onnx", "onnx")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{Path(path).name} is not a valid ONNX model: {msg[:200]}") from None
+    return model
+
+
+def export_onnx(model, inputs: tuple[InputSpec, ...], path: Path, opset: int | None = None,
+                dynamic_batch: bool = False, output_names: tuple[str, ...] = ("output",)) -> Artifact:
+    """Export an eval-mode module to one ONNX file; returns the ``onnx`` stage."""
+    import torch
+
+    require("onnxscript", "onnx", "ONNX export")
+    onnx = require("onnx", "onnx")
+    opset = opset or DEFAULT_OPSET
+    args = tuple(torch.zeros(i.shape, dtype=getattr(torch, i.dtype)) for i in inputs)
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        dynamic_shapes = tuple({0: batch} for _ in inputs)
+    t0 = time.perf_counter()
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_torch_onnx():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), args, str(path), dynamo=True, external_data=False,
+                              opset_version=opset, input_names=[i.name for i in inputs],
+                              output_names=list(output_names), dynamic_shapes=dynamic_shapes,
+                              verbose=False)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError("onnx", f"torch.onnx.export failed: {msg[:300]}",
+                          hint="rerun with --debug for the full trace") from exc
+    seconds = time.perf_counter() - t0
+    m = onnx.load(str(path))
+    outs = tuple(o.name for o in m.graph.output)
+    specs = tuple(InputSpec(i.name, i.shape, i.dtype, i.layout, dynamic_batch) for i in inputs)
+    return Artifact(path=path, stage="onnx", format="onnx", precision="fp32", target="onnx", inputs=specs,
+                    outputs=outs, meta={"opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
+                                        "export_seconds": round(seconds, 2), "nodes": len(m.graph.node),
+                                        "node_counts": node_counts(m), "dynamic_batch": dynamic_batch},
+                    tools=tool_versions(*ONNX_PACKAGES))
+
+
+@contextlib.contextmanager
+def _quiet_torch_onnx():
+    """The dynamo exporter logs progress and torchvision-missing notes at WARNING; hide them."""
+    names = ["torch.onnx", "torch.onnx._internal.exporter", "onnxscript"]
+    saved = [(n, logging.getLogger(n).level) for n in names]
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for n, lvl in saved:
+            logging.getLogger(n).setLevel(lvl)
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+              "tensor(int8)": np.int8}
+
+
+class OrtRunner:
+    """Runs an ONNX file on ONNX Runtime (CPU provider by default)."""
+
+    def __init__(self, path: Path, inputs: tuple[InputSpec, ...] | None = None, outputs: tuple[str, ...] | None = None,
+                 threads: int | None = None, providers: list[str] | None = None, optimize: bool = True,
+                 name: str = "onnxruntime"):
+        self.path = Path(path)
+        self.threads = threads
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.optimize = optimize
+        self.name = name
+        self._session = None
+        self._given_inputs = inputs
+        self.inputs: tuple[InputSpec, ...] = tuple(inputs or ())
+        self.outputs: tuple[str, ...] = tuple(outputs or ())
+        self._input_types: dict[str, Any] = {}
+
+    def __enter__(self) -> "OrtRunner":
+        ort = require("onnxruntime", "onnx", "the ONNX runner")
+        if not self.path.is_file():
+            raise ArtifactError(f"ONNX file not found: {self.path}")
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+            so.inter_op_num_threads = 1
+        if not self.optimize:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArtifactError(f"ONNX Runtime cannot load {self.path.name}: {msg[:300]}") from None
+        sess_inputs = self._session.get_inputs()
+        self._input_types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in sess_inputs}
+        if not self.inputs:
+            self.inputs = tuple(InputSpec(i.name, tuple(d if isinstance(d, int) else 1 for d in i.shape),
+                                          dynamic_batch=not isinstance(i.shape[0], int)) for i in sess_inputs)
+        if not self.outputs:
+            self.outputs = tuple(o.name for o in self._session.get_outputs())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._session = None
+
+    def infer(self, feeds: Feed) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise RuntimeError("OrtRunner.infer called outside its 'with' block")
+        names = [o.name for o in self._session.get_outputs()]
+        feed = {k: np.asarray(v, dtype=self._input_types.get(k, np.float32)) for k, v in feeds.items()
+                if k in self._input_types}
+        outs = self._session.run(names, feed)
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(names, outs)}
+
+
+class OnnxTarget(Exporter):
+    """The ONNX file itself is the deployable artifact (ONNX Runtime on any CPU)."""
+
+    name = "onnx"
+    aliases = ("onnxruntime", "ort")
+    description = "ONNX file, run with ONNX Runtime (CPU); FP16 and INT8 as graph transforms"
+    precisions = ("fp32", "fp16", "int8")
+    source = "onnx"
+    extra = "onnx"
+    packages = ONNX_PACKAGES
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            ort = require("onnxruntime", "onnx")
+            require("onnx", "onnx")
+            require("onnxscript", "onnx")
+        except Exception as exc:
+            return False, str(exc)
+        return True, f"onnxruntime {ort.__version__}"
+
+    def check(self, request: ExportRequest) -> None:
+        super().check(request)
+        for mod in ("onnx", "onnxruntime", "onnxscript"):
+            require(mod, "onnx", "ONNX export")
+        if request.simplify and request.simplifier in ("onnxsim", "onnxslim"):
+            require(request.simplifier, "onnx", f"the {request.simplifier} simplifier")
+
+    def export(self, ctx: ExportContext, workdir: Path) -> Artifact:
+        # The ONNX pipeline stages are the artifact: nothing more to build.
+        if ctx.source is None:
+            raise ExportError("onnx", "no ONNX stage to deliver")
+        return ctx.source
+
+    def open(self, artifact: Artifact, device: str | None = None, **options: Any) -> OrtRunner:
+        return OrtRunner(artifact.path, artifact.inputs, None, threads=options.get("threads"))
