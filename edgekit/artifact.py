@@ -199,6 +199,9 @@ def atomic_dir(dest: Path, overwrite: bool = True) -> Iterator[Path]:
             raise UsageError(f"{dest} already holds an artifact", hint="pass --force to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the artifact is an ordinary folder
     try:
         yield tmp
     except BaseException:

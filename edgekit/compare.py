@@ -33,7 +33,7 @@ class Tolerance:
 # Defaults by precision. FP32 must match elementwise; FP16 and INT8 are judged on
 # what users care about (cosine, SQNR, top-1 agreement), not on an elementwise atol.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs=1e-4, cosine=0.99999),
+    "fp32": Tolerance(max_abs=1e-4, cosine=0.99999, sqnr_db=60.0),
     "fp16": Tolerance(cosine=0.999, sqnr_db=25.0, top1=0.98),
     "int8": Tolerance(cosine=0.99, top1=0.98),
 }

@@ -67,6 +67,7 @@ class ExportRequest:
     input_shape: tuple[int, ...] | None = None
     opset: int | None = None
     weights: Path | None = None
+    pretrained: bool = False
     calib: Path | None = None
     calib_method: str | None = None
     simplify: bool = True
@@ -78,6 +79,7 @@ class ExportRequest:
     parity: bool = True
     localize: bool = False
     bench: bool = True
+    samples: int | None = None       # held-out parity samples (default: 200 for fp16/int8, 32 for fp32)
     options: dict[str, Any] = field(default_factory=dict)
     tolerance: dict[str, Any] = field(default_factory=dict)
 

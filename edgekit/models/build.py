@@ -1,9 +1,11 @@
 """Make a zoo model: deterministic weights by default, checkpoints loaded safely.
 
 Without weights, a model is initialised from a seed derived from its name and its
-BatchNorm statistics are then estimated on a fixed batch of seeded N(0, 1) inputs, so
-activations have realistic scales (as in a trained network) and the same name gives
-the same weights in every process. Checkpoints are read with
+BatchNorm statistics are then estimated on a fixed batch of seeded, spatially smooth
+noise images (sums of upsampled noise at several scales, normalised like photos), so
+activations have realistic scales on real photos, as in a trained network, and the
+same name gives the same weights in every process. White noise would not do: its
+statistics differ from photos' and leave activations tens of times too large. Checkpoints are read with
 ``torch.load(weights_only=True)``; torchvision key names load as they are.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsError
@@ -38,14 +41,25 @@ def seed_for(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
+def smooth_noise(gen: torch.Generator, n: int, c: int, h: int, w: int) -> torch.Tensor:
+    """Image-like noise: upsampled noise at scales 4..64 px plus a little white noise, unit variance."""
+    x = 0.3 * torch.randn((n, c, h, w), generator=gen)
+    for k in (4, 8, 16, 32, 64):
+        if k > min(h, w):
+            break
+        x += F.interpolate(torch.randn((n, c, k, k), generator=gen), size=(h, w), mode="bilinear",
+                           align_corners=False)
+    return (x - x.mean()) / x.std()
+
+
 @torch.no_grad()
-def deterministic_init(model: nn.Module, spec: ModelSpec, calib_batch: int = 4) -> None:
-    """Seeded parameters, then BatchNorm statistics estimated on seeded inputs."""
+def deterministic_init(model: nn.Module, spec: ModelSpec, calib_batch: int = 8) -> None:
+    """Seeded parameters, then BatchNorm statistics estimated on seeded image-like noise."""
     bns = [m for m in model.modules() if isinstance(m, _BN)]
     if not bns:
         return
     gen = torch.Generator().manual_seed(seed_for(spec.name) + 1)
-    x = torch.randn((calib_batch, *spec.input.shape[1:]), generator=gen)
+    x = smooth_noise(gen, calib_batch, *spec.input.shape[1:])
     saved = [(m, m.momentum) for m in bns]
     was_training = model.training
     for m in bns:
@@ -83,7 +97,7 @@ def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool =
                                hint="pass --weights CHECKPOINT")
         info = load_pretrained(model, spec)
     else:
-        info = Weights("deterministic-init", f"seed={seed_for(spec.name)} + BatchNorm stats on seeded inputs", False)
+        info = Weights("deterministic-init", f"seed={seed_for(spec.name)} + BatchNorm stats on seeded smooth noise", False)
     return model, info
 
 

@@ -1,0 +1,31 @@
+# Two commands: `make demo` (the main job) and `make test` (the suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgekit-installed
+# dev/CI pins (torch 2.13.0 CPU build); pyproject.toml stays permissive for users
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: demo test install clean bench
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing edgekit[dev] into $(VENV) (log: $(VENV)/pip.log) ..."
+	@$(PIP_INSTALL) -e '.[dev]' > $(VENV)/pip.log 2>&1 || (grep -v '^WARNING: Location' $(VENV)/pip.log | tail -30; exit 1)
+	@$(BIN)/python -c "import edgekit, torch, onnxruntime, openvino; print('edgekit installed, torch', torch.__version__)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgekit export mobilenet_v3 --target onnx --out artifacts/demo-onnx
+	$(BIN)/edgekit export mobilenet_v3 --target openvino --int8 --out artifacts/demo-openvino-int8
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/matrix.py --out bench/results/matrix.json
+
+clean:
+	rm -rf artifacts out bench/results .pytest_cache

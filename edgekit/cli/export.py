@@ -1,0 +1,130 @@
+"""``edgekit export MODEL --target T [--int8|--fp16]``: build, check, measure."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgekit.specs import parse_shape
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a model to a target, check parity, measure latency",
+        description="Export MODEL (a zoo name such as mobilenet_v3, or path/file.py:factory, or "
+                    "package.module:factory) to TARGET, compare every stage with PyTorch on held-out real "
+                    "photos, and write the artifact folder atomically. Exit 0 pass, 1 parity failure "
+                    "(artifact still written), 2 error (nothing written).")
+    p.add_argument("model", help="zoo model or alias (see 'edgekit models'), or FILE.py:factory / module:factory")
+    p.add_argument("--target", "-t", default="onnx", help="target (see 'edgekit targets'); default onnx")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None)
+    prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="same as --precision fp16")
+    prec.add_argument("--int8", dest="precision", action="store_const", const="int8", help="same as --precision int8")
+    p.add_argument("--out", "-o", type=Path, help="artifact folder (default artifacts/MODEL-TARGET-PRECISION)")
+    p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    p.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch dimension")
+    p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW, e.g. 1x3x224x224 (overrides --batch)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    p.add_argument("--weights", type=Path, help="state-dict checkpoint (loaded with weights_only=True)")
+    p.add_argument("--pretrained", action="store_true", help="use the pretrained weights that ship in a package")
+    p.add_argument("--calib", type=Path, help="folder of images for INT8 calibration and held-out parity")
+    p.add_argument("--calib-method", choices=("minmax", "percentile", "entropy"), help="INT8 calibration method")
+    p.add_argument("--samples", type=int, help="held-out parity samples (default 200 for fp16/int8, 32 for fp32)")
+    p.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip the ONNX simplifier")
+    p.add_argument("--simplifier", choices=("onnxsim", "onnxslim"), default="onnxsim")
+    p.add_argument("--device", help="runtime device for the target (e.g. CPU, GPU, NPU for OpenVINO)")
+    p.add_argument("--threads", type=int, help="runtime threads for parity and latency")
+    p.add_argument("--dry-run", action="store_true", help="run every stage up to the target build, then stop")
+    p.add_argument("--no-parity", dest="parity", action="store_false", help="skip the parity check")
+    p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the latency measurement")
+    p.add_argument("--tol", action="append", default=[], metavar="METRIC=VALUE",
+                   help="override a parity threshold: max_abs, cosine, sqnr_db, top1 (repeatable)")
+    _add_target_options(p)
+    p.set_defaults(func=run)
+
+
+def _add_target_options(p: argparse.ArgumentParser) -> None:
+    from edgekit.targets import list_targets
+
+    seen = {a.dest for a in p._actions}
+    for t in list_targets():
+        group = None
+        for o in t.options:
+            if o.dest in seen:
+                continue
+            seen.add(o.dest)
+            group = group or p.add_argument_group(f"{t.name} options")
+            kw = {"dest": o.dest, "help": o.help, "default": o.default}
+            if o.action:
+                kw["action"] = o.action
+            else:
+                kw["type"] = o.type
+                if o.choices:
+                    kw["choices"] = o.choices
+            group.add_argument(o.flag, **kw)
+
+
+def _tolerances(items: list[str]) -> dict[str, float]:
+    from edgekit.errors import UsageError
+
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in ("max_abs", "cosine", "sqnr_db", "top1"):
+            raise UsageError(f"unknown tolerance '{key}'", hint="use max_abs, cosine, sqnr_db or top1")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise UsageError(f"--tol {item}: '{value}' is not a number") from None
+    return out
+
+
+def request_from_args(args: argparse.Namespace):
+    from edgekit.contracts import ExportRequest
+    from edgekit.targets import get_target
+
+    target = get_target(args.target)
+    options = {o.dest: getattr(args, o.dest, o.default) for o in target.options}
+    return ExportRequest(model=args.model, target=target.name, precision=args.precision or "fp32", out=args.out,
+                         batch=args.batch, dynamic_batch=args.dynamic_batch, input_shape=args.input_shape,
+                         opset=args.opset, weights=args.weights, pretrained=args.pretrained, calib=args.calib,
+                         calib_method=args.calib_method, simplify=args.simplify, simplifier=args.simplifier,
+                         device=args.device, threads=args.threads, dry_run=args.dry_run, parity=args.parity,
+                         bench=args.bench, samples=args.samples, options=options,
+                         tolerance=_tolerances(args.tol))
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.console import Console
+    from edgekit.pipeline import export
+
+    console = Console(quiet=args.quiet)
+    result = export(request_from_args(args), console)
+    print_summary(result, console)
+    return result.exit_code
+
+
+def print_summary(result, console) -> None:
+    from edgekit.console import fmt_num, human_bytes
+    from edgekit.parity import parity_table
+
+    m = result.manifest
+    console.print(f"\n{m.model['name']} → {m.request['target']} ({m.request['precision']})  [{result.out}]")
+    rows = [[s.stage, s.path.name, s.format, s.precision, s.meta.get("nodes", "-"), human_bytes(s.size_bytes)]
+            for s in m.stages]
+    console.table(["stage", "file", "format", "precision", "nodes", "size"], rows)
+    if result.lint:
+        errs = sum(p.get("level") == "error" for p in result.lint)
+        console.print(f"\nlint ({m.request['target']}): {errs} error(s), {len(result.lint) - errs} warning(s)")
+        for p in result.lint[:20]:
+            console.print(f"  {p.get('level')}: {p.get('node')} ({p.get('op', '')}): {p.get('message')}")
+    if result.comparisons:
+        console.print("")
+        console.print(parity_table(result.comparisons))
+        console.print(f"\nparity: {'PASS' if result.passed else 'FAIL'}")
+    if result.latency:
+        lat = result.latency
+        console.print(f"latency ({m.final.stage}, batch {lat.get('batch', 1)}): p50 {fmt_num(lat.get('p50_ms'))} ms, "
+                      f"p90 {fmt_num(lat.get('p90_ms'))} ms")
+    if m.reports.get("dry_run"):
+        console.print("dry run: stopped before the target build")

@@ -1,0 +1,63 @@
+"""``edgekit models [PATTERN]``: the zoo with parameter counts and input sizes."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the reference models (wildcards: 'mobilenet*')",
+                       description="List zoo models: name, family, parameters, MACs, input size.")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'efficientnet*'")
+    p.add_argument("--no-macs", action="store_true", help="skip counting MACs (faster)")
+    p.set_defaults(func=run)
+
+
+def count_macs(model, shape) -> int:
+    """Multiply-accumulates of Conv2d and Linear layers for one forward pass."""
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def conv_hook(m, inp, out):
+        nonlocal total
+        k = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
+        total += out.numel() * k
+
+    def linear_hook(m, inp, out):
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.inference_mode():
+        model(torch.zeros(shape))
+    for h in hooks:
+        h.remove()
+    return total
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.console import Console
+    from edgekit.models import aliases, list_specs
+
+    specs = list_specs(args.pattern)
+    console = Console(quiet=args.quiet)
+    if not specs:
+        console.warn(f"no model matches '{args.pattern}'")
+        return 0
+    rows = []
+    for s in specs:
+        macs = "-"
+        if not args.no_macs:
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                macs = f"{count_macs(s.builder().eval(), s.input.shape) / 1e6:,.0f}M"
+        rows.append([s.name, s.family, f"{s.params:,}" if s.params else "-", macs,
+                     "x".join(map(str, s.input.shape[1:])), "yes" if s.pretrained else ""])
+    console.table(["model", "family", "params", "MACs", "input", "pretrained"], rows)
+    al = {a: t for a, t in aliases().items() if t in {s.name for s in specs}}
+    if al:
+        console.print("\naliases: " + ", ".join(f"{a} → {t}" for a, t in sorted(al.items())))
+    return 0

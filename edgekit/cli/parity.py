@@ -1,0 +1,45 @@
+"""``edgekit parity ARTIFACT``: re-check an artifact folder (or one ONNX file) against PyTorch."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgekit.specs import parse_shape
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "parity", help="re-check an exported artifact against the PyTorch model",
+        description="Re-run stage-by-stage parity for an artifact folder written by 'edgekit export' "
+                    "(every stage's sha256 is verified first), or for a single ONNX file given --model.")
+    p.add_argument("artifact", type=Path, help="artifact folder (with artifact.json) or an .onnx file")
+    p.add_argument("--model", help="zoo model the ONNX file was exported from (for a bare .onnx)")
+    p.add_argument("--weights", type=Path, help="checkpoint for --model")
+    p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW for a bare .onnx")
+    p.add_argument("--calib", type=Path, help="image folder for held-out samples (default: bundled photos)")
+    p.add_argument("--samples", type=int, help="held-out samples (default as at export)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device")
+    p.add_argument("--localize", action="store_true",
+                   help="compare intermediate activations of the float and the final ONNX stage, name the "
+                        "first and the worst diverging nodes")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.console import Console
+    from edgekit.recheck import recheck
+
+    console = Console(quiet=args.quiet)
+    comps, localization = recheck(args, console)
+    from edgekit.parity import parity_table
+
+    console.print(parity_table(comps))
+    passed = all(comps)
+    console.print(f"\nparity: {'PASS' if passed else 'FAIL'}")
+    if localization is not None:
+        from calibration.localize import format_localization
+
+        console.print("")
+        console.print(format_localization(localization))
+    return 0 if passed else 1

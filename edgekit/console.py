@@ -1,0 +1,75 @@
+"""Terminal output: progress lines for long steps, warnings, tables.
+
+Messages go to stderr so that stdout carries only results (tables, JSON) and can be
+piped. ``quiet`` silences progress but never warnings.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Any, Iterator, Sequence, TextIO
+
+
+class Console:
+    def __init__(self, quiet: bool = False, err: TextIO | None = None, out: TextIO | None = None):
+        self.quiet = quiet
+        self.err = err or sys.stderr
+        self.out = out or sys.stdout
+        self.warnings: list[str] = []
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=self.err, flush=True)
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        print(f"warning: {msg}", file=self.err, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[dict[str, Any]]:
+        """Announce a long step, then print how long it took and any detail it filled in."""
+        self.info(f"• {title} ...")
+        detail: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        yield detail
+        extra = f" — {detail['summary']}" if detail.get("summary") else ""
+        self.info(f"  done in {time.perf_counter() - t0:.1f}s{extra}")
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.print(format_table(headers, rows))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
+
+
+def fmt_num(x: Any, kind: str = "g") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    if kind == "pct":
+        return f"{x:.1%}"
+    if kind == "cos":
+        return f"{x:.6f}"
+    if kind == "db":
+        return "inf" if x == float("inf") else f"{x:.1f}"
+    return f"{x:.2e}" if (x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4)) else f"{x:.4g}"
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,197 @@
+"""``export``: model → ONNX → simplified → precision-encoded ONNX → target, then parity.
+
+DESIGN.md §5. The target's ``check`` runs before any work; every stage is written
+into a temporary folder that is renamed into place only when the manifest is
+complete; parity compares the PyTorch reference with every stage on held-out real
+photos, so a failure names the stage that diverged.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .artifact import Artifact, Manifest, atomic_dir
+from .compare import Comparison, Tolerance, tolerance_for
+from .console import Console
+from .contracts import ExportContext, ExportRequest
+from .errors import ExportError, UsageError
+from .specs import InputSpec, check_precision
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: Manifest
+    comparisons: list[Comparison]
+    latency: dict[str, Any] | None = None
+    lint: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(self.comparisons)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+@dataclass
+class Resolved:
+    """The model side of a request: spec, module, weights, inputs."""
+
+    spec: Any
+    alias: str | None
+    model: Any
+    weights: Any
+    inputs: tuple[InputSpec, ...]
+    user_ref: str | None = None
+
+
+def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
+    from .models import build
+    from .models.registry import check_input_shape, get_spec, resolve_name
+    from .models.user import is_user_ref, load_user_spec
+
+    if is_user_ref(request.model):
+        spec, alias, user_ref = load_user_spec(request.model, request.input_shape), None, request.model
+    else:
+        name, alias = resolve_name(request.model)
+        spec, user_ref = get_spec(name), None
+        if alias and console:
+            console.info(f"model '{alias}' resolved to '{name}'")
+    shape = tuple(request.input_shape) if request.input_shape else (request.batch, *spec.input.shape[1:])
+    if request.input_shape:
+        check_input_shape(spec, shape)
+    if request.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {request.batch}")
+    model, weights = build(spec, weights=request.weights, pretrained=request.pretrained)
+    inputs = (InputSpec(spec.input.name, shape, spec.input.dtype, spec.input.layout, request.dynamic_batch),)
+    return Resolved(spec, alias, model, weights, inputs, user_ref)
+
+
+def tolerance_fn(spec, request: ExportRequest, trained: bool):
+    """Stage → Tolerance: by the stage's precision, the model's overrides, the user's."""
+
+    def for_stage(art: Artifact) -> Tolerance:
+        p = art.precision
+        tol = tolerance_for(p, {**spec.tolerance.get(p, {}), **request.tolerance})
+        if p != "fp32" and not trained and tol.top1 is not None:
+            tol = replace(tol, top1=None)  # untrained logits: top-1 ties are noise, gate on cosine/SQNR
+        return tol
+
+    return for_stage
+
+
+def _feeds(res: Resolved, request: ExportRequest):
+    from calibration.feeds import photo_feeds
+
+    n = request.samples or (200 if request.precision != "fp32" else 32)
+    feed_input = replace(res.inputs[0], shape=(1, *res.inputs[0].shape[1:])) if request.dynamic_batch else res.inputs[0]
+    return photo_feeds(res.spec.preprocess, feed_input, folder=request.calib, heldout=n)
+
+
+def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Path, stem: str,
+                 console: Console) -> list[Artifact]:
+    from exporters.onnx import export_onnx
+
+    stages = []
+    with console.step("export torch → ONNX") as d:
+        stages.append(export_onnx(res.model, res.inputs, work / f"{stem}.onnx", opset=request.opset,
+                                  dynamic_batch=request.dynamic_batch))
+        d["summary"] = f"{stages[-1].meta['nodes']} nodes, opset {stages[-1].meta['opset']}"
+    if request.simplify:
+        from exporters.simplify import simplify
+
+        with console.step(f"simplify ({request.simplifier})") as d:
+            stages.append(simplify(stages[-1], work / f"{stem}.sim.onnx", request.simplifier))
+            d["summary"] = f"{stages[-1].meta['nodes_before']} → {stages[-1].meta['nodes']} nodes"
+    if target.handles_precision(request):
+        return stages
+    if request.precision == "fp16":
+        from calibration.fp16 import convert_fp16
+
+        with console.step("FP16 graph transform") as d:
+            stages.append(convert_fp16(stages[-1], work / f"{stem}.fp16.onnx"))
+            d["summary"] = f"{stages[-1].meta.get('nodes', '?')} nodes"
+    elif request.precision == "int8":
+        from calibration.quantize import Int8Options, quantize_int8
+
+        gate = tolerance_for("int8", {**res.spec.tolerance.get("int8", {}), **request.tolerance})
+        opts = Int8Options(tolerance=gate, gate_top1=bool(res.weights.trained),
+                           **({"method": request.calib_method} if request.calib_method else {}))
+        if feeds.bundled:
+            console.warn("calibrating on edgekit's bundled photos: production INT8 needs your own data (--calib DIR)")
+        with console.step(f"INT8 calibration + Q/DQ ({feeds.calib.source})") as d:
+            stages.append(quantize_int8(stages[-1], work / f"{stem}.int8.onnx", feeds.calib, feeds.heldout, opts,
+                                        log=console.info))
+            d["summary"] = f"{stages[-1].meta.get('int8_conv_fraction', '?')} of convs INT8"
+    return stages
+
+
+def export(request: ExportRequest, console: Console | None = None) -> ExportResult:
+    from .parity import run_parity
+    from .targets import get_target
+    from .torch_runner import TorchRunner
+
+    console = console or Console()
+    check_precision(request.precision)
+    target = get_target(request.target)
+    target.check(request)  # fail fast: missing backend, no GPU, unsupported precision
+    res = resolve(request, console)
+    stem = res.spec.name
+    out = Path(request.out or Path("artifacts") / f"{stem}-{target.name}-{request.precision}")
+    feeds = _feeds(res, request)
+    tol = tolerance_fn(res.spec, request, bool(res.weights.trained))
+    with atomic_dir(out, overwrite=request.force) as work:
+        stages: list[Artifact] = []
+        if target.source == "onnx":
+            stages += _onnx_stages(res, request, target, feeds, work, stem, console)
+        lint = target.lint(stages[-1]) if stages else []
+        errors = [p for p in lint if p.get("level") == "error"]
+        if errors and not request.dry_run:
+            first = errors[0]
+            raise ExportError("lint", f"{len(errors)} problem(s) for {target.name}; first: node "
+                              f"'{first.get('node')}': {first.get('message')}",
+                              hint=f"run 'edgekit export ... --dry-run' to see the full lint report")
+        if not request.dry_run and target.name != "onnx":
+            ctx = ExportContext(request=request, spec=res.spec, model=res.model, inputs=res.inputs,
+                                source=stages[-1] if stages else None, calib_feeds=feeds.calib,
+                                heldout_feeds=feeds.heldout, log=console.info, warn=console.warn, stem=stem)
+            with console.step(f"build {target.name} artifact") as d:
+                art = target.export(ctx, work)
+                d["summary"] = f"{art.format}, {art.size_bytes / 1e6:.1f} MB"
+            stages.append(art)
+        comps: list[Comparison] = []
+        if request.parity:
+            runners = [(s, get_target(s.target).open(s, device=request.device, threads=request.threads))
+                       for s in stages]
+            with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
+                comps = run_parity(TorchRunner(res.model, res.inputs, stages[0].outputs if stages else ("output",)),
+                                   runners, feeds.heldout, tol, feeds.heldout.source)
+        latency = _latency(stages[-1], request, feeds, console) if (request.bench and stages) else None
+        model_info = {**res.spec.summary(), "alias": res.alias, "weights": res.weights.to_dict(),
+                      "user_ref": res.user_ref, "input_shape": list(res.inputs[0].shape)}
+        manifest = Manifest(model=model_info, request=request.to_dict(), stages=stages,
+                            parity=[c.to_dict() for c in comps],
+                            reports={"lint": lint, "latency": latency, "warnings": console.warnings,
+                                     "skipped_images": feeds.calib.skipped + feeds.heldout.skipped,
+                                     "dry_run": request.dry_run},
+                            command=" ".join(shlex.quote(a) for a in ["edgekit", *sys.argv[1:]]))
+        manifest.write(work)
+    manifest = Manifest.read(out)
+    return ExportResult(out=Path(out).resolve(), manifest=manifest, comparisons=comps, latency=latency, lint=lint)
+
+
+def _latency(art: Artifact, request: ExportRequest, feeds, console: Console) -> dict[str, Any] | None:
+    from .bench.timing import measure
+    from .targets import get_target
+
+    runner = get_target(art.target).open(art, device=request.device, threads=request.threads)
+    feed = next(iter(feeds.heldout))
+    with console.step(f"latency of {art.stage} ({runner.name})") as d:
+        stats = measure(runner, [feed], warmup=5, seconds=1.0)
+        d["summary"] = f"p50 {stats.p50_ms:.2f} ms"
+    return stats.to_dict()

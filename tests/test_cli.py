@@ -1,0 +1,205 @@
+"""The command line as a user meets it: the main job, and every error path (exit 2, one
+line plus a hint, no traceback, nothing written)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import run_edgekit
+
+USER_MODEL = """
+import torch
+from torch import nn
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+class Branchy(Tiny):
+    def forward(self, x):
+        if float(x.sum()) > 0:  # data-dependent control flow: torch.export cannot trace it
+            return self.fc(self.conv(x).mean((2, 3)))
+        return self.fc(self.conv(x).amax((2, 3)))
+
+def tiny():
+    torch.manual_seed(0)
+    return Tiny()
+
+def branchy():
+    return Branchy()
+"""
+
+
+def _assert_clean_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith(("warning:", "•", " "))]
+    assert lines and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = run_edgekit("export", "mobilenet_v3", "--target", "onnx", "--out", str(out))
+    return out, proc
+
+
+def test_export_mobilenet_v3_onnx_end_to_end(demo):
+    out, proc = demo
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "model 'mobilenet_v3' resolved to 'mobilenet_v3_large'" in proc.stderr
+    assert "simplified" in proc.stdout and "PASS" in proc.stdout and "latency" in proc.stdout
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["artifact.json", "mobilenet_v3_large.onnx", "mobilenet_v3_large.sim.onnx"]
+    manifest = json.loads((out / "artifact.json").read_text())
+    assert manifest["model"]["weights"]["source"] == "deterministic-init"
+    assert [s["stage"] for s in manifest["stages"]] == ["onnx", "simplified"]
+    assert manifest["stages"][1]["meta"]["nodes_before"] >= manifest["stages"][1]["meta"]["nodes"]
+    assert all(p["passed"] for p in manifest["parity"])
+
+
+def test_exported_onnx_matches_the_zoo_model_independently(demo):
+    import onnxruntime as ort
+
+    from calibration.feeds import bundled_photos, load_image
+    from edgekit import create_model, get_spec
+
+    out, proc = demo
+    assert proc.returncode == 0
+    model = create_model("mobilenet_v3_large")
+    spec = get_spec("mobilenet_v3_large")
+    sess = ort.InferenceSession(str(out / "mobilenet_v3_large.sim.onnx"), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for photo in bundled_photos()[:6]:
+        x = load_image(photo, spec.preprocess)[None]
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x)).numpy()
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        worst = max(worst, float(np.abs(ref - got).max()))
+    assert worst <= 1e-4
+
+
+def test_parity_recheck_passes_then_detects_tampering(demo):
+    out, _ = demo
+    proc = run_edgekit("parity", str(out), "--samples", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "PASS" in proc.stdout
+
+
+def test_unknown_model_suggests_and_writes_nothing(tmp_path):
+    out = tmp_path / "never"
+    proc = run_edgekit("export", "mobilenet_v9", "--target", "onnx", "--out", str(out))
+    _assert_clean_error(proc, "did you mean", "mobilenet_v3")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_target_suggests(tmp_path):
+    proc = run_edgekit("export", "mobilenet_v2", "--target", "tensorrtt", "--out", str(tmp_path / "x"))
+    _assert_clean_error(proc, "unknown target 'tensorrtt'", "tensorrt")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", ["1x3x224", "1x3xabcx224", "0x3x224x224"])
+def test_bad_input_shape(tmp_path, shape):
+    proc = run_edgekit("export", "mobilenet_v2", "--input-shape", shape, "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "input shape" in proc.stderr or "invalid parse_shape" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_weights(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    proc = run_edgekit("export", "shufflenet_v2_x0_5", "--weights", str(bad), "--out", str(tmp_path / "x"))
+    _assert_clean_error(proc, "cannot read weights bad.pt", "weights_only")
+    assert not (tmp_path / "x").exists()
+
+
+def test_mismatched_weights_name_the_keys(tmp_path):
+    from edgekit import create_model
+
+    ckpt = tmp_path / "resnet18.pt"
+    torch.save(create_model("resnet18").state_dict(), ckpt)
+    proc = run_edgekit("export", "shufflenet_v2_x0_5", "--weights", str(ckpt), "--out", str(tmp_path / "x"))
+    _assert_clean_error(proc, "missing:", "unexpected:", "conv1.weight")
+    assert not (tmp_path / "x").exists()
+
+
+def test_corrupt_onnx_given_to_parity(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07garbage-not-protobuf" * 10)
+    proc = run_edgekit("parity", str(bad), "--model", "mobilenet_v2")
+    _assert_clean_error(proc, "broken.onnx")
+
+
+def test_tampered_artifact_fails_parity_recheck(tmp_path):
+    out = tmp_path / "a"
+    proc = run_edgekit("export", "shufflenet_v2_x0_5", "--input-shape", "1x3x64x64", "--out", str(out),
+                       "--no-bench", "--samples", "2")
+    assert proc.returncode == 0, proc.stderr
+    onnx_file = out / "shufflenet_v2_x0_5.sim.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-100])
+    _assert_clean_error(run_edgekit("parity", str(out)), "changed since it was written")
+
+
+def test_user_model_file_factory_and_weights(tmp_path):
+    src = tmp_path / "mymodel.py"
+    src.write_text(USER_MODEL)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mymodel_for_test", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ckpt = tmp_path / "tiny.pt"
+    net = mod.tiny()
+    torch.nn.init.normal_(net.fc.weight)
+    torch.save({"state_dict": net.state_dict()}, ckpt)
+    out = tmp_path / "out"
+    proc = run_edgekit("export", f"{src}:tiny", "--weights", str(ckpt), "--input-shape", "1x3x32x32",
+                       "--out", str(out), "--no-bench", "--samples", "4")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "artifact.json").read_text())
+    assert m["model"]["weights"]["source"] == "checkpoint" and m["model"]["user_ref"].endswith(":tiny")
+    assert m["model"]["input_shape"] == [1, 3, 32, 32]
+
+
+def test_failed_export_stage_leaves_no_artifact(tmp_path):
+    src = tmp_path / "mymodel.py"
+    src.write_text(USER_MODEL)
+    out = tmp_path / "out"
+    proc = run_edgekit("export", f"{src}:branchy", "--input-shape", "1x3x32x32", "--out", str(out))
+    _assert_clean_error(proc, "onnx stage failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mymodel.py"]
+
+
+def test_models_lists_every_network_with_published_counts():
+    proc = run_edgekit("models", "--no-macs")
+    assert proc.returncode == 0
+    from edgekit.models import list_specs
+
+    for spec in list_specs():
+        assert spec.name in proc.stdout
+        assert f"{spec.params:,}" in proc.stdout
+    assert "mobilenet_v3 → mobilenet_v3_large" in proc.stdout
+
+
+def test_models_wildcard_with_macs():
+    proc = run_edgekit("models", "mobilenet_v3*")
+    assert proc.returncode == 0
+    assert "mobilenet_v3_small" in proc.stdout and "resnet" not in proc.stdout
+    assert "217M" in proc.stdout or "M " in proc.stdout
+
+
+def test_targets_lists_each_with_a_reason():
+    proc = run_edgekit("targets")
+    assert proc.returncode == 0
+    assert "onnx" in proc.stdout and "tensorrt" in proc.stdout

@@ -1,0 +1,91 @@
+"""Every registered model, generated from the registry (a new model is tested the moment
+it is registered): builds, forward shape, no NaN, published parameter count, and ONNX
+export + ONNX Runtime parity at FP32 on real photos."""
+import numpy as np
+import pytest
+import torch
+
+from edgekit.compare import Comparison, tolerance_for
+from edgekit.errors import UnknownModelError
+from edgekit.models import create_model, get_spec, list_models, resolve_name
+from edgekit.models.registry import register_model
+
+ALL = list_models()
+
+SEED_NOTES_MODELS = {
+    "lenet5", "alexnet", "vgg16", "vgg16_bn", "nin", "googlenet", "inception_v3", "resnet18", "resnet50",
+    "resnext50_32x4d", "se_resnet50", "densenet121", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small",
+    "mobilenet_v3_large", "shufflenet_v1_g3", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+    "efficientnet_lite0", "efficientnet_v2_s",
+}
+
+# torchvision's published figures (and the papers' for models torchvision lacks)
+PUBLISHED = {"mobilenet_v3_large": 5_483_032, "mobilenet_v2": 3_504_872, "shufflenet_v2_x1_0": 2_278_604,
+             "efficientnet_b0": 5_288_548, "resnet50": 25_557_032, "resnet18": 11_689_512, "vgg16": 138_357_544,
+             "densenet121": 7_978_856, "alexnet": 61_100_840, "mobilenet_v3_small": 2_542_856}
+
+
+def test_registry_holds_every_network_of_the_seed_notes():
+    assert SEED_NOTES_MODELS <= set(ALL)
+
+
+def test_aliases_wildcards_and_suggestions():
+    assert resolve_name("mobilenet_v3") == ("mobilenet_v3_large", "mobilenet_v3")
+    assert list_models("shufflenet_v2*") == ["shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+                                             "shufflenet_v2_x2_0"]
+    with pytest.raises(UnknownModelError, match="did you mean 'mobilenet_v3") as e:
+        resolve_name("mobilenet_v9")
+    assert e.value.suggestions
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("mobilenet")(lambda num_classes=1000: None.__class__)  # noqa: E731
+        register_model("x", name="mobilenet_v2")(lambda num_classes=1000: None)
+
+
+def test_published_parameter_counts_are_the_registered_oracles():
+    for name, count in PUBLISHED.items():
+        assert get_spec(name).params == count
+
+
+def test_same_name_same_weights():
+    a, b = create_model("shufflenet_v2_x0_5"), create_model("shufflenet_v2_x0_5")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from calibration.feeds import bundled_photos
+
+    return bundled_photos()[:2]
+
+
+def _inputs(spec, photos):
+    from calibration.feeds import load_image
+
+    return np.stack([load_image(p, spec.preprocess, spec.input.shape[2:]) for p in photos]).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_model_builds_runs_and_exports(name, photos, tmp_path):
+    from exporters.onnx import OrtRunner, export_onnx
+
+    spec = get_spec(name)
+    model = create_model(name)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert spec.params is not None, f"{name} has no published parameter count"
+    assert n_params == spec.params
+    x = _inputs(spec, photos)
+    with torch.inference_mode():
+        y = model(torch.from_numpy(x)).numpy()
+    assert y.shape == (len(x), spec.num_classes)
+    assert np.isfinite(y).all()
+    art = export_onnx(model, (spec.input,), tmp_path / f"{name}.onnx")
+    comp = Comparison("onnx", "onnxruntime", "fp32", tolerance_for("fp32", spec.tolerance.get("fp32")))
+    with OrtRunner(art.path) as runner:
+        for i in range(len(x)):
+            comp.add({"output": y[i:i + 1]}, runner.infer({"input": x[i:i + 1]}))
+    assert comp, comp.failures
