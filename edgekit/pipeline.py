@@ -77,7 +77,8 @@ def tolerance_fn(spec, request: ExportRequest, trained: bool):
 
     def for_stage(art: Artifact) -> Tolerance:
         p = art.precision
-        tol = tolerance_for(p, {**spec.tolerance.get(p, {}), **request.tolerance})
+        # the stage may carry its own looser thresholds (e.g. a TensorRT engine built with --tf32)
+        tol = tolerance_for(p, {**spec.tolerance.get(p, {}), **art.meta.get("tolerance", {}), **request.tolerance})
         if p != "fp32" and not trained and tol.top1 is not None:
             tol = replace(tol, top1=None)  # untrained logits: top-1 ties are noise, gate on cosine/SQNR
         return tol
