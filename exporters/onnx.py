@@ -10,6 +10,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import re
+import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -70,9 +74,11 @@ def export_onnx(model, inputs: tuple[InputSpec, ...], path: Path, opset: int | N
                               output_names=list(output_names), dynamic_shapes=dynamic_shapes,
                               verbose=False)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError("onnx", f"torch.onnx.export failed: {msg[:300]}",
-                          hint="rerun with --debug for the full trace") from exc
+        cause = exc.__cause__ or exc
+        raise ExportError("onnx", f"torch.onnx.export failed: {first_line(exc)}"
+                          + (f" (cause: {first_line(cause, 200)})" if cause is not exc else ""),
+                          hint="the model must be traceable by torch.export (no data-dependent Python control "
+                               "flow); rerun with --debug for the full trace") from exc
     seconds = time.perf_counter() - t0
     m = onnx.load(str(path))
     outs = tuple(o.name for o in m.graph.output)
@@ -86,16 +92,35 @@ def export_onnx(model, inputs: tuple[InputSpec, ...], path: Path, opset: int | N
 
 @contextlib.contextmanager
 def _quiet_torch_onnx():
-    """The dynamo exporter logs progress and torchvision-missing notes at WARNING; hide them."""
-    names = ["torch.onnx", "torch.onnx._internal.exporter", "onnxscript"]
+    """The dynamo exporter logs progress, torchvision-missing notes and, on failure, whole
+    graph dumps straight to stderr. Capture file descriptor 2 while it runs; the capture is
+    replayed only with EDGEKIT_DEBUG=1 (set by --debug)."""
+    names = ["torch.onnx", "torch.onnx._internal.exporter", "onnxscript", "torch.fx", "torch.export",
+             "torch._dynamo", "torch._export"]
     saved = [(n, logging.getLogger(n).level) for n in names]
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for n, lvl in saved:
-            logging.getLogger(n).setLevel(lvl)
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            for n, lvl in saved:
+                logging.getLogger(n).setLevel(lvl)
+            if os.environ.get("EDGEKIT_DEBUG") == "1":
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode(errors="replace"))
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("EDGEKIT_DEBUG") == "1"
+    if debug:
+        os.environ["EDGEKIT_DEBUG"] = "1"  # lets stages replay the output they capture
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
