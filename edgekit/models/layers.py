@@ -58,14 +58,38 @@ class SqueezeExcitation(nn.Module):
         return x * s
 
 
+class BasicConv2d(nn.Module):
+    """conv (no bias) → BatchNorm → ReLU with named children ``conv``/``bn``: the layout (and key
+    names) of torchvision's GoogLeNet and Inception v3 blocks. BatchNorm eps 1e-3 as there."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int | tuple[int, int] = 1,
+                 stride: int = 1, padding: int | tuple[int, int] = 0, eps: float = 1e-3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch, eps=eps)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+def imagenet_to_half_range(x: torch.Tensor) -> torch.Tensor:
+    """Re-normalise an ImageNet-normalised RGB batch to ``(x - 0.5) / 0.5`` per channel: the
+    ``transform_input=True`` of torchvision's TensorFlow-ported GoogLeNet / Inception v3 weights."""
+    mean = x.new_tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = x.new_tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    return (x * std + mean - 0.5) / 0.5
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     n, c, h, w = x.shape
     x = x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous()
     return x.view(n, c, h, w)
 
 
-def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
-    """torchvision's classic init: kaiming-normal convs (fan_out), unit norms, small linears."""
+def init_weights(model: nn.Module, linear_std: float | None = 0.01) -> None:
+    """torchvision's classic init: kaiming-normal convs (fan_out), unit norms, small linears.
+    ``linear_std=None`` leaves linear layers at PyTorch's default init (as torchvision's ResNet does)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -74,7 +98,7 @@ def init_weights(model: nn.Module, linear_std: float = 0.01) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
+        elif isinstance(m, nn.Linear) and linear_std is not None:
             nn.init.normal_(m.weight, 0, linear_std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
