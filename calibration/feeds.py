@@ -11,21 +11,14 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from edgekit.errors import CalibrationError
+from edgekit.images import (  # noqa: F401  (re-exported: the feeds' public API)
+    IMAGE_SUFFIXES, PHOTOS_DIR, Sample, _bucket, bundled_photos, load_image, split_images)
 from edgekit.specs import InputSpec, Preprocess
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-PHOTOS_DIR = Path(__file__).parent / "photos"
-
-
-def bundled_photos() -> list[Path]:
-    """The real photos that ship with edgekit (see photos/SOURCES.md)."""
-    return sorted(p for p in PHOTOS_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
 
 def find_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; clear error when there are none."""
@@ -37,29 +30,6 @@ def find_images(folder: Path) -> list[Path]:
         raise CalibrationError(f"no images in {folder}",
                                hint=f"expected files ending in {', '.join(IMAGE_SUFFIXES)} (searched recursively)")
     return found
-
-
-def _bucket(path: Path) -> float:
-    return int(hashlib.sha1(path.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-
-
-def split_images(paths: Sequence[Path], heldout_fraction: float = 0.4) -> tuple[list[Path], list[Path]]:
-    """Deterministic split by file name hash: (calibration, held-out); never overlapping,
-    both non-empty when there are at least two images."""
-    ranked = sorted(paths, key=lambda p: (_bucket(p), p.name))
-    n_held = min(len(ranked) - 1, max(1, round(len(ranked) * heldout_fraction))) if len(ranked) > 1 else 0
-    held = sorted(ranked[:n_held])
-    calib = sorted(ranked[n_held:])
-    return calib, held
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image, optionally a crop of it (box in relative coordinates) and mirrored."""
-
-    path: Path
-    box: tuple[float, float, float, float] | None = None
-    flip: bool = False
 
 
 def crops(paths: Sequence[Path], per_image: int, seed: int = 0) -> list[Sample]:
@@ -76,36 +46,6 @@ def crops(paths: Sequence[Path], per_image: int, seed: int = 0) -> list[Sample]:
             x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
             out.append(Sample(p, (x, y, x + w, y + h), rng.random() < 0.5))
     return out
-
-
-def load_image(sample: Sample | Path, pre: Preprocess, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode, crop, resize (short side), centre-crop and normalise → float32 (C, H, W)."""
-    from PIL import Image
-
-    sample = sample if isinstance(sample, Sample) else Sample(Path(sample))
-    with Image.open(sample.path) as im:
-        im = im.convert("L" if pre.channels == 1 else "RGB")
-        if sample.box is not None:
-            w, h = im.size
-            x0, y0, x1, y1 = sample.box
-            im = im.crop((round(x0 * w), round(y0 * h), max(round(x1 * w), round(x0 * w) + 1),
-                          max(round(y1 * h), round(y0 * h) + 1)))
-        if sample.flip:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        ch, cw = size or (pre.crop, pre.crop)
-        short = round(min(ch, cw) * pre.resize / pre.crop)
-        w, h = im.size
-        scale = short / min(w, h)
-        resample = Image.Resampling.BICUBIC if pre.interpolation == "bicubic" else Image.Resampling.BILINEAR
-        im = im.resize((max(cw, round(w * scale)), max(ch, round(h * scale))), resample)
-        w, h = im.size
-        left, top = (w - cw) // 2, (h - ch) // 2
-        im = im.crop((left, top, left + cw, top + ch))
-        a = np.asarray(im, dtype=np.float32) / 255.0
-    if a.ndim == 2:
-        a = a[:, :, None]
-    a = (a - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
 class ImageFeeds:
@@ -195,3 +135,16 @@ def photo_feeds(pre: Preprocess, input: InputSpec, folder: Path | None = None, h
         heldout=ImageFeeds(crops(held_paths, per_held, seed + 1)[:max(heldout, len(held_paths))], pre, input,
                            f"{src}: {len(held_paths)} held-out images"),
         bundled=bundled)
+
+
+def take(feeds: Iterable[dict[str, np.ndarray]], n: int) -> list[dict[str, np.ndarray]]:
+    """``n`` feeds spread evenly over ``feeds`` (all of them if there are fewer).
+
+    Feeds made by :func:`photo_feeds` come grouped by photo (every crop of one photo,
+    then the next), so the first ``n`` would all show the same picture."""
+    feeds = feeds if hasattr(feeds, "__len__") else list(feeds)
+    total = len(feeds)
+    if total <= n:
+        return list(feeds)
+    picks = set(np.linspace(0, total - 1, n).round().astype(int).tolist())
+    return [f for i, f in enumerate(feeds) if i in picks]

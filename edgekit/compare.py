@@ -18,7 +18,7 @@ import numpy as np
 class Tolerance:
     """Pass/fail thresholds. ``None`` means the metric is reported, not gated."""
 
-    max_abs: float | None = None
+    max_abs: float | None = None  # for outputs of peak magnitude <= 10; scales with the peak above that
     cosine: float | None = None
     sqnr_db: float | None = None
     top1: float | None = None
@@ -87,6 +87,7 @@ class OutputScore:
     name: str
     max_abs: float = 0.0
     max_rel: float = 0.0
+    ref_peak: float = 0.0
     _dot: float = 0.0
     _rr: float = 0.0
     _tt: float = 0.0
@@ -108,6 +109,7 @@ class OutputScore:
         t = np.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
         diff = np.abs(r - t)
         self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.ref_peak = max(self.ref_peak, float(np.abs(r).max(initial=0.0)))
         denom = np.maximum(np.abs(r), 1e-6 * max(float(np.abs(r).max(initial=0.0)), 1e-12))
         self.max_rel = max(self.max_rel, float((diff / denom).max(initial=0.0)))
         self._dot += float(r @ t)
@@ -144,12 +146,20 @@ class OutputScore:
     def top5(self) -> float | None:
         return self.top5_hits / self.rows if self.rows else None
 
+    def max_abs_limit(self, tol: Tolerance) -> float | None:
+        """float32 rounding is relative: the absolute threshold holds for outputs whose peak
+        magnitude is at most 10 (typical logits) and grows in proportion above that."""
+        if tol.max_abs is None:
+            return None
+        return tol.max_abs * max(1.0, self.ref_peak / 10.0)
+
     def failures(self, tol: Tolerance) -> list[str]:
         out = []
         if self.nonfinite:
             out.append(f"{self.nonfinite} non-finite values")
-        if tol.max_abs is not None and self.max_abs > tol.max_abs:
-            out.append(f"max_abs {self.max_abs:.3g} > {tol.max_abs:.3g}")
+        limit = self.max_abs_limit(tol)
+        if limit is not None and self.max_abs > limit:
+            out.append(f"max_abs {self.max_abs:.3g} > {limit:.3g}")
         if tol.cosine is not None and self.cosine < tol.cosine:
             out.append(f"cosine {self.cosine:.6f} < {tol.cosine}")
         if tol.sqnr_db is not None and self.sqnr_db < tol.sqnr_db:
@@ -160,7 +170,7 @@ class OutputScore:
 
     def to_dict(self) -> dict[str, Any]:
         f = lambda x: None if x is None else (x if math.isfinite(x) else ("inf" if x > 0 else "-inf"))  # noqa: E731
-        return {"output": self.name, "max_abs": self.max_abs, "max_rel": self.max_rel,
+        return {"output": self.name, "max_abs": self.max_abs, "max_rel": self.max_rel, "ref_peak": self.ref_peak,
                 "cosine": self.cosine, "sqnr_db": f(self.sqnr_db), "top1": self.top1, "top5": self.top5,
                 "rows": self.rows, "samples": self.samples, "nonfinite": self.nonfinite}
 

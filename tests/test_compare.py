@@ -46,3 +46,15 @@ def test_nonfinite_outputs_fail_and_shape_mismatch_raises():
 
 def test_empty_comparison_does_not_pass():
     assert not Comparison("x", "r", "fp32", tolerance_for("fp32"))
+
+
+def test_max_abs_threshold_scales_with_large_outputs_only():
+    tol = Tolerance(max_abs=1e-4)
+    small = Comparison("s", "r", "fp32", tol)
+    small.add({"o": np.full((1, 4), 5.0)}, {"o": np.full((1, 4), 5.0 + 2e-4)})
+    assert not small  # peak 5 <= 10: absolute 1e-4 holds
+    large = Comparison("l", "r", "fp32", tol)
+    large.add({"o": np.full((1, 4), 40.0)}, {"o": np.full((1, 4), 40.0 + 2e-4)})
+    assert large  # peak 40: limit 4e-4
+    large.add({"o": np.full((1, 4), 40.0)}, {"o": np.full((1, 4), 40.0 + 5e-4)})
+    assert not large

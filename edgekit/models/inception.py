@@ -226,10 +226,9 @@ class Inception3(nn.Module):
         return logits
 
 
-# torchvision's init (std 0.1 on the 2048→1000 fc) gives logits ~10x larger than the other
-# zoo models (|max| ≈ 16 on a photo), so fp32 float-rounding noise is ~1e-4 in absolute terms
-# (SQNR > 100 dB): max_abs is widened, cosine and SQNR gates stay at their defaults.
-@register_model("inception", params=27_161_264, input_size=299, tolerance={"fp32": {"max_abs": 5e-4}},
+# torchvision's init (std 0.1 on the 2048→1000 fc) gives logits of |max| ≈ 27 on a photo; the fp32
+# max_abs threshold scales with such peaks (edgekit/compare.py), so no per-model override is needed.
+@register_model("inception", params=27_161_264, input_size=299,
                 paper="Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision")
 def inception_v3(num_classes: int = 1000) -> nn.Module:
     return Inception3(num_classes)

@@ -3,6 +3,8 @@ from . import (  # noqa: F401
     alexnet,
     densenet,
     efficientnet,
+    efficientnet_lite,
+    efficientnet_v2,
     googlenet,
     inception,
     lenet,
