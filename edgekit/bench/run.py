@@ -1,0 +1,167 @@
+"""Report rows from measurements: an artifact folder's final stage, or torch eager.
+
+Both go through :func:`edgekit.bench.timing.measure` and the same Runner classes
+parity uses (``get_target(stage.target).open(...)``; :class:`TorchRunner`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgekitError, UsageError
+from ..report.schema import make_row, parity_summary
+from .device import runtime_versions
+from .timing import measure, synthetic_feed
+
+
+@dataclass
+class BenchSettings:
+    threads: int | None = None
+    batch: int | None = None
+    warmup: int = 10
+    iters: int | None = None
+    seconds: float = 2.0
+    device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threads": self.threads, "batch": self.batch, "warmup": self.warmup, "iters": self.iters,
+                "seconds": None if self.iters else self.seconds, "device": self.device}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a report cell: the EdgekitError message + hint, or the exception's type and first
+    line; terminal colour codes removed."""
+    if isinstance(exc, EdgekitError):
+        text = str(exc)
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+    return " ".join(_ANSI.sub("", text).split())
+
+
+def target_versions(target: str) -> dict[str, str]:
+    """Installed versions of what runs ``target`` (its exporter's packages)."""
+    if target == "torch":
+        return runtime_versions(("torch",))
+    try:
+        from ..targets import get_target
+
+        packages = tuple(get_target(target).packages)
+    except EdgekitError:
+        packages = ()
+    return runtime_versions(packages or (target,))
+
+
+def options_are_default(target: str, options: dict[str, Any] | None) -> bool:
+    """True when every target option in the request equals its documented default."""
+    if not options:
+        return True
+    try:
+        from ..targets import get_target
+
+        defaults = {o.dest: o.default for o in get_target(target).options}
+    except EdgekitError:
+        return False
+    return all(v is None or defaults.get(k, object()) == v for k, v in options.items())
+
+
+def _shape_for(inputs, batch: int | None) -> list[int]:
+    shape = list(inputs[0].shape) if inputs else []
+    if shape and batch:
+        shape[0] = batch
+    return shape
+
+
+def _check_batch(inputs, batch: int | None, what: str) -> None:
+    if batch is None or not inputs:
+        return
+    spec = inputs[0]
+    if not spec.dynamic_batch and spec.shape[0] != batch:
+        raise UsageError(f"{what} was exported with batch {spec.shape[0]}; cannot run batch {batch}",
+                         hint="re-export with --batch N or --dynamic-batch")
+
+
+def read_artifact(folder: str | Path):
+    """The manifest of an artifact folder (or its artifact.json)."""
+    from ..artifact import Manifest
+
+    return Manifest.read(Path(folder))
+
+
+def artifact_row_fields(manifest, folder: Path) -> dict[str, Any]:
+    """Everything a row says about an artifact without running it."""
+    final = manifest.final
+    req = manifest.request or {}
+    target = req.get("target") or final.target
+    return {"model": manifest.model.get("name") or req.get("model", "?"), "target": target,
+            "precision": req.get("precision") or final.precision, "stage": final.stage, "format": final.format,
+            "artifact": str(Path(folder).resolve()),
+            "size_mb": round(final.size_bytes / 1e6, 3) if final.path.exists() else None,
+            "options": dict(req.get("options") or {}),
+            "default_options": options_are_default(target, req.get("options")),
+            "parity": parity_summary(manifest.parity, final.stage)}
+
+
+def bench_artifact(folder: str | Path, settings: BenchSettings, device_id: str, manifest=None) -> dict[str, Any]:
+    """Measure the final stage of an artifact folder; a row (status error with the message on failure)."""
+    from ..targets import get_target
+
+    manifest = manifest or read_artifact(folder)
+    final = manifest.final
+    fields = artifact_row_fields(manifest, Path(folder))
+    row = make_row(**fields, device_id=device_id, versions=target_versions(fields["target"]),
+                   input_shape=_shape_for(final.inputs, settings.batch), batch=settings.batch or
+                   (final.inputs[0].shape[0] if final.inputs else 1), threads=settings.threads,
+                   device=settings.device)
+    try:
+        final.verify()
+        _check_batch(final.inputs, settings.batch, f"{fields['model']} ({fields['target']})")
+        runner = get_target(final.target).open(final, device=settings.device, threads=settings.threads)
+        feed = synthetic_feed(final.inputs, settings.batch) if final.inputs else None
+        stats = measure(runner, feed, warmup=settings.warmup, iters=settings.iters, seconds=settings.seconds,
+                        batch=settings.batch)
+    except Exception as exc:  # one artifact that cannot run must not stop the others
+        row.update(status="error", error=error_text(exc))
+        return row
+    row.update(latency=stats.to_dict(), runner=stats.runner)
+    par = row["parity"]
+    row["status"] = "parity-fail" if par and not par["all_passed"] else "ok"
+    return row
+
+
+def torch_reference(model: str, input_shape: tuple[int, ...] | None = None, batch: int = 1,
+                    weights: Path | None = None, pretrained: bool = False):
+    """(model name, nn.Module, inputs) resolved exactly as ``edgekit export`` resolves them."""
+    from ..contracts import ExportRequest
+    from ..pipeline import resolve
+
+    res = resolve(ExportRequest(model=model, input_shape=input_shape, batch=batch, weights=weights,
+                                pretrained=pretrained))
+    return res.spec.name, res.model, res.inputs
+
+
+def bench_torch(model: str, settings: BenchSettings, device_id: str, input_shape: tuple[int, ...] | None = None,
+                weights: Path | None = None, pretrained: bool = False, reference=None) -> dict[str, Any]:
+    """Torch eager FP32 on the CPU: the baseline every speed-up is relative to.
+
+    ``reference``: an already built ``(name, module, inputs)`` (from :func:`torch_reference`)."""
+    from ..torch_runner import TorchRunner
+
+    name, module, inputs = reference or torch_reference(model, input_shape, settings.batch or 1, weights, pretrained)
+    if settings.batch:
+        inputs = tuple(i.with_batch(settings.batch) for i in inputs)
+    row = make_row(model=name, target="torch", precision="fp32", device_id=device_id,
+                   versions=target_versions("torch"), baseline=True, stage="torch", format="pytorch",
+                   runner="torch", input_shape=list(inputs[0].shape), batch=inputs[0].shape[0],
+                   threads=settings.threads, notes=["torch eager FP32 baseline"])
+    params = sum(p.numel() * p.element_size() for p in module.parameters())
+    row["size_mb"] = round(params / 1e6, 3)
+    stats = measure(TorchRunner(module, inputs, threads=settings.threads), synthetic_feed(inputs),
+                    warmup=settings.warmup, iters=settings.iters, seconds=settings.seconds)
+    row.update(latency=stats.to_dict(), runner=stats.runner)
+    return row

@@ -1,0 +1,314 @@
+"""``edgekit ci``: the parity gate of a project, from ``edgekit.toml``, as JUnit XML.
+
+The project file names the models, targets, precisions, tolerances and calibration
+data (format in docs/ci.md; example in docs/edgekit.example.toml). Every (model,
+target, precision) is exported with ``edgekit.pipeline.export`` and becomes one JUnit
+``testcase``: a parity failure is a ``failure`` whose message names the model, the
+target, the stage and the metric; an export error is an ``error``. Exit codes: 0 all
+passed, 1 a parity failure, 2 a configuration or export error.
+"""
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EdgekitError, UsageError
+from .specs import PRECISIONS, parse_shape
+
+TOLERANCE_KEYS = ("max_abs", "cosine", "sqnr_db", "top1")
+TOP_KEYS = {"models": list, "targets": list, "precisions": list, "calib": str, "out": str, "input_shape": str,
+            "batch": int, "samples": int, "pretrained": bool, "threads": int, "bench": bool, "seconds": float,
+            "skip_unavailable": bool, "tolerance": dict, "model": dict}
+MODEL_KEYS = {"targets": list, "precisions": list, "calib": str, "input_shape": str, "batch": int,
+              "samples": int, "weights": str, "pretrained": bool, "tolerance": dict}
+
+
+class ConfigError(UsageError):
+    """An edgekit.toml that cannot be used (exit 2, before any export)."""
+
+
+@dataclass
+class Cell:
+    model: str                    # as written in the project file (zoo names canonical)
+    target: str
+    precision: str
+    ref: str = ""                 # what the export resolves: a user model file made absolute
+    input_shape: tuple[int, ...] | None = None
+    batch: int = 1
+    calib: Path | None = None
+    weights: Path | None = None
+    pretrained: bool = False
+    samples: int | None = None
+    tolerance: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.target}/{self.precision}"
+
+
+@dataclass
+class CiConfig:
+    path: Path
+    cells: list[Cell]
+    out: Path
+    threads: int | None = None
+    bench: bool = False
+    seconds: float = 1.0
+    skip_unavailable: bool = False
+
+
+def _toml():
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ConfigError("reading edgekit.toml on Python 3.10 needs the package 'tomli'",
+                              hint="pip install tomli, or use Python 3.11+") from None
+    return tomllib
+
+
+def _check_keys(table: dict[str, Any], allowed: dict[str, type], where: str) -> None:
+    for key, value in table.items():
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            raise ConfigError(f"{where}: unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                              hint=f"allowed: {', '.join(allowed)}")
+        typ = allowed[key]
+        ok = isinstance(value, typ) or (typ is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok or (typ is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: '{key}' must be a {typ.__name__}, got {type(value).__name__}")
+
+
+def _tolerances(table: dict[str, Any], where: str) -> dict[str, dict[str, float]]:
+    """{precision: {metric: value}} from a [tolerance.<precision>] table."""
+    out: dict[str, dict[str, float]] = {}
+    for prec, metrics in table.items():
+        if prec not in PRECISIONS:
+            raise ConfigError(f"{where}: unknown precision '{prec}' in tolerance",
+                              hint=f"use [tolerance.fp32], [tolerance.fp16] or [tolerance.int8]")
+        if not isinstance(metrics, dict):
+            raise ConfigError(f"{where}: tolerance.{prec} must be a table of metric = value")
+        for k, v in metrics.items():
+            if k not in TOLERANCE_KEYS:
+                close = difflib.get_close_matches(k, TOLERANCE_KEYS, n=1)
+                raise ConfigError(f"{where}: unknown metric '{k}' in tolerance.{prec}"
+                                  + (f" (did you mean '{close[0]}'?)" if close else ""),
+                                  hint=f"metrics: {', '.join(TOLERANCE_KEYS)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{where}: tolerance.{prec}.{k} must be a number")
+        out[prec] = {k: float(v) for k, v in metrics.items()}
+    return out
+
+
+def _names(values: list[Any], what: str, where: str) -> list[str]:
+    if not values or not all(isinstance(v, str) and v for v in values):
+        raise ConfigError(f"{where}: '{what}' must be a non-empty list of strings")
+    return list(dict.fromkeys(values))
+
+
+def _path(base: Path, value: str | None) -> Path | None:
+    return None if value is None else (base / value).resolve()
+
+
+def _shape(value: str | None, where: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return parse_shape(value)
+    except UsageError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
+
+
+def _user_ref(base: Path, ref: str) -> str:
+    """``models/net.py:factory`` relative to the project file; module references unchanged."""
+    target, _, attr = ref.rpartition(":")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return f"{(base / target).resolve()}:{attr}"
+    return ref
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"project file not found: {path}",
+                          hint="create edgekit.toml (see docs/edgekit.example.toml) or pass --config")
+    try:
+        data = _toml().loads(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # tomllib.TOMLDecodeError, UnicodeDecodeError
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    if path.name == "pyproject.toml":
+        data = data.get("tool", {}).get("edgekit")
+        if data is None:
+            raise ConfigError(f"{path} has no [tool.edgekit] table")
+    return data
+
+
+def load_config(path: str | Path) -> CiConfig:
+    """Parse and validate the project file; every problem is a ConfigError (exit 2)."""
+    try:
+        return _load_config(Path(path))
+    except ConfigError:
+        raise
+    except EdgekitError as exc:  # unknown model / target names
+        raise ConfigError(f"{Path(path).name}: {exc.message}", hint=exc.hint) from None
+
+
+def _load_config(path: Path) -> CiConfig:
+    from .models.registry import resolve_name
+    from .models.user import is_user_ref
+    from .targets import resolve_target_name
+
+    data = read_config(path)
+    where = path.name
+    _check_keys(data, TOP_KEYS, where)
+    base = path.resolve().parent
+    overrides = data.get("model", {})
+    models = _names(data.get("models") or list(overrides), "models", where)
+    canon = {m: (m if is_user_ref(m) else resolve_name(m)[0]) for m in models}
+    refs = {m: _user_ref(base, m) if is_user_ref(m) else canon[m] for m in models}
+    targets = [resolve_target_name(t) for t in _names(data.get("targets", ["onnx"]), "targets", where)]
+    precisions = _names(data.get("precisions", ["fp32"]), "precisions", where)
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise ConfigError(f"{where}: unknown precision '{p}'", hint=f"choose from {', '.join(PRECISIONS)}")
+    global_tol = _tolerances(data.get("tolerance", {}), where)
+    for name in overrides:
+        if name not in models:
+            raise ConfigError(f"{where}: [model.\"{name}\"] overrides a model that is not in 'models'",
+                              hint=f"models: {', '.join(models)}")
+    cells = []
+    for m in models:
+        o = overrides.get(m, {})
+        mw = f"{where} [model.{m}]"
+        if not isinstance(o, dict):
+            raise ConfigError(f"{mw} must be a table")
+        _check_keys(o, MODEL_KEYS, mw)
+        m_targets = [resolve_target_name(t) for t in _names(o["targets"], "targets", mw)] if "targets" in o \
+            else targets
+        m_precs = _names(o["precisions"], "precisions", mw) if "precisions" in o else precisions
+        for p in m_precs:
+            if p not in PRECISIONS:
+                raise ConfigError(f"{mw}: unknown precision '{p}'", hint=f"choose from {', '.join(PRECISIONS)}")
+        m_tol = _tolerances(o.get("tolerance", {}), mw)
+        weights = _path(base, o.get("weights"))
+        if weights is not None and not weights.is_file():
+            raise ConfigError(f"{mw}: weights file not found: {weights}")
+        calib = _path(base, o.get("calib", data.get("calib")))
+        if calib is not None and not calib.is_dir():
+            raise ConfigError(f"{mw if 'calib' in o else where}: calibration folder not found: {calib}")
+        for t in m_targets:
+            for p in m_precs:
+                cells.append(Cell(model=canon[m], target=t, precision=p, ref=refs[m],
+                                  input_shape=_shape(o.get("input_shape", data.get("input_shape")), mw),
+                                  batch=o.get("batch", data.get("batch", 1)), calib=calib, weights=weights,
+                                  pretrained=o.get("pretrained", data.get("pretrained", False)),
+                                  samples=o.get("samples", data.get("samples")),
+                                  tolerance={**global_tol.get(p, {}), **m_tol.get(p, {})}))
+    out = _path(base, data.get("out", "edgekit-ci"))
+    return CiConfig(path=path, cells=cells, out=out, threads=data.get("threads"), bench=data.get("bench", False),
+                    seconds=float(data.get("seconds", 1.0)), skip_unavailable=data.get("skip_unavailable", False))
+
+
+def _request(cfg: CiConfig, cell: Cell):
+    from .contracts import ExportRequest
+
+    folder = cfg.out / "artifacts" / f"{cell.model.replace(':', '_').replace('/', '_')}-{cell.target}-{cell.precision}"
+    return ExportRequest(model=cell.ref or cell.model, target=cell.target, precision=cell.precision, out=folder,
+                         batch=cell.batch, input_shape=cell.input_shape, weights=cell.weights,
+                         pretrained=cell.pretrained, calib=cell.calib, threads=cfg.threads, samples=cell.samples,
+                         tolerance=dict(cell.tolerance), parity=True, bench=False, force=True)
+
+
+def failure_message(cell: Cell, comparisons) -> str:
+    """"mobilenet_v3_small onnx fp32: parity failed: stage 'onnx' (onnxruntime), output 'output':
+    max_abs 6.5e-06 > 1e-12; ..." """
+    parts = []
+    for c in comparisons:
+        for f in c.failures:
+            out, _, metric = f.partition(": ")
+            parts.append(f"stage '{c.stage}' ({c.runner}), output '{out}': {metric}" if metric
+                         else f"stage '{c.stage}' ({c.runner}): {f}")
+    return f"{cell.model} {cell.target} {cell.precision}: parity failed: " + "; ".join(parts)
+
+
+def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool = False) -> tuple[dict[str, Any], int]:
+    """Run every cell; writes JUnit XML and the report into ``cfg.out``; returns (report, exit code)."""
+    from .bench.device import fingerprint
+    from .bench.run import BenchSettings, bench_artifact, error_text, target_versions
+    from .console import Console
+    from .parity import parity_table
+    from .pipeline import export
+    from .report import write_outputs
+    from .report.junit import Case, write_junit
+    from .report.schema import make_row, new_report, parity_summary
+    from .targets import get_target
+
+    console = console or Console()
+    fp = fingerprint()
+    dev = fp["device_id"]
+    settings = BenchSettings(threads=cfg.threads, warmup=5, seconds=cfg.seconds)
+    cases: list[Case] = []
+    rows: list[dict[str, Any]] = []
+    for i, cell in enumerate(cfg.cells, 1):
+        console.info(f"[{i}/{len(cfg.cells)}] {cell.name}")
+        classname = f"edgekit.parity.{cell.target}"
+        base = dict(model=cell.model, target=cell.target, precision=cell.precision, device_id=dev,
+                    versions=target_versions(cell.target), threads=cfg.threads,
+                    input_shape=list(cell.input_shape) if cell.input_shape else None)
+        t0 = time.perf_counter()
+        try:
+            ok, why = get_target(cell.target).available()
+        except EdgekitError as exc:
+            ok, why = False, exc.message
+        if not ok:
+            msg = f"{cell.name}: target {cell.target} unavailable here: {why}"
+            if cfg.skip_unavailable:
+                cases.append(Case(cell.name, classname, skipped=msg))
+                rows.append(make_row(**base, status="skipped", error=msg))
+            else:
+                cases.append(Case(cell.name, classname, error=msg))
+                rows.append(make_row(**base, status="error", error=msg))
+                console.warn(msg)
+            continue
+        try:
+            result = export(_request(cfg, cell), console)
+        except Exception as exc:
+            msg = f"{cell.name}: export failed: {error_text(exc)}"
+            cases.append(Case(cell.name, classname, seconds=time.perf_counter() - t0, error=msg))
+            rows.append(make_row(**base, status="error", error=msg))
+            console.warn(msg)
+            if debug:
+                raise
+            continue
+        table = parity_table(result.comparisons) if result.comparisons else "parity not run"
+        final = result.manifest.final
+        props = {"artifact": str(result.out), "final_stage": final.stage, "size_bytes": str(final.size_bytes)}
+        par = parity_summary([c.to_dict() for c in result.comparisons], final.stage)
+        for k in ("max_abs", "cosine", "sqnr_db", "top1"):
+            if par and par.get(k) is not None:
+                props[f"{par['stage']}.{k}"] = str(par[k])
+        case = Case(cell.name, classname, seconds=time.perf_counter() - t0, properties=props, stdout=table)
+        if not result.passed:
+            case.failure = failure_message(cell, [c for c in result.comparisons if not c])
+            case.details = f"{case.failure}\n\n{table}"
+            console.warn(case.failure)
+        cases.append(case)
+        row = bench_artifact(result.out, settings, dev, manifest=result.manifest) if cfg.bench else \
+            make_row(**{**base, "input_shape": list(final.inputs[0].shape) if final.inputs else base["input_shape"]},
+                     stage=final.stage, format=final.format, artifact=str(result.out),
+                     size_mb=round(final.size_bytes / 1e6, 3), parity=par,
+                     status="ok" if result.passed else "parity-fail")
+        rows.append(row)
+    junit = junit or cfg.out / "junit.xml"
+    write_junit(cases, junit, suite=f"edgekit ci ({cfg.path.name})")
+    report = new_report("ci", rows, {dev: fp}, {"config": str(cfg.path), "bench": cfg.bench,
+                                                "threads": cfg.threads})
+    written = write_outputs(report, cfg.out / "report.json", cfg.out / "report.md", None)
+    console.info(f"wrote {junit}, {', '.join(str(p) for p in written)}")
+    code = 2 if any(c.error for c in cases) else 1 if any(c.failure for c in cases) else 0
+    return report, code

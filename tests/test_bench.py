@@ -1,0 +1,199 @@
+"""edgekit bench: timing statistics, device fingerprint, artifact rows, the CLI.
+
+A tiny conv net exported to ONNX (real torch.onnx export, real ONNX Runtime) keeps this
+file fast; no assertion depends on how fast this machine is.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from importlib import metadata
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from edgekit.artifact import Manifest  # noqa: E402
+from edgekit.bench.device import device_id_of, fingerprint  # noqa: E402
+from edgekit.bench.run import BenchSettings, bench_artifact  # noqa: E402
+from edgekit.bench.timing import LatencyStats, measure, synthetic_feed  # noqa: E402
+from edgekit.contracts import ExportRequest  # noqa: E402
+from edgekit.errors import UsageError  # noqa: E402
+from edgekit.specs import InputSpec  # noqa: E402
+
+MODEL_SRC = '''
+import torch
+from torch import nn
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+'''
+
+
+def tiny_model():
+    ns: dict = {}
+    exec(MODEL_SRC, ns)
+    return ns["tiny"]()
+
+
+def write_artifact(folder, dynamic_batch=False):
+    """A real artifact folder: ONNX export + parity vs torch + manifest, like 'edgekit export' writes."""
+    from edgekit.compare import tolerance_for
+    from edgekit.parity import run_parity
+    from edgekit.torch_runner import TorchRunner
+    from exporters.onnx import OrtRunner, export_onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = tiny_model()
+    inputs = (InputSpec(shape=(1, 3, 32, 32), dynamic_batch=dynamic_batch),)
+    art = export_onnx(model, inputs, folder / "tiny.onnx", dynamic_batch=dynamic_batch)
+    feeds = [synthetic_feed(inputs, seed=s) for s in range(4)]
+    comps = run_parity(TorchRunner(model, inputs), [(art, OrtRunner(art.path, art.inputs))], feeds,
+                       lambda a: tolerance_for("fp32"), "synthetic")
+    req = ExportRequest(model=str(folder / "tiny.py:tiny"), target="onnx", out=folder, input_shape=(1, 3, 32, 32),
+                        dynamic_batch=dynamic_batch)
+    Manifest(model={"name": "tiny", "user_ref": req.model, "input_shape": [1, 3, 32, 32]}, request=req.to_dict(),
+             stages=[art], parity=[c.to_dict() for c in comps]).write(folder)
+    (folder / "tiny.py").write_text(MODEL_SRC)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return write_artifact(tmp_path_factory.mktemp("bench") / "tiny-onnx-fp32")
+
+
+@pytest.fixture(scope="module")
+def dyn_artifact(tmp_path_factory):
+    return write_artifact(tmp_path_factory.mktemp("bench") / "tiny-dyn", dynamic_batch=True)
+
+
+def _runner(folder):
+    from exporters.onnx import OrtRunner
+
+    m = Manifest.read(folder)
+    return OrtRunner(m.final.path, m.final.inputs, threads=1)
+
+
+def test_measure_fixed_iterations_statistics(artifact):
+    stats = measure(_runner(artifact), warmup=2, iters=25)
+    assert isinstance(stats, LatencyStats)
+    assert stats.iterations == 25 and stats.warmup == 2 and stats.batch == 1 and stats.threads == 1
+    assert len(stats.samples_ms) == 25
+    s = np.sort(stats.samples_ms)
+    assert stats.min_ms == pytest.approx(s[0]) and stats.max_ms == pytest.approx(s[-1])
+    assert stats.p50_ms == pytest.approx(np.percentile(s, 50))
+    assert stats.p90_ms == pytest.approx(np.percentile(s, 90))
+    assert stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms <= stats.max_ms
+    assert stats.mean_ms == pytest.approx(s.mean()) and stats.std_ms == pytest.approx(s.std(ddof=1))
+    assert stats.throughput == pytest.approx(1000.0 / stats.mean_ms)
+    assert stats.load_ms is not None and stats.load_ms > 0 and stats.first_ms > 0
+    assert stats.runner == "onnxruntime"
+    d = stats.to_dict()
+    assert "samples_ms" not in d and json.loads(json.dumps(d))["iterations"] == 25
+    assert LatencyStats.from_dict(d).p50_ms == stats.p50_ms
+
+
+def test_measure_time_budget_and_opened_runner(artifact):
+    stats = measure(_runner(artifact), warmup=0, seconds=0.05, min_iters=7)
+    assert stats.iterations >= 7 and stats.timed_s >= 0.0
+    runner = _runner(artifact)
+    with runner:
+        stats = measure(runner, synthetic_feed(runner.inputs), warmup=1, iters=3, opened=True)
+        assert runner._session is not None  # measure left the caller's runner open
+    assert stats.load_ms is None and stats.iterations == 3
+
+
+def test_measure_rejects_bad_budgets(artifact):
+    with pytest.raises(UsageError, match="--iters"):
+        measure(_runner(artifact), iters=0)
+    with pytest.raises(UsageError, match="--warmup"):
+        measure(_runner(artifact), warmup=-1, iters=1)
+    with pytest.raises(UsageError, match="--seconds"):
+        measure(_runner(artifact), seconds=0)
+
+
+def test_measure_memory_fields(artifact):
+    stats = measure(_runner(artifact), warmup=1, iters=2)
+    if sys.platform.startswith("linux"):
+        assert stats.peak_rss_mb is not None and stats.peak_rss_mb > 10  # python + numpy + torch are resident
+        assert stats.rss_delta_mb is not None
+    assert stats.peak_rss_scope in ("measurement", "process")
+
+
+def test_synthetic_feed_is_seeded_and_batched():
+    inputs = (InputSpec(shape=(1, 3, 8, 8)),)
+    a, b = synthetic_feed(inputs, 4), synthetic_feed(inputs, 4)
+    assert a["input"].shape == (4, 3, 8, 8) and a["input"].dtype == np.float32
+    np.testing.assert_array_equal(a["input"], b["input"])
+    assert abs(float(a["input"].std()) - 1.0) < 0.2
+
+
+def test_bench_artifact_row_with_dynamic_batch(dyn_artifact):
+    row = bench_artifact(dyn_artifact, BenchSettings(batch=4, warmup=1, iters=5, threads=1), "dev0")
+    assert row["status"] == "ok", row["error"]
+    assert row["model"] == "tiny" and row["target"] == "onnx" and row["precision"] == "fp32"
+    assert row["input_shape"] == [4, 3, 32, 32] and row["latency"]["batch"] == 4
+    assert row["latency"]["throughput"] == pytest.approx(4000.0 / row["latency"]["mean_ms"])
+    assert row["versions"]["onnxruntime"] == metadata.version("onnxruntime")
+    assert row["parity"]["passed"] and row["parity"]["max_abs"] < 1e-4 and row["parity"]["stage"] == "onnx"
+    assert row["size_mb"] > 0
+
+
+def test_bench_artifact_static_batch_mismatch_is_an_error_row(artifact):
+    row = bench_artifact(artifact, BenchSettings(batch=2, iters=1), "dev0")
+    assert row["status"] == "error" and "exported with batch 1" in row["error"] and "--dynamic-batch" in row["error"]
+
+
+def test_fingerprint_fields_and_stable_id():
+    fp = fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{10}", fp["device_id"])
+    assert fingerprint()["device_id"] == fp["device_id"]
+    assert fp["runtimes"]["torch"] == metadata.version("torch")
+    assert fp["runtimes"]["onnxruntime"] == metadata.version("onnxruntime")
+    assert fp["cpu"]["threads"] >= 1 and fp["cpu"]["cores"] >= 1 and fp["memory_gb"] > 0
+    assert fp["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    if re.search(r"^flags\s*:.*\bavx2\b", flags, re.M):
+        assert "avx2" in fp["cpu"]["isa"]
+    labelled = fingerprint("lab-rpi5-07")
+    assert labelled["device_id"] != fp["device_id"] and labelled["name"] == "lab-rpi5-07"
+    # versions are row data, not device identity: an upgrade keeps the id
+    assert device_id_of({**fp, "runtimes": {"torch": "0.0"}}) == fp["device_id"]
+
+
+def test_cli_bench_writes_three_reports(artifact, tmp_path, capsys):
+    from edgekit.cli.main import main
+
+    out = tmp_path / "r"
+    code = main(["-q", "bench", str(artifact), "--iters", "5", "--warmup", "1", "--threads", "1",
+                 "--torch", str(artifact / "tiny.py:tiny"),
+                 "--json", str(out / "b.json"), "--md", str(out / "b.md"), "--html", str(out / "b.html")])
+    assert code == 0
+    rep = json.loads((out / "b.json").read_text())
+    assert rep["schema"] == "edgekit.report/1" and rep["kind"] == "bench"
+    targets = [r["target"] for r in rep["rows"]]
+    assert targets == ["torch", "onnx"]
+    torch_row, onnx_row = rep["rows"]
+    assert torch_row["baseline"] and torch_row["input_shape"] == [1, 3, 32, 32]
+    assert onnx_row["speedup"] == pytest.approx(torch_row["latency"]["p50_ms"] / onnx_row["latency"]["p50_ms"],
+                                                rel=1e-2)
+    assert rep["devices"][onnx_row["device_id"]]["runtimes"]["onnxruntime"]
+    assert "| tiny | onnx | fp32 | ok |" in (out / "b.md").read_text()
+    assert (out / "b.html").read_text().count("data:image/png;base64,") == 3
+    assert "tiny" in capsys.readouterr().out
+
+
+def test_cli_bench_missing_artifact_is_exit_2(tmp_path, capsys):
+    from edgekit.cli.main import main
+
+    assert main(["bench", str(tmp_path / "nope")]) == 2
+    assert "no artifact.json" in capsys.readouterr().err
