@@ -128,7 +128,9 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
         with console.step(f"INT8 calibration + Q/DQ ({feeds.calib.source})") as d:
             stages.append(quantize_int8(stages[-1], work / f"{stem}.int8.onnx", feeds.calib, feeds.heldout, opts,
                                         log=console.info))
-            d["summary"] = f"{stages[-1].meta.get('int8_conv_fraction', '?')} of convs INT8"
+            lay, gate = stages[-1].meta.get('layers', {}), stages[-1].meta.get('gate', {})
+            d["summary"] = (f"{lay.get('int8_convs', '?')}/{lay.get('convs', '?')} convs INT8, gate "
+                            f"{'passed' if gate.get('passed') else 'FAILED'}")
     return stages
 
 
