@@ -116,6 +116,11 @@ class FeedSet:
     heldout: ImageFeeds
     bundled: bool
 
+    @property
+    def skipped(self) -> list[str]:
+        """Unreadable image files, skipped with a warning (known once the feeds were read)."""
+        return sorted(set(self.calib.skipped) | set(self.heldout.skipped))
+
 
 def photo_feeds(pre: Preprocess, input: InputSpec, folder: Path | None = None, heldout: int = 200,
                 calib: int = 256, seed: int = 0) -> FeedSet:
@@ -148,3 +153,115 @@ def take(feeds: Iterable[dict[str, np.ndarray]], n: int) -> list[dict[str, np.nd
         return list(feeds)
     picks = set(np.linspace(0, total - 1, n).round().astype(int).tolist())
     return [f for i, f in enumerate(feeds) if i in picks]
+
+
+class ArrayFeeds:
+    """Re-iterable feeds from an array of samples (N, C, H, W), batched to the input."""
+
+    def __init__(self, array: np.ndarray, input: InputSpec, source: str = ""):
+        self.array = np.ascontiguousarray(array, dtype=np.float32)
+        self.input = input
+        self.source = source
+        self.skipped: list[str] = []
+
+    @property
+    def batch(self) -> int:
+        return self.input.shape[0]
+
+    def __len__(self) -> int:
+        return max(1, len(self.array) // self.batch)
+
+    @property
+    def count(self) -> int:
+        return len(self) * self.batch
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        b = self.batch
+        for i in range(len(self)):
+            chunk = self.array[i * b:(i + 1) * b]
+            if len(chunk) < b:  # fewer samples than one batch: repeat
+                chunk = np.concatenate([chunk, self.array[: b - len(chunk)]])
+            yield {self.input.name: chunk}
+
+    def subset(self, rows: Sequence[int], source: str) -> "ArrayFeeds":
+        return ArrayFeeds(self.array[list(rows)], self.input, source)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.array.tobytes())
+        h.update(repr(self.array.shape).encode())
+        return h.hexdigest()
+
+
+def array_feeds(path: Path, input: InputSpec) -> ArrayFeeds:
+    """Feeds from a ``.npy`` file (an array N×C×H×W, or C×H×W for one sample) or a
+    ``.npz`` (the array named like the input, else its only array), already
+    preprocessed. Its shape must match the input's (batch aside)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"calibration array not found: {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise CalibrationError(f"cannot read {path.name}: {type(exc).__name__}: {exc}",
+                               hint="expected a .npy or .npz file written by numpy.save / numpy.savez") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            keys = list(data.keys())
+            if input.name in keys:
+                arr = data[input.name]
+            elif len(keys) == 1:
+                arr = data[keys[0]]
+            else:
+                raise CalibrationError(f"{path.name} holds arrays {keys} and none is named '{input.name}'",
+                                       hint=f"save the samples under the input's name: np.savez(f, {input.name}=x)")
+    else:
+        arr = data
+    arr = np.asarray(arr)
+    if arr.ndim == len(input.shape) - 1:
+        arr = arr[None]
+    if arr.ndim != len(input.shape) or tuple(arr.shape[1:]) != tuple(input.shape[1:]):
+        raise CalibrationError(f"{path.name}: samples of shape {tuple(arr.shape[1:])}, the model's input "
+                               f"'{input.name}' takes {tuple(input.shape[1:])}",
+                               hint="save preprocessed samples as N×C×H×W float32")
+    if not np.issubdtype(arr.dtype, np.number) or len(arr) == 0:
+        raise CalibrationError(f"{path.name}: no numeric samples")
+    if not np.isfinite(arr).all():
+        raise CalibrationError(f"{path.name}: contains NaN or infinite values")
+    return ArrayFeeds(arr, input, f"{path.name}: {len(arr)} samples")
+
+
+def split_array_feeds(feeds: ArrayFeeds, heldout_fraction: float = 0.4) -> tuple[ArrayFeeds, ArrayFeeds]:
+    """Deterministic (calibration, held-out) split of array samples; never overlapping."""
+    n = len(feeds.array)
+    if n < 2:
+        raise CalibrationError(f"need at least 2 samples to hold one out for parity, found {n}")
+    order = sorted(range(n), key=lambda i: hashlib.sha1(feeds.array[i].tobytes()).hexdigest() + f"{i:09d}")
+    n_held = min(n - 1, max(1, round(n * heldout_fraction)))
+    held, cal = sorted(order[:n_held]), sorted(order[n_held:])
+    return (feeds.subset(cal, f"{feeds.source} ({len(cal)} for calibration)"),
+            feeds.subset(held, f"{feeds.source} ({len(held)} held out)"))
+
+
+def feeds_fingerprint(feeds: Iterable[dict[str, np.ndarray]]) -> str:
+    """A stable digest of what the feeds contain (their own ``fingerprint()`` if any)."""
+    fp = getattr(feeds, "fingerprint", None)
+    if callable(fp):
+        return fp()
+    h = hashlib.sha256()
+    for feed in feeds:
+        for k in sorted(feed):
+            a = np.ascontiguousarray(feed[k])
+            h.update(k.encode())
+            h.update(repr((a.shape, str(a.dtype))).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def feeds_info(feeds: Iterable[dict[str, np.ndarray]]) -> dict:
+    """Count, source and skipped files of a feeds object, for manifests and reports."""
+    n = getattr(feeds, "count", None)
+    if n is None:
+        n = sum(next(iter(f.values())).shape[0] for f in feeds)
+    skipped = list(getattr(feeds, "skipped", []))
+    return {"samples": int(n), "source": getattr(feeds, "source", ""), "skipped": skipped,
+            "skipped_count": len(skipped)}

@@ -27,7 +27,7 @@ def test_fp16_graph_has_fp16_weights_and_fp32_io(converted):
     assert weights and all(i.data_type == f16 for i in weights)
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert "ReduceMean" in fp16.meta["kept_fp32_ops"] and fp16.meta["casts"] > 0
+    assert any(n.op_type == "Cast" for n in m.graph.node)
     assert fp16.path.stat().st_size < 0.6 * converted[1].path.stat().st_size
 
 

@@ -1,0 +1,161 @@
+"""Small ONNX graph helpers shared by quantization, FP16 conversion and localization.
+
+Everything here works on an ``onnx.ModelProto`` (imported lazily by the callers) and
+plain Python data: producer / consumer maps, which nodes carry a constant weight,
+exposing intermediate tensors as extra graph outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import require
+
+# Operators whose weight input is quantized per channel; value = (weight input index).
+WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+
+
+@dataclass(frozen=True)
+class QuantTarget:
+    """One weighted node to quantize: its activation input and constant weight."""
+
+    node: str            # node name (unique, see ensure_node_names)
+    op: str
+    activation: str      # tensor name of input 0
+    weight: str          # initializer name
+    axis: int            # per-channel axis of the weight (its output channels)
+    group: int = 1
+
+    @property
+    def depthwise(self) -> bool:
+        return self.op == "Conv" and self.group > 1
+
+
+def onnx_mod():
+    return require("onnx", "onnx")
+
+
+def load(path: Path):
+    return onnx_mod().load(str(path))
+
+
+def ensure_node_names(model) -> None:
+    """Give every node a unique, stable name (exporters sometimes leave them empty)."""
+    seen: set[str] = set()
+    for i, n in enumerate(model.graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        n.name = name
+        seen.add(name)
+
+
+def initializers(model) -> dict[str, Any]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def producers(model) -> dict[str, Any]:
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def consumers(model) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            if i:
+                out.setdefault(i, []).append(n)
+    for o in model.graph.output:
+        out.setdefault(o.name, [])
+    return out
+
+
+def attr(node, name: str, default: Any = None) -> Any:
+    helper = onnx_mod().helper
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def to_array(tensor) -> np.ndarray:
+    return onnx_mod().numpy_helper.to_array(tensor)
+
+
+def weight_axis(node, weight: np.ndarray) -> int | None:
+    """The output-channel axis of a weighted node's weight, as TensorRT expects it for
+    per-channel scales: K (axis 0) for Conv, the output-column axis for Gemm/MatMul."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":  # weight (C_in, C_out/group, k...): output channels on axis 1
+        return 1 if attr(node, "group", 1) == 1 else None
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transB", 0) else 1
+    if node.op_type == "MatMul":
+        return weight.ndim - 1 if weight.ndim == 2 else None
+    return None
+
+
+def quant_targets(model) -> list[QuantTarget]:
+    """Weighted nodes whose weight is a float initializer and whose activation is not."""
+    inits = initializers(model)
+    out = []
+    for n in model.graph.node:
+        idx = WEIGHTED_OPS.get(n.op_type)
+        if idx is None or len(n.input) <= idx:
+            continue
+        act, w = n.input[0], n.input[idx]
+        if w not in inits or act in inits:
+            continue
+        t = inits[w]
+        if t.data_type != onnx_mod().TensorProto.FLOAT:
+            continue
+        arr = to_array(t)
+        if n.op_type == "Gemm" and attr(n, "transA", 0):
+            continue
+        axis = weight_axis(n, arr)
+        if axis is None:
+            continue
+        out.append(QuantTarget(n.name, n.op_type, act, w, axis, int(attr(n, "group", 1) or 1)))
+    return out
+
+
+def float_tensors(model) -> set[str]:
+    """Names of tensors known (after shape inference) to be float32."""
+    onnx = onnx_mod()
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort
+        inferred = model
+    f = onnx.TensorProto.FLOAT
+    names = {v.name for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+             if v.type.tensor_type.elem_type == f}
+    return names
+
+
+def with_outputs(model, names: list[str]):
+    """A copy of ``model`` that also outputs the named float tensors (existing outputs kept)."""
+    onnx = onnx_mod()
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            have.add(name)
+    return m
+
+
+def session(model_or_path, threads: int | None = None, optimize: bool = True):
+    """An ONNX Runtime CPU session for a model held in memory or on disk."""
+    ort = require("onnxruntime", "onnx", "calibration")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = str(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path.SerializeToString()
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])

@@ -1,0 +1,98 @@
+"""Layer-wise tools: input patches, weight rows, and GPTQ rounding.
+
+Rounding each INT8 weight to its nearest value minimises the weight error, not the
+error of the layer's *output*. Given the covariance ``H`` of a layer's input patches,
+:func:`gptq_rows` quantizes the weights one input column at a time and pushes the
+rounding error of each column onto the columns not yet quantized, weighted by
+``H⁻¹`` (the optimal-brain-quantization update of Frantar et al., *GPTQ*, ICLR 2023).
+Per-channel scales stay as they are, so the result is plain symmetric per-channel
+INT8. :mod:`calibration.sequential` decides where it is used.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import graph as g
+from .qdq import W_QMAX
+
+
+def _patches(node, x: torch.Tensor) -> torch.Tensor:
+    """Input patches as (groups, d, positions)."""
+    if node.op_type == "Conv":
+        nd = x.ndim - 2
+        if nd != 2:
+            raise ValueError("only 2-D convolutions")
+        k = g.attr(node, "kernel_shape", None)
+        pads = list(g.attr(node, "pads", [0, 0, 0, 0]))
+        x = F.pad(x, [pads[1], pads[3], pads[0], pads[2]]) if any(pads) else x
+        group = int(g.attr(node, "group", 1))
+        if k is None:
+            raise ValueError("Conv without kernel_shape")
+        cols = F.unfold(x, list(k), dilation=list(g.attr(node, "dilations", [1, 1])),
+                        stride=list(g.attr(node, "strides", [1, 1])))           # (N, C*kh*kw, L)
+        n, ck, L = cols.shape
+        cols = cols.reshape(n, group, ck // group, L).permute(1, 2, 0, 3)   # (g, d, N, L)
+        return cols.reshape(group, ck // group, n * L)
+    return x.reshape(-1, x.shape[-1]).T.unsqueeze(0)                           # (1, K, rows)
+
+
+def _weight_rows(node, w: torch.Tensor, axis: int) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Weight as (groups, rows, d) plus the inverse reshaping."""
+    if node.op_type == "Conv":
+        group = int(g.attr(node, "group", 1))
+        shape = w.shape
+        rows = w.reshape(group, shape[0] // group, -1)
+        return rows, lambda r: r.reshape(shape)
+    if axis == 0:   # Gemm transB: (N, K)
+        return w.unsqueeze(0), lambda r: r[0]
+    return w.T.unsqueeze(0), lambda r: r[0].T   # (K, N) -> rows N
+
+
+@torch.no_grad()
+def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Quantize ``w`` (groups, rows, d) column by column with error feedback through
+    ``h`` (groups, d, d); ``scales`` (groups, rows). Returns the dequantized weights."""
+    w = w.double().clone()
+    h = h.double().clone()
+    gcount, rows, d = w.shape
+    dead = torch.diagonal(h, dim1=1, dim2=2) == 0
+    idx = torch.arange(d)
+    h[:, idx, idx] += dead.double()
+    w[dead.unsqueeze(1).expand_as(w)] = 0
+    # quantize the most active inputs first (act order)
+    order = torch.argsort(torch.diagonal(h, dim1=1, dim2=2), dim=1, descending=True)
+    inv = torch.argsort(order, dim=1)
+    w = torch.gather(w, 2, order.unsqueeze(1).expand_as(w))
+    h = torch.gather(torch.gather(h, 1, order.unsqueeze(2).expand_as(h)), 2, order.unsqueeze(1).expand_as(h))
+    mean_diag = torch.diagonal(h, dim1=1, dim2=2).mean(dim=1)
+    h[:, idx, idx] += damp * mean_diag.unsqueeze(1)
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    u = torch.linalg.cholesky(hinv, upper=True)          # (g, d, d)
+    s = scales.double()
+    q = torch.zeros_like(w)
+    block = 64
+    for i1 in range(0, d, block):   # lazy-batch updates: columns in blocks, one matmul per block
+        i2 = min(i1 + block, d)
+        w1 = w[:, :, i1:i2].clone()
+        e1 = torch.zeros_like(w1)
+        u1 = u[:, i1:i2, i1:i2]
+        for j in range(i2 - i1):
+            col = w1[:, :, j]
+            qc = torch.clamp(torch.round(col / s), -W_QMAX, W_QMAX) * s
+            q[:, :, i1 + j] = qc
+            err = (col - qc) / u1[:, j, j].unsqueeze(1)
+            w1[:, :, j:] -= err.unsqueeze(2) * u1[:, j, j:].unsqueeze(1)
+            e1[:, :, j] = err
+        if i2 < d:
+            w[:, :, i2:] -= torch.bmm(e1, u[:, i1:i2, i2:])
+    return torch.gather(q, 2, inv.unsqueeze(1).expand_as(q)).float()
+
+
+def _broadcast(scales: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    view = [1] * len(shape)
+    view[axis] = -1
+    return np.ascontiguousarray(np.broadcast_to(scales.reshape(view), shape)).astype(np.float32)

@@ -1,0 +1,188 @@
+"""Write a Q/DQ ONNX graph in the form TensorRT's explicit quantization accepts.
+
+Form (TensorRT "Working with Quantized Types" / "Explicit Quantization",
+https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/work-quantized-types.html
+and .../quantized-types-explicit-quantization.html):
+
+* symmetric INT8 only: every zero point is 0, activations in [-128, 127], weights in
+  [-127, 127] (signed INT8, scale > 0);
+* weights pre-quantized: an INT8 initializer followed by a ``DequantizeLinear`` with
+  per-channel scales on the output-channel axis (K = axis 0 for Conv; the output
+  column axis for Gemm / MatMul);
+* activations per tensor: one ``QuantizeLinear`` → ``DequantizeLinear`` pair on each
+  input of a weighted operator (Conv, Gemm, MatMul) — TensorRT's recommendation is to
+  quantize the inputs of weighted operations and let it fuse the rest;
+* residual ``Add``: the skip input is read through the same Q/DQ pair as its other
+  quantized consumers, so TensorRT can fuse the Add into the convolution that
+  produces the other input (the "quantize the residual input" placement of the
+  Q/DQ placement recommendations);
+* biases and everything that is not a weighted operator stay float.
+
+Nodes named in ``QdqPlan.float_nodes`` are left untouched (mixed precision).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import graph as g
+from .graph import QuantTarget
+
+W_QMAX = 127
+
+
+@dataclass
+class QdqPlan:
+    targets: list[QuantTarget]
+    act_scales: dict[str, float]                   # activation tensor -> scale
+    float_nodes: set[str] = field(default_factory=set)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)   # replaced float weights (e.g. equalized)
+    biases: dict[str, np.ndarray] = field(default_factory=dict)    # node name -> corrected bias
+    weight_clip: dict[str, np.ndarray] = field(default_factory=dict)  # weight name -> per-channel threshold
+    weight_scales: dict[str, np.ndarray] = field(default_factory=dict)  # weight name -> fixed per-channel scales
+    residual: bool = True
+    per_channel: bool = True   # False: one scale per weight tensor (a naive baseline)
+    float_weight_nodes: set[str] = field(default_factory=set)  # calibration only: input quantized, weights float
+    # diagnostics only (not a TensorRT form): quantize just one side
+    quantize_weights: bool = True
+    quantize_activations: bool = True
+
+    def quantized(self) -> list[QuantTarget]:
+        return [t for t in self.targets if t.node not in self.float_nodes]
+
+
+def weight_scales(w: np.ndarray, axis: int, clip: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel symmetric scales (max |w| of each output channel / 127); ``axis=None``:
+    one scale for the whole tensor."""
+    if axis is None:
+        s = float(np.abs(w).max()) / W_QMAX
+        return np.asarray(s if s > 0 else 1.0, np.float32)
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    amax = np.abs(w).max(axis=red) if red else np.abs(w)
+    if clip is not None:
+        amax = np.minimum(amax, clip)
+    s = amax.astype(np.float64) / W_QMAX
+    return np.where(s > 0, s, 1.0).astype(np.float32)
+
+
+def quantize_weight(w: np.ndarray, axis: int, clip: np.ndarray | None = None,
+                    scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weight, per-channel scales)."""
+    s = weight_scales(w, axis, clip) if scales is None else np.asarray(scales, np.float32)
+    view = _view(w.ndim, axis)
+    q = np.clip(np.rint(w / s.reshape(view)), -W_QMAX, W_QMAX).astype(np.int8)
+    return q, s
+
+
+def fake_quant_weight(w: np.ndarray, axis: int | None, clip: np.ndarray | None = None) -> np.ndarray:
+    q, s = quantize_weight(w, axis, clip)
+    return q.astype(np.float32) * s.reshape(_view(w.ndim, axis))
+
+
+def _view(ndim: int, axis: int | None) -> tuple[int, ...]:
+    if axis is None:
+        return ()
+    shape = [1] * ndim
+    shape[axis] = -1
+    return tuple(shape)
+
+
+def build(model, plan: QdqPlan):
+    """A new ModelProto with Q/DQ nodes inserted according to ``plan``."""
+    onnx = g.onnx_mod()
+    helper, nh = onnx.helper, onnx.numpy_helper
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g.ensure_node_names(m)
+    graph = m.graph
+    inits = g.initializers(m)
+    by_name = {n.name: n for n in graph.node}
+    prod = g.producers(m)
+    new_inits, new_nodes = [], {}  # new_nodes: anchor tensor -> nodes to insert before its first consumer
+    act_dq: dict[str, str] = {}
+    w_dq: dict[str, str] = {}
+
+    def act_qdq(t: str) -> str:
+        if t in act_dq:
+            return act_dq[t]
+        base = _safe(t)
+        sname, zname = f"{base}_qscale", f"{base}_qzero"
+        new_inits.extend([nh.from_array(np.asarray(plan.act_scales[t], np.float32), sname),
+                          nh.from_array(np.asarray(0, np.int8), zname)])
+        q = helper.make_node("QuantizeLinear", [t, sname, zname], [f"{base}_quantized"], name=f"{base}_QuantizeLinear")
+        dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", sname, zname], [dequantized_name(t)],
+                              name=f"{base}_DequantizeLinear")
+        new_nodes.setdefault(t, []).extend([q, dq])
+        act_dq[t] = dequantized_name(t)
+        return act_dq[t]
+
+    for t in plan.quantized():
+        node = by_name[t.node]
+        if t.activation not in plan.act_scales:
+            continue
+        if plan.quantize_activations:
+            node.input[0] = act_qdq(t.activation)
+        if not plan.quantize_weights or t.node in plan.float_weight_nodes:
+            continue
+        if t.weight not in w_dq:
+            w = plan.weights.get(t.weight)
+            w = g.to_array(inits[t.weight]) if w is None else w
+            axis = t.axis if plan.per_channel else None
+            q, s = quantize_weight(w, axis, plan.weight_clip.get(t.weight), plan.weight_scales.get(t.weight))
+            base = _safe(t.weight)
+            zp = np.zeros_like(s, dtype=np.int8)
+            new_inits += [nh.from_array(q, f"{base}_int8"), nh.from_array(s, f"{base}_wscale"),
+                          nh.from_array(zp, f"{base}_wzero")]
+            dq = helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_wscale", f"{base}_wzero"],
+                                  [f"{base}_dequantized"], name=f"{base}_DequantizeLinear",
+                                  **({"axis": axis} if axis is not None else {}))
+            new_nodes.setdefault(f"__weights__{t.node}", []).append(dq)
+            w_dq[t.weight] = f"{base}_dequantized"
+        widx = g.WEIGHTED_OPS[node.op_type]
+        node.input[widx] = w_dq[t.weight]
+        if t.node in plan.biases and len(node.input) > 2 and node.input[2] in inits:
+            bname = f"{_safe(node.input[2])}_corrected"
+            new_inits.append(nh.from_array(plan.biases[t.node].astype(np.float32), bname))
+            node.input[2] = bname
+
+    if plan.residual:
+        quantized_nodes = {t.node for t in plan.quantized()}
+        for node in graph.node:
+            if node.op_type != "Add" or len(node.input) != 2:
+                continue
+            a, b = node.input
+            pa, pb = prod.get(a), prod.get(b)
+            # the skip input is quantized when the other input comes from a quantized conv
+            if a in act_dq and pb is not None and pb.name in quantized_nodes:
+                node.input[0] = act_dq[a]
+            elif b in act_dq and pa is not None and pa.name in quantized_nodes:
+                node.input[1] = act_dq[b]
+
+    # rebuild the node list: weight DQs first, activation Q/DQs right after their producer
+    ordered = [n for k, v in new_nodes.items() if k.startswith("__weights__") for n in v]
+    graph_inputs = {i.name for i in graph.input}
+    for t, nodes in new_nodes.items():
+        if not t.startswith("__weights__") and (t in graph_inputs or t in inits):
+            ordered.extend(nodes)
+    for n in graph.node:
+        ordered.append(n)
+        for o in n.output:
+            if o in new_nodes:
+                ordered.extend(new_nodes[o])
+    del graph.node[:]
+    graph.node.extend(ordered)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + [t for t in new_inits if t.name in used])
+    return m
+
+
+def dequantized_name(tensor: str) -> str:
+    """Name of the DequantizeLinear output that feeds quantized consumers of ``tensor``."""
+    return f"{_safe(tensor)}_dequantized"
+
+
+def _safe(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_").strip("_") or "t"

@@ -1,0 +1,306 @@
+"""calibration/: feeds, range methods, the Q/DQ form, the gate and its fallback, the cache,
+localization, FP16. A small residual CNN at 1x3x40x40 on real photo crops keeps the file
+fast; the full-resolution accuracy gate on pretrained EfficientNet-Lite0 is in
+test_calibration_lite0.py."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from calibration import methods
+from calibration.cache import CalibrationCache
+from calibration.feeds import (ArrayFeeds, ImageFeeds, array_feeds, bundled_photos, crops, feeds_info,
+                               find_images, photo_feeds, split_array_feeds, split_images, take)
+from calibration.fp16 import convert_fp16
+from calibration.gate import run_outputs, score
+from calibration.localize import format_localization, localize
+from calibration.quantize import Int8Options, quantize_int8
+from calibration.stats import TensorStats, collect
+from edgekit.compare import Tolerance
+from edgekit.errors import CalibrationError
+from edgekit.specs import InputSpec, Preprocess
+from exporters.onnx import OrtRunner, export_onnx
+from exporters.simplify import simplify
+
+SIZE = 40
+INPUT = InputSpec("input", (1, 3, SIZE, SIZE))
+PRE = Preprocess(resize=46, crop=SIZE)
+
+
+class TinyNet(nn.Module):
+    """Stem, an inverted residual block (expand, depthwise, project, skip), head, classifier:
+    the structure of the MobileNet family in miniature."""
+
+    def __init__(self, softmax: bool = False):
+        super().__init__()
+        torch.manual_seed(7)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU6())
+        self.expand = nn.Sequential(nn.Conv2d(16, 48, 1), nn.BatchNorm2d(48), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(48, 48, 3, 1, 1, groups=48), nn.BatchNorm2d(48), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(48, 16, 1), nn.BatchNorm2d(16))
+        self.head = nn.Sequential(nn.Conv2d(16, 64, 1), nn.BatchNorm2d(64), nn.ReLU6())
+        self.fc = nn.Linear(64, 10)
+        self.softmax = softmax
+        with torch.no_grad():  # BatchNorm statistics from random inputs: realistic activation scales
+            self.train()
+            self(torch.randn(8, 3, SIZE, SIZE))
+            self.eval()
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.dw(self.expand(x)))
+        y = self.fc(self.head(x).mean((2, 3)))
+        return torch.softmax(y, -1) if self.softmax else y
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    raw = export_onnx(TinyNet(), (INPUT,), d / "tiny.onnx")
+    src = simplify(raw, d / "tiny.sim.onnx")
+    fs = photo_feeds(PRE, INPUT, heldout=40, calib=48)
+    return src, fs
+
+
+def fast(**kw) -> Int8Options:
+    base = dict(gate_top1=False, tolerance=Tolerance(cosine=0.98), baselines=False, weight_feeds=8, chunks=2,
+                sensitivity_feeds=4, stats_feeds=48)
+    return Int8Options(**{**base, **kw})
+
+
+# -- feeds --------------------------------------------------------------------------
+
+def test_split_is_deterministic_and_disjoint():
+    photos = bundled_photos()
+    cal, held = split_images(photos)
+    assert (cal, held) == split_images(list(reversed(photos)))
+    assert not set(cal) & set(held) and len(cal) + len(held) == len(photos) and held
+    fs = photo_feeds(PRE, INPUT, heldout=30, calib=30)
+    assert not {s.path for s in fs.calib.samples} & {s.path for s in fs.heldout.samples}
+    assert fs.heldout.count >= 30 and fs.bundled
+    again = photo_feeds(PRE, INPUT, heldout=30, calib=30)
+    assert np.array_equal(next(iter(fs.heldout))["input"], next(iter(again.heldout))["input"])
+    assert fs.calib.fingerprint() == again.calib.fingerprint() != fs.heldout.fingerprint()
+
+
+def test_take_spreads_over_photos():
+    fs = photo_feeds(PRE, INPUT, heldout=10, calib=70)
+    picked = take(list(range(len(fs.calib.samples))), 7)
+    photos = {fs.calib.samples[i].path for i in picked}
+    assert len(picked) == 7 and len(photos) >= 5
+
+
+def test_empty_or_imageless_folder_is_a_calibration_error(tmp_path):
+    with pytest.raises(CalibrationError, match="no images"):
+        find_images(tmp_path)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(CalibrationError, match="no images") as exc:
+        photo_feeds(PRE, INPUT, folder=tmp_path)
+    assert exc.value.exit_code == 2 and exc.value.hint
+    with pytest.raises(CalibrationError, match="not found"):
+        photo_feeds(PRE, INPUT, folder=tmp_path / "missing")
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path):
+    for p in bundled_photos()[:4]:
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    feeds = ImageFeeds(crops(find_images(tmp_path), 1), PRE, INPUT, "folder")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        batches = list(feeds)
+    assert len(batches) == 4 and len(feeds.skipped) == 1
+    info = feeds_info(feeds)
+    assert info["skipped_count"] == 1 and info["samples"] == 4
+
+
+def test_array_feeds_npy_npz_and_split(tmp_path):
+    x = np.random.default_rng(0).standard_normal((10, 3, SIZE, SIZE)).astype(np.float32)
+    np.save(tmp_path / "a.npy", x)
+    np.savez(tmp_path / "b.npz", input=x, other=x[:2])
+    for f in ("a.npy", "b.npz"):
+        feeds = array_feeds(tmp_path / f, INPUT)
+        assert len(feeds) == 10 and np.array_equal(next(iter(feeds))["input"], x[:1])
+    cal, held = split_array_feeds(array_feeds(tmp_path / "a.npy", INPUT))
+    assert cal.count + held.count == 10 and held.count == 4
+    assert not {a.tobytes() for a in cal.array} & {a.tobytes() for a in held.array}
+    np.save(tmp_path / "bad.npy", x[:, :, :8])
+    with pytest.raises(CalibrationError, match="shape"):
+        array_feeds(tmp_path / "bad.npy", INPUT)
+
+
+# -- statistics and methods -----------------------------------------------------------
+
+def test_histogram_growth_is_exact_and_methods_order():
+    rng = np.random.default_rng(1)
+    data = [rng.standard_normal(20000).astype(np.float32) * s for s in (0.5, 1.0, 4.0)]
+    data[2][0] = 40.0  # one outlier
+    src = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"]), onnx.helper.make_node("Identity", ["x"], ["z"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [20000])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [20000]),
+         onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [20000])]),
+        opset_imports=[onnx.helper.make_opsetid("", 18)])
+    stats = collect(src, ["z", "y"], [{"x": d} for d in data])
+    z = stats["z"]
+    allv = np.concatenate(data)
+    assert z.count == allv.size and z.absmax == pytest.approx(40.0)
+    assert z.hist.sum() + z.zeros == allv.size
+    assert stats["y"].zeros >= (allv <= 0).sum()  # ReLU zeros kept out of the histogram
+    t = {m: methods.threshold(z, m, 99.9) for m in methods.METHODS}
+    assert t["minmax"] == pytest.approx(40.0)
+    for m in ("percentile", "entropy"):
+        assert 1.0 < t[m] < 20.0, (m, t[m])  # the outlier is clipped, the bulk is kept
+    assert 1.0 < t["mse"] < 40.0  # MSE weighs the outlier's clipping error against every rounding error
+    assert np.mean(np.abs(allv) <= t["percentile"]) == pytest.approx(0.999, abs=0.002)
+    restored = TensorStats.from_dict(z.to_dict())
+    assert methods.threshold(restored, "entropy") == t["entropy"]
+
+
+# -- INT8 ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", methods.METHODS)
+def test_each_method_produces_a_runnable_int8_model(tiny, tmp_path, method):
+    src, fs = tiny
+    art = quantize_int8(src, tmp_path / "q.onnx", fs.calib, fs.heldout,
+                        fast(method=method, gptq=method == "mse", cache_dir=tmp_path / "cache"), log=lambda m: None)
+    assert art.stage == "qdq" and art.precision == "int8" and art.parent == src.sha256
+    assert art.meta["method"] == method and art.meta["calibration"]["samples"] == 48
+    after = art.meta["gate"]["after"]
+    assert after["cosine"] > 0.98 and after["samples"] == 40, after
+    with OrtRunner(art.path) as r:
+        out = r.infer(next(iter(fs.heldout)))
+    assert np.isfinite(next(iter(out.values()))).all()
+
+
+def test_qdq_form_is_symmetric_int8_per_channel(tiny, tmp_path):
+    src, fs = tiny
+    art = quantize_int8(src, tmp_path / "q.onnx", fs.calib, fs.heldout,
+                        fast(baselines=True, cache_dir=tmp_path / "cache"), log=lambda m: None)
+    m = onnx.load(str(art.path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for n in qdq:
+        zp = inits[n.input[2]]
+        assert zp.dtype == np.int8 and not zp.any(), n.name  # symmetric: zero point 0, signed INT8
+        assert (inits[n.input[1]] > 0).all()
+    weighted = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(weighted) == 6 and not art.meta["float_layers"]
+    for n in weighted:
+        act, w = prod[n.input[0]], prod[n.input[1]]
+        assert act.op_type == "DequantizeLinear" and prod[act.input[0]].op_type == "QuantizeLinear"
+        assert inits[act.input[1]].size == 1  # per-tensor activation
+        assert w.op_type == "DequantizeLinear" and w.input[0] in inits  # pre-quantized INT8 weights
+        q, scale = inits[w.input[0]], inits[w.input[1]]
+        axis = next(a.i for a in w.attribute if a.name == "axis")
+        assert q.dtype == np.int8 and np.abs(q.astype(int)).max() <= 127
+        assert axis == 0 and scale.shape == (q.shape[0],)  # per output channel (Gemm here has transB=1)
+    add = next(n for n in m.graph.node if n.op_type == "Add")
+    assert any(prod[i].op_type == "DequantizeLinear" for i in add.input)  # residual input quantized
+    layers = art.meta["layers"]
+    assert layers["convs"] == 5 and layers["int8_conv_fraction"] == 1.0
+    base = art.meta["baselines"]
+    assert set(base) == {"per_tensor_minmax", "per_channel_minmax"}
+    assert base["per_tensor_minmax"]["samples"] == 40 and base["per_channel_minmax"]["cosine"] > 0.9
+
+
+def test_failing_gate_keeps_layers_in_float_until_it_passes(tiny, tmp_path):
+    src, fs = tiny
+    cache = tmp_path / "cache"
+    plain = quantize_int8(src, tmp_path / "a.onnx", fs.calib, fs.heldout, fast(fallback=False, cache_dir=cache),
+                          log=lambda m: None)
+    sqnr = plain.meta["gate"]["after"]["sqnr_db"]
+    strict = Tolerance(cosine=0.98, sqnr_db=sqnr + 4.0)  # fails as is; reachable with some layers in float
+    logs = []
+    art = quantize_int8(src, tmp_path / "b.onnx", fs.calib, fs.heldout,
+                        fast(tolerance=strict, max_float_fraction=0.6, cache_dir=cache), log=logs.append)
+    gate = art.meta["gate"]
+    assert not gate["before"]["passed"] and gate["passed"], gate
+    assert art.meta["float_layers"] and len(art.meta["float_layers"]) == len(gate["fallback"])
+    assert gate["after"]["sqnr_db"] >= sqnr + 4.0
+    assert art.meta["sensitivity"] and any("keeping" in line for line in logs)
+    m = onnx.load(str(art.path))
+    floats = {n.name for n in m.graph.node if n.name in art.meta["float_layers"]}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    for n in m.graph.node:
+        if n.name in floats:
+            assert n.input[1] in {t.name for t in m.graph.initializer}  # float weights, no DQ
+            assert n.input[0] not in prod or prod[n.input[0]].op_type != "DequantizeLinear"
+    # an impossible gate within the float budget: reported, not raised
+    art2 = quantize_int8(src, tmp_path / "c.onnx", fs.calib, fs.heldout,
+                         fast(tolerance=Tolerance(cosine=0.999999999), max_float_fraction=0.2, cache_dir=cache),
+                         log=lambda m: None)
+    assert art2.meta["gate"]["passed"] is False and len(art2.meta["float_layers"]) == 1
+
+
+def test_cache_reuses_the_calibrated_model(tiny, tmp_path):
+    src, fs = tiny
+    opts = fast(cache_dir=tmp_path / "cache")
+    first_log, second_log = [], []
+    a = quantize_int8(src, tmp_path / "a.onnx", fs.calib, fs.heldout, opts, log=first_log.append)
+    b = quantize_int8(src, tmp_path / "b.onnx", fs.calib, fs.heldout, opts, log=second_log.append)
+    assert a.meta["cache"]["hit"] is False and b.meta["cache"]["hit"] is True
+    assert any("reusing calibration cache" in line for line in second_log)
+    assert a.sha256 == b.sha256 and a.meta["gate"] == b.meta["gate"]
+    # other options, same data: the statistics are reused, the model is recalibrated
+    third_log = []
+    c = quantize_int8(src, tmp_path / "c.onnx", fs.calib, fs.heldout, fast(cache_dir=tmp_path / "cache",
+                      method="percentile"), log=third_log.append)
+    assert c.meta["cache"]["hit"] is False and any("reusing calibration statistics" in x for x in third_log)
+    assert len(list((tmp_path / "cache" / "result").iterdir())) == 2
+    assert CalibrationCache(tmp_path / "cache").lookup("no-such-key") is None
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path):
+    from calibration.cache import default_dir
+
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert default_dir() == tmp_path / "elsewhere"
+
+
+def test_gate_scores_against_fp32(tiny, tmp_path):
+    src, fs = tiny
+    ref = run_outputs(src.path, fs.heldout)
+    same = score(src.path, fs.heldout, ref, Tolerance(cosine=0.999999))
+    assert same and same.primary().rows == 40 and same.primary().top1 == 1.0
+
+
+def test_localization_names_the_diverging_node(tiny, tmp_path):
+    src, fs = tiny
+    art = quantize_int8(src, tmp_path / "q.onnx", fs.calib, fs.heldout, fast(cache_dir=tmp_path / "c"),
+                        log=lambda m: None)
+    res = localize(src.path, art.path, fs.heldout, max_feeds=3, threshold_db=60.0)
+    assert res["matched"] >= 8 and res["feeds"] == 3
+    names = {n.name for n in onnx.load(str(src.path)).graph.node}
+    assert res["first_below"]["node"] in names and res["worst"]["node"] in names | {"(output)"}
+    assert all(x["sqnr_db"] is None or x["sqnr_db"] > 5 for x in res["layers"])
+    table = format_localization(res)
+    assert "first diverging node: " + res["first_below"]["node"] in table and "worst node" in table
+    same = localize(src.path, src.path, fs.heldout, max_feeds=2)
+    assert same["first_below"] is None and "no tensor below" in format_localization(same)
+
+
+# -- FP16 ------------------------------------------------------------------------------
+
+def test_fp16_keeps_io_fp32_and_fragile_ops_fp32(tmp_path):
+    raw = export_onnx(TinyNet(softmax=True), (INPUT,), tmp_path / "s.onnx")
+    art = convert_fp16(raw, tmp_path / "s.fp16.onnx")
+    assert (art.stage, art.precision, art.format, art.parent) == ("fp16", "fp16", "onnx", raw.sha256)
+    m = onnx.load(str(art.path))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert art.meta["kept_fp32_nodes"] and art.meta["initializer_types"].get("FLOAT16")
+    fs = photo_feeds(PRE, INPUT, heldout=20, calib=2)
+    ref = run_outputs(raw.path, fs.heldout)
+    c = score(art.path, fs.heldout, ref, Tolerance(cosine=0.999), stage="fp16", precision="fp16")
+    assert c, c.failures
+    res = localize(raw.path, art.path, fs.heldout, max_feeds=2, threshold_db=30.0)
+    assert res["matched"] >= 5 and res["first_below"] is None  # FP16 stays above 30 dB everywhere
