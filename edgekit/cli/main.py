@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 
@@ -26,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print results only, no progress")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        if importlib.util.find_spec(f"edgekit.cli.{name}") is None:  # TODO(lead): strict once all commands land
-            continue
         importlib.import_module(f"edgekit.cli.{name}").register(sub)
     return parser
 
