@@ -25,6 +25,8 @@ import numpy as np
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.errors import ExportError, require
 
+from .graph import toposort
+
 DEFAULT_KEEP_FP32: tuple[str, ...] = (
     "Softmax", "LogSoftmax", "Exp", "Log", "Pow", "Erf",
     "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd",
@@ -52,6 +54,7 @@ def convert_fp16(src: Artifact, path: Path, keep_io_fp32: bool = True,
     try:
         converted = convert_float_to_float16(model, keep_io_types=keep_io_fp32, op_block_list=list(keep_fp32_ops),
                                              disable_shape_infer=False)
+        toposort(converted)  # the converter appends its boundary Casts at the end
         onnx.checker.check_model(converted)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

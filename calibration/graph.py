@@ -159,3 +159,31 @@ def session(model_or_path, threads: int | None = None, optimize: bool = True):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = str(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path.SerializeToString()
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def toposort(model) -> None:
+    """Reorder the main graph's nodes topologically, in place (stable where possible).
+
+    Converters that append the Casts they insert at the end of the node list produce
+    graphs that ONNX's checker (and some runtimes) reject."""
+    graph = model.graph
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave the rest as it was
+            ordered.extend(rest)
+            break
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)

@@ -121,7 +121,7 @@ def format_localization(result: dict[str, Any], limit: int = 40) -> str:
     lines = [f"layer-by-layer SQNR over {result['feeds']} feeds ({result['matched']} tensors matched, "
              f"threshold {result['threshold_db']} dB)",
              f"{'#':>4}  {'node':40s} {'op':18s} {'SQNR dB':>8}  {'cosine':>9}"]
-    shown = layers if len(layers) <= limit else _focus(layers, first, worst, limit)
+    shown = list(enumerate(layers)) if len(layers) <= limit else _focus(layers, first, worst, limit)
     for i, x in shown:
         mark = ""
         if first is not None and x is first:
