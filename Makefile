@@ -19,7 +19,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/edgekit export mobilenet_v3 --target onnx --out artifacts/demo-onnx
-	$(BIN)/edgekit export mobilenet_v3 --target openvino --int8 --out artifacts/demo-openvino-int8
+	$(BIN)/edgekit export mobilenet_v3 --target onnx --fp16 --out artifacts/demo-onnx-fp16
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
