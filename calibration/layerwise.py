@@ -6,7 +6,7 @@ error of the layer's *output*. Given the covariance ``H`` of a layer's input pat
 rounding error of each column onto the columns not yet quantized, weighted by
 ``H⁻¹`` (the optimal-brain-quantization update of Frantar et al., *GPTQ*, ICLR 2023).
 Per-channel scales stay as they are, so the result is plain symmetric per-channel
-INT8. :mod:`calibration.sequential` decides where it is used.
+INT8. :mod:`calibration.weights` decides where it is used.
 """
 from __future__ import annotations
 

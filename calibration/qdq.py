@@ -43,10 +43,6 @@ class QdqPlan:
     weight_scales: dict[str, np.ndarray] = field(default_factory=dict)  # weight name -> fixed per-channel scales
     residual: bool = True
     per_channel: bool = True   # False: one scale per weight tensor (a naive baseline)
-    float_weight_nodes: set[str] = field(default_factory=set)  # calibration only: input quantized, weights float
-    # diagnostics only (not a TensorRT form): quantize just one side
-    quantize_weights: bool = True
-    quantize_activations: bool = True
 
     def quantized(self) -> list[QuantTarget]:
         return [t for t in self.targets if t.node not in self.float_nodes]
@@ -121,10 +117,7 @@ def build(model, plan: QdqPlan):
         node = by_name[t.node]
         if t.activation not in plan.act_scales:
             continue
-        if plan.quantize_activations:
-            node.input[0] = act_qdq(t.activation)
-        if not plan.quantize_weights or t.node in plan.float_weight_nodes:
-            continue
+        node.input[0] = act_qdq(t.activation)
         if t.weight not in w_dq:
             w = plan.weights.get(t.weight)
             w = g.to_array(inits[t.weight]) if w is None else w

@@ -5,9 +5,9 @@ docs/calibration.md):
 
 1. activation statistics of the FP32 model on the calibration feeds (cached);
 2. per-tensor symmetric activation ranges by the chosen method;
-3. per-channel symmetric weights, calibrated in graph order so that each layer
-   compensates the error of the INT8 layers before it (:mod:`calibration.sequential`:
-   GPTQ-style rounding, bias correction, each checked photo-wise against over-fitting);
+3. per-channel symmetric weights rounded for the layer's output (GPTQ-style, checked
+   photo-wise against over-fitting) and bias correction of each layer's mean output
+   shift (:mod:`calibration.weights`);
 4. the Q/DQ graph in TensorRT's explicit-quantization form (:mod:`calibration.qdq`);
 5. the accuracy gate against the FP32 model on the held-out feeds; when it fails,
    the layers whose quantization alone hurts most (:mod:`calibration.sensitivity`)
@@ -36,7 +36,7 @@ from . import graph as g
 from . import methods, qdq
 from .cache import CalibrationCache, make_key
 from .feeds import feeds_fingerprint, feeds_info, take
-from .sequential import calibrate_weights
+from .weights import calibrate_weights
 from .sensitivity import rank_layers
 from .stats import collect
 
@@ -68,7 +68,7 @@ class Int8Options:
     fallback: bool = True
     stats_feeds: int = 256
     weight_feeds: int = 32
-    chunks: int = 6
+    ls_target: bool = True
     sensitivity_feeds: int = 8
 
     def __post_init__(self):
@@ -142,8 +142,8 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     t0 = time.perf_counter()
     plan = qdq.QdqPlan(targets, _scales(stats, tensors, options.method, options.percentile),
                        residual=options.residual)
-    choices = calibrate_weights(model, plan, calib, max_feeds=options.weight_feeds, chunks=options.chunks,
-                                gptq=options.gptq, bias_correction=options.bias_correction,
+    choices = calibrate_weights(model, plan, calib, max_feeds=options.weight_feeds, gptq=options.gptq,
+                                bias_correction=options.bias_correction, ls_target=options.ls_target,
                                 progress=_step(progress, "weights"))
     timings["weights"] = time.perf_counter() - t0
 
@@ -161,7 +161,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
 
         candidate, first = score(plan, "candidate", options.gate)
         log(f"INT8 gate before fallback: {gate_mod.describe(first)} -> {'pass' if first else 'fail'}")
-        steps, ranking, final = [], [], first
+        steps, ranking, final, best_steps = [], [], first, []
         max_float = int(math.floor(options.max_float_fraction * len(targets) + 1e-9))
         if not first and options.fallback and max_float > 0:
             log("ranking layers by sensitivity ...")
@@ -170,13 +170,20 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
             for s in ranking[:max_float]:
                 plan.float_nodes.add(s.node)
                 candidate, final = score(plan, f"fallback{len(plan.float_nodes)}", options.gate)
+                best_steps.append((final, candidate, set(plan.float_nodes)))
                 steps.append({"float": s.node, "layer_sqnr_db": round(s.sqnr_db, 2), **gate_mod.summary(final)})
                 log(f"  keeping {s.node} in float: {gate_mod.describe(final)} -> {'pass' if final else 'fail'}")
                 if final:
                     break
             if not final:
+                # keep the best of the steps tried (fewer float layers can score better than more)
+                tried = [(first, candidate, set())] + best_steps
+                final, candidate, floats = max(tried, key=lambda t: _rank(t[0]))
+                plan.float_nodes.clear()
+                plan.float_nodes.update(floats)
                 log(f"INT8 gate cannot pass with at most {max_float} of {len(targets)} layers in float "
-                    f"({options.max_float_fraction:.0%}); the artifact is written, the gate is marked failed")
+                    f"({options.max_float_fraction:.0%}); keeping the best step ({len(floats)} in float: "
+                    f"{gate_mod.describe(final)}); the artifact is written, the gate is marked failed")
         timings["gate"] = time.perf_counter() - t0
 
         baselines = {}
@@ -204,6 +211,12 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
 
 def _scales(stats, tensors, method: str, percentile: float) -> dict[str, float]:
     return {t: methods.scale_for(methods.threshold(stats[t], method, percentile)) for t in tensors}
+
+
+def _rank(comp: Comparison) -> tuple[float, float]:
+    """Order gate results that all failed: top-1 agreement first, then cosine."""
+    s = gate_mod.summary(comp)
+    return (s.get("top1") or 0.0, s.get("cosine") or 0.0)
 
 
 def _step(progress, name):

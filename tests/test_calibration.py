@@ -70,7 +70,7 @@ def tiny(tmp_path_factory):
 
 
 def fast(**kw) -> Int8Options:
-    base = dict(gate_top1=False, tolerance=Tolerance(cosine=0.98), baselines=False, weight_feeds=8, chunks=2,
+    base = dict(gate_top1=False, tolerance=Tolerance(cosine=0.98), baselines=False, weight_feeds=8,
                 sensitivity_feeds=4, stats_feeds=48)
     return Int8Options(**{**base, **kw})
 

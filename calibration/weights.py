@@ -1,0 +1,166 @@
+"""INT8 weights that keep each layer's output, not just its weights, close to FP32.
+
+For every quantized layer, one pass over calibration feeds (spread over the photos)
+records the covariance of its input patches ``x`` (FP32 activations) and of the
+INT8-rounded inputs ``x̂`` it will really see, their cross-covariance and means. Then:
+
+* weights are rounded column by column with error feedback through ``Cov(x̂)``
+  (GPTQ, :func:`calibration.layerwise.gptq_rows`), optionally towards the
+  least-squares target ``W* = W·Cov(x, x̂)·Cov(x̂)⁻¹`` that also absorbs the part of
+  the layer's own input-rounding error that is predictable from ``x̂``;
+* the float bias absorbs the mean output error, ``b' = b + W·E[x] − Q·E[x̂]`` (bias
+  correction, Nagel et al., *Data-Free Quantization*, 2019).
+
+Each rounding choice is fitted on the first half of the feeds and kept only if it
+beats plain rounding on the second half (the halves show different photos): with a
+few photos, late layers with many inputs and few positions over-fit otherwise.
+Layers are treated independently, each from FP32 inputs: correcting every layer for
+the (already corrected) errors upstream of it was measured to over-correct.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from . import graph as g
+from .feeds import take
+from .layerwise import _broadcast, _patches, _weight_rows, gptq_rows
+from .qdq import W_QMAX, QdqPlan, weight_scales
+
+DAMPING = (0.01, 0.1)
+MAX_POSITIONS = 4096  # patches per feed and layer used for the statistics (seeded subsample)
+
+
+class _Acc:
+    """Sums over patches of one layer: x̂x̂ᵀ, x x̂ᵀ, x, x̂."""
+
+    def __init__(self):
+        self.hh = self.xh = self.x = self.h = None
+        self.n = 0
+
+    def add(self, p: torch.Tensor, ph: torch.Tensor) -> None:
+        parts = (torch.bmm(ph, ph.transpose(1, 2)).double(), torch.bmm(p, ph.transpose(1, 2)).double(),
+                 p.sum(-1).double(), ph.sum(-1).double())
+        if self.hh is None:
+            self.hh, self.xh, self.x, self.h = parts
+        else:
+            self.hh += parts[0]
+            self.xh += parts[1]
+            self.x += parts[2]
+            self.h += parts[3]
+        self.n += p.shape[-1]
+
+    def merged(self, other: "_Acc") -> "_Acc":
+        if other.hh is None:
+            return self
+        out = _Acc()
+        out.hh, out.xh, out.x, out.h = self.hh + other.hh, self.xh + other.xh, self.x + other.x, self.h + other.h
+        out.n = self.n + other.n
+        return out
+
+    def stats(self):
+        """(Cov(x̂), Cov(x, x̂), E[x], E[x̂])"""
+        mx, mh = self.x / self.n, self.h / self.n
+        cov_h = self.hh / self.n - mh.unsqueeze(2) * mh.unsqueeze(1)
+        cov_xh = self.xh / self.n - mx.unsqueeze(2) * mh.unsqueeze(1)
+        return cov_h, cov_xh, mx, mh
+
+
+def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray]], max_feeds: int = 32,
+                      gptq: bool = True, bias_correction: bool = True, ls_target: bool = True,
+                      progress: Callable[[int, int], None] | None = None,
+                      threads: int | None = None) -> dict[str, str]:
+    """Fill ``plan.weights``, ``plan.weight_scales`` and ``plan.biases``; returns node → choice."""
+    targets = [t for t in plan.quantized() if t.op in ("Conv", "Gemm", "MatMul")]
+    if not targets or not (gptq or bias_correction):
+        return {}
+    feeds = take(feeds, max_feeds)
+    half = max(1, len(feeds) // 2)
+    nodes = {n.name: n for n in model.graph.node}
+    tensors = sorted({t.activation for t in targets})
+    sess = g.session(g.with_outputs(model, tensors), threads=threads)
+    names = {i.name for i in sess.get_inputs()}
+    accs = {t.node: (_Acc(), _Acc()) for t in targets}
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, feed in enumerate(feeds):
+            acts = dict(zip(tensors, sess.run(tensors, {k: v for k, v in feed.items() if k in names})))
+            rounded: dict[str, torch.Tensor] = {}
+            for t in targets:
+                x = torch.from_numpy(np.array(acts[t.activation], np.float32))
+                s = plan.act_scales.get(t.activation)
+                if t.activation not in rounded:
+                    rounded[t.activation] = torch.clamp(torch.round(x / s), -128, 127) * s if s else x
+                p, ph = _patches(nodes[t.node], x), _patches(nodes[t.node], rounded[t.activation])
+                if p.shape[-1] > MAX_POSITIONS:
+                    keep = torch.randperm(p.shape[-1], generator=gen)[:MAX_POSITIONS]
+                    p, ph = p[..., keep], ph[..., keep]
+                accs[t.node][0 if i < half else 1].add(p, ph)
+            if progress:
+                progress(i + 1, len(feeds))
+        inits = g.initializers(model)
+        return {t.node: _decide(nodes[t.node], t, inits, plan, *accs[t.node], gptq=gptq,
+                                bias_correction=bias_correction, ls_target=ls_target) for t in targets}
+
+
+def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, bias_correction: bool,
+            ls_target: bool) -> str:
+    w0 = plan.weights.get(t.weight)
+    w0 = g.to_array(inits[t.weight]) if w0 is None else w0
+    scales = weight_scales(w0, t.axis, plan.weight_clip.get(t.weight))
+    rows, back = _weight_rows(node, torch.from_numpy(np.array(w0, np.float32)), t.axis)
+    s_rows = _weight_rows(node, torch.from_numpy(_broadcast(scales, w0.shape, t.axis)), t.axis)[0][..., 0]
+    w = rows.double()
+    rtn = (torch.clamp(torch.round(rows / s_rows.unsqueeze(-1)), -W_QMAX, W_QMAX) * s_rows.unsqueeze(-1)).double()
+    best_q, choice = rtn, "round"
+    total = fit.merged(check)
+    if gptq and check.n and fit.n:
+        cov_f, cross_f, _, _ = fit.stats()
+        cov_c, cross_c, _, _ = check.stats()
+        best = _objective(w, rtn, cov_c, cross_c)
+        for damp in DAMPING:
+            cands = [("gptq", w)] + ([("gptq*", _ls_target(w, cov_f, cross_f, damp))] if ls_target else [])
+            for name, target in cands:
+                err = _objective(w, gptq_rows(target, cov_f, s_rows, damp).double(), cov_c, cross_c)
+                if err < best - 0.02 * abs(best):
+                    best, choice = err, f"{name}(damp={damp})"
+        if choice != "round":
+            cov, cross, _, _ = total.stats()
+            damp = float(choice.split("damp=")[1][:-1])
+            target = _ls_target(w, cov, cross, damp) if choice.startswith("gptq*") else w
+            best_q = gptq_rows(target, cov, s_rows, damp).double()
+            plan.weights[t.weight] = back(best_q.float()).numpy()
+            plan.weight_scales[t.weight] = scales
+    if bias_correction:
+        _, _, mx, mh = total.stats()
+        _correct_bias(node, inits, plan, t, w, best_q, mx, mh)
+    return choice
+
+
+def _objective(w, q, cov_h, cross) -> float:
+    """E‖W x − Q x̂‖² up to a constant (centred): tr(Q Ĉ Qᵀ) − 2 tr(W C_{x,x̂} Qᵀ)."""
+    return float(torch.einsum("grd,gde,gre->", q, cov_h, q) - 2 * torch.einsum("grd,gde,gre->", w, cross, q))
+
+
+def _ls_target(w, cov_h, cross, damp: float):
+    """W* = W Cov(x, x̂) Cov(x̂)⁻¹ (damped): the best real-valued weights for the input x̂."""
+    d = cov_h.shape[-1]
+    scale = torch.diagonal(cov_h, dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
+    reg = cov_h + damp * scale[:, None, None] * torch.eye(d, dtype=cov_h.dtype)
+    return torch.linalg.solve(reg, (w @ cross).transpose(1, 2)).transpose(1, 2)
+
+
+def _correct_bias(node, inits, plan: QdqPlan, t, w, q, mx, mh) -> None:
+    if node.op_type == "MatMul" or len(node.input) <= 2 or node.input[2] not in inits:
+        return
+    if node.op_type == "Gemm" and float(g.attr(node, "beta", 1.0)) != 1.0:
+        return
+    shift = torch.einsum("grd,gd->gr", q, mh) - torch.einsum("grd,gd->gr", w, mx)
+    if node.op_type == "Gemm":
+        shift = shift * float(g.attr(node, "alpha", 1.0))
+    b = g.to_array(inits[node.input[2]]).astype(np.float64)
+    shift = shift.reshape(-1).numpy()
+    if b.shape == shift.shape:
+        plan.biases[t.node] = (b - shift).astype(np.float32)
