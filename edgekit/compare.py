@@ -22,6 +22,9 @@ class Tolerance:
     cosine: float | None = None
     sqnr_db: float | None = None
     top1: float | None = None
+    # FP32 only: the reference's own rounding error (torch FP32 vs FP64 on the same feeds, see
+    # torch_runner.fp32_rounding_error) times ROUNDING_FACTOR; max_abs is never held below it
+    max_abs_floor: float | None = None
 
     def merged(self, **overrides: Any) -> "Tolerance":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -32,6 +35,11 @@ class Tolerance:
 
 # Defaults by precision. FP32 must match elementwise; FP16 and INT8 are judged on
 # what users care about (cosine, SQNR, top-1 agreement), not on an elementwise atol.
+# An FP32 runtime is held to max_abs <= this many times torch FP32's own error against FP64
+# (deep untrained networks amplify rounding: efficientnet_v2_s at 96 px, torch FP32 vs FP64
+# max-abs 0.036 at peak 120, so no other FP32 kernel library can match torch to 1e-3).
+ROUNDING_FACTOR = 4.0
+
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, cosine=0.99999, sqnr_db=60.0),
     "fp16": Tolerance(cosine=0.999, sqnr_db=25.0, top1=0.98),
@@ -151,7 +159,7 @@ class OutputScore:
         magnitude is at most 10 (typical logits) and grows in proportion above that."""
         if tol.max_abs is None:
             return None
-        return tol.max_abs * max(1.0, self.ref_peak / 10.0)
+        return max(tol.max_abs * max(1.0, self.ref_peak / 10.0), tol.max_abs_floor or 0.0)
 
     def failures(self, tol: Tolerance) -> list[str]:
         out = []

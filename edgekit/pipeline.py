@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import Artifact, Manifest, atomic_dir
-from .compare import Comparison, Tolerance, tolerance_for
+from .compare import ROUNDING_FACTOR, Comparison, Tolerance, tolerance_for
 from .console import Console
 from .contracts import ExportContext, ExportRequest
 from .errors import ExportError, UsageError
@@ -72,13 +72,16 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
     return Resolved(spec, alias, model, weights, inputs, user_ref)
 
 
-def tolerance_fn(spec, request: ExportRequest, trained: bool):
-    """Stage → Tolerance: by the stage's precision, the model's overrides, the user's."""
+def tolerance_fn(spec, request: ExportRequest, trained: bool, fp32_floor: float = 0.0):
+    """Stage → Tolerance: by the stage's precision, the model's overrides, the user's; FP32
+    max-abs never below ``ROUNDING_FACTOR`` × the reference's own FP32 rounding error."""
 
     def for_stage(art: Artifact) -> Tolerance:
         p = art.precision
         # the stage may carry its own looser thresholds (e.g. a TensorRT engine built with --tf32)
         tol = tolerance_for(p, {**spec.tolerance.get(p, {}), **art.meta.get("tolerance", {}), **request.tolerance})
+        if p == "fp32" and fp32_floor > 0 and "max_abs" not in request.tolerance:
+            tol = replace(tol, max_abs_floor=ROUNDING_FACTOR * fp32_floor)
         if p != "fp32" and not trained and tol.top1 is not None:
             tol = replace(tol, top1=None)  # untrained logits: top-1 ties are noise, gate on cosine/SQNR
         return tol
@@ -86,7 +89,8 @@ def tolerance_fn(spec, request: ExportRequest, trained: bool):
     return for_stage
 
 
-def _feeds(res: Resolved, request: ExportRequest):
+def parity_feeds(res: Resolved, request: ExportRequest):
+    """Calibration and held-out feeds for a request (bundled photos unless --calib)."""
     from calibration.feeds import photo_feeds
 
     n = request.samples or (200 if request.precision != "fp32" else 32)
@@ -137,7 +141,7 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
 def export(request: ExportRequest, console: Console | None = None) -> ExportResult:
     from .parity import run_parity
     from .targets import get_target
-    from .torch_runner import TorchRunner
+    from .torch_runner import TorchRunner, fp32_rounding_error
 
     console = console or Console()
     check_precision(request.precision)
@@ -146,8 +150,9 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     res = resolve(request, console)
     stem = res.spec.name
     out = Path(request.out or Path("artifacts") / f"{stem}-{target.name}-{request.precision}")
-    feeds = _feeds(res, request)
-    tol = tolerance_fn(res.spec, request, bool(res.weights.trained))
+    feeds = parity_feeds(res, request)
+    floor = fp32_rounding_error(res.model, res.inputs, feeds.heldout) if request.parity else 0.0
+    tol = tolerance_fn(res.spec, request, bool(res.weights.trained), floor)
     with atomic_dir(out, overwrite=request.force) as work:
         stages: list[Artifact] = []
         if target.source == "onnx":

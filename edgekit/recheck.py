@@ -42,9 +42,9 @@ def _bare_onnx(args) -> tuple[Manifest, ExportRequest]:
 
 def recheck(args, console) -> tuple[list, Any]:
     from .parity import run_parity
-    from .pipeline import _feeds, resolve, tolerance_fn
+    from .pipeline import parity_feeds, resolve, tolerance_fn
     from .targets import get_target
-    from .torch_runner import TorchRunner
+    from .torch_runner import TorchRunner, fp32_rounding_error
 
     path = Path(args.artifact)
     if path.is_file() and path.suffix == ".onnx":
@@ -55,8 +55,9 @@ def recheck(args, console) -> tuple[list, Any]:
     for s in manifest.stages:
         s.verify()
     res = resolve(request, console)
-    feeds = _feeds(res, request)
-    tol = tolerance_fn(res.spec, request, bool(res.weights.trained))
+    feeds = parity_feeds(res, request)
+    tol = tolerance_fn(res.spec, request, bool(res.weights.trained),
+                       fp32_rounding_error(res.model, res.inputs, feeds.heldout))
     runners = [(s, get_target(s.target).open(s, device=request.device, threads=request.threads))
                for s in manifest.stages]
     with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples"):

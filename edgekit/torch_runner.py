@@ -40,3 +40,22 @@ class TorchRunner:
         elif isinstance(out, dict):
             out = tuple(out.values())
         return {name: t.detach().float().numpy() for name, t in zip(self.outputs, out)}
+
+
+def fp32_rounding_error(model: nn.Module, inputs: tuple[InputSpec, ...], feeds, limit: int = 4) -> float:
+    """Max |torch FP32 − torch FP64| over the first ``limit`` feeds: the floor under which no
+    FP32 runtime can be expected to match the FP32 reference."""
+    import copy
+
+    m64 = copy.deepcopy(model).double().eval()
+    worst = 0.0
+    with torch.inference_mode():
+        for i, feed in enumerate(feeds):
+            if i >= limit:
+                break
+            args = [torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in inputs]
+            a, b = model.eval()(*args), m64(*[x.double() for x in args])
+            a, b = (a if isinstance(a, (tuple, list)) else (a,)), (b if isinstance(b, (tuple, list)) else (b,))
+            worst = max([worst] + [float((x.double() - y).abs().max()) for x, y in zip(a, b)
+                                   if isinstance(x, torch.Tensor)])
+    return worst
