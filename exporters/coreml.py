@@ -1,0 +1,219 @@
+"""Core ML target: PyTorch → ML Program ``.mlpackage`` (FP32, FP16, INT8 W8A8 or W8).
+
+* Conversion, quantization and the options: :mod:`exporters.coreml_convert`.
+* Running: Core ML on macOS, the NumPy MIL interpreter (:mod:`exporters.mil`) elsewhere —
+  :mod:`exporters.coreml_runner`. Parity computed off macOS checks the program (op
+  translation, layouts, constants, quantization parameters), not Apple's kernels.
+* INT8 (either mode) is held to the shared accuracy gate on the held-out feeds, never
+  the calibration images: top-1 agreement with FP32 PyTorch when the weights are trained
+  (``ctx.request.tolerance`` may override), cosine always. The result is recorded in
+  ``meta["gate"]``; a failed gate warns here and fails the pipeline's parity (exit 1).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.artifact import Artifact, tool_versions
+from edgekit.compare import Comparison, Tolerance, tolerance_for
+from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feeds, Option
+from edgekit.errors import EdgekitError, ExportError, UsageError, require
+
+from .coreml_convert import (COMPUTE_UNITS, DEFAULT_CALIB_SAMPLES, DEPLOYMENT_TARGETS, FRONTENDS, INT8_MODES,
+                             build_package, deployment_target)
+
+PACKAGES = ("coremltools",)
+
+
+def _opt(request: ExportRequest, key: str, default: Any = None) -> Any:
+    v = request.options.get(key)
+    return default if v is None else v
+
+
+def _output_names(model, inputs) -> tuple[str, ...]:
+    import torch
+
+    from .coreml_convert import example_inputs
+
+    with torch.no_grad():
+        out = model(*example_inputs(inputs))
+    n = 1 if isinstance(out, torch.Tensor) else len(out)
+    return ("output",) if n == 1 else tuple(f"output{i}" for i in range(n))
+
+
+class CoreMLTarget(Exporter):
+    """Core ML ML Program package for iPhone / iPad / Mac."""
+
+    name = "coreml"
+    aliases = ("mlpackage", "mlprogram")
+    description = "Core ML ML Program (.mlpackage); parity via Core ML on macOS, the MIL interpreter elsewhere"
+    precisions = ("fp32", "fp16", "int8")
+    source = "torch"
+    extra = "coreml"
+    packages = PACKAGES
+    options = (
+        Option("--min-deployment-target", "min_deployment_target",
+               "Core ML: oldest OS the package must run on (default: iOS16, iOS17 for INT8 W8A8)",
+               choices=DEPLOYMENT_TARGETS),
+        Option("--image-input", "image_input", "Core ML: take an RGB image (0-255) and bake mean/std into the model",
+               type=None, action="store_true", default=False),
+        Option("--int8-mode", "int8_mode", "Core ML INT8: w8a8 (weights and activations) or w8 (weights only)",
+               default="w8a8", choices=INT8_MODES),
+        Option("--compute-units", "compute_units", "Core ML on macOS: which units may run the model",
+               default="ALL", choices=COMPUTE_UNITS),
+        Option("--coreml-frontend", "coreml_frontend",
+               "Core ML: how torch is captured: trace (TorchScript), export (torch.export), auto (trace, then export)",
+               default="auto", choices=FRONTENDS),
+        Option("--coreml-calib-samples", "coreml_calib_samples", "Core ML W8A8: calibration samples to observe",
+               type=int, default=DEFAULT_CALIB_SAMPLES),
+    )
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            from .mil.quiet import import_coremltools
+
+            ct = import_coremltools()
+        except Exception as exc:
+            return False, str(exc)
+        from .coreml_runner import coreml_runtime_available
+
+        ok, _ = coreml_runtime_available()
+        return True, f"coremltools {ct.__version__} ({'Core ML runtime' if ok else 'MIL interpreter for parity'})"
+
+    def check(self, request: ExportRequest) -> None:
+        super().check(request)
+        require("coremltools", "coreml", "the Core ML target")
+        mode = _opt(request, "int8_mode", "w8a8")
+        if mode not in INT8_MODES:
+            raise UsageError(f"unknown --int8-mode '{mode}'", hint=f"choose one of {', '.join(INT8_MODES)}")
+        deployment_target(request.precision, mode, _opt(request, "min_deployment_target"))
+        frontend = _opt(request, "coreml_frontend", "auto")
+        if frontend not in FRONTENDS:
+            raise UsageError(f"unknown --coreml-frontend '{frontend}'", hint=f"choose one of {', '.join(FRONTENDS)}")
+        units = str(_opt(request, "compute_units", "ALL")).upper()
+        if units not in COMPUTE_UNITS:
+            raise UsageError(f"unknown --compute-units '{units}'", hint=f"choose one of {', '.join(COMPUTE_UNITS)}")
+        if request.dynamic_batch:
+            raise UsageError("the Core ML target exports a fixed batch", hint="drop --dynamic-batch, set --batch N")
+
+    def export(self, ctx: ExportContext, workdir: Path) -> Artifact:
+        req = ctx.request
+        precision = req.precision
+        mode = _opt(req, "int8_mode", "w8a8") if precision == "int8" else None
+        target = deployment_target(precision, mode, _opt(req, "min_deployment_target"))
+        path = Path(workdir) / f"{ctx.stem}.mlpackage"
+        image = None
+        if _opt(req, "image_input", False):
+            pre = ctx.spec.preprocess
+            image = {"mean": list(pre.mean), "std": list(pre.std), "scale": 1 / 255.0, "layout": "RGB"
+                     if ctx.inputs[0].shape[1] == 3 else "GRAYSCALE"}
+        model = ctx.model.eval()
+        outputs = _output_names(model, ctx.inputs)
+        try:
+            meta, converted = build_package(model, ctx.inputs, outputs, path, precision, target, mode or "w8a8",
+                                 ctx.calib_feeds, image, int(_opt(req, "coreml_calib_samples", DEFAULT_CALIB_SAMPLES)),
+                                 frontend=_opt(req, "coreml_frontend", "auto"))
+        except EdgekitError:
+            raise
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"coreml-{precision}", f"{type(exc).__name__}: {msg[:300]}",
+                              hint="rerun with --debug for the full trace") from exc
+        if meta.get("frontend_fallback"):
+            ctx.warn(f"coremltools could not convert the TorchScript trace ({meta['frontend_fallback'][0][:160]}); "
+                     "converted from torch.export instead")
+        tools = tool_versions(*PACKAGES)
+        meta.update({"int8_mode": mode, "image_input": image, "coremltools": tools.get("coremltools"),
+                     "torch": tools.get("torch"), "compute_units": str(_opt(req, "compute_units", "ALL")).upper()})
+        from .mil import load_program
+
+        prog = load_program(path)
+        meta["ops"] = {k: v for k, v in prog.op_counts().items() if k != "const"}
+        meta["opset"] = prog.opset
+        art = Artifact(path=path, stage=f"coreml-{precision}", format="mlpackage", precision=precision,
+                       target=self.name, inputs=tuple(ctx.inputs), outputs=outputs, meta=meta, tools=tools)
+        if precision == "int8":
+            if mode == "w8a8":
+                art.meta["program_parity"] = program_parity(converted, art, self.open(art, device=req.device),
+                                                            ctx.heldout_feeds)
+            self._gate(ctx, art)
+        ctx.log(f"Core ML {precision}{f' ({mode})' if mode else ''}: {target}, {sum(meta['ops'].values())} ops, "
+                f"{art.size_bytes / 1e6:.1f} MB")
+        return art
+
+    def _gate(self, ctx: ExportContext, art: Artifact) -> None:
+        trained = weights_trained(ctx)
+        tol = tolerance_for("int8", {**ctx.spec.tolerance.get("int8", {}), **ctx.request.tolerance})
+        if not trained:
+            tol = replace(tol, top1=None)  # untrained logits: top-1 ties are noise
+        comp = compare(ctx.model, art, self.open(art, device=ctx.request.device), ctx.heldout_feeds, tol)
+        p = comp.primary()
+        art.meta["gate"] = {"passed": comp.passed, "failures": comp.failures, "trained_weights": trained,
+                            "runner": comp.runner, "tolerance": tol.to_dict(), "heldout": comp.inputs_source,
+                            "rows": p.rows or p.samples, "top1": p.top1, "top5": p.top5, "cosine": p.cosine,
+                            "sqnr_db": p.sqnr_db if np.isfinite(p.sqnr_db) else None, "max_abs": p.max_abs}
+        top1 = f"top-1 {p.top1:.1%}, " if p.top1 is not None and trained else ""
+        if comp.passed:
+            ctx.log(f"INT8 gate passed on {p.rows or p.samples} held-out samples ({comp.runner}): {top1}"
+                    f"cosine {p.cosine:.4f}")
+        else:
+            ctx.warn(f"Core ML INT8 gate failed ({'; '.join(comp.failures)}): try --int8-mode w8, keep FP16, "
+                     "or calibrate on your own images (--calib DIR)")
+
+    def open(self, artifact: Artifact, device: str | None = None, **options: Any):
+        from .coreml_runner import open_runner
+
+        units = options.get("compute_units") or (device if device and device.upper() in COMPUTE_UNITS else None)
+        return open_runner(artifact.path, artifact.inputs, artifact.outputs,
+                           compute_units=units or artifact.meta.get("compute_units") or "ALL",
+                           image=artifact.meta.get("image_input"), runner=options.get("runner", "auto"),
+                           threads=options.get("threads"))
+
+
+def weights_trained(ctx: ExportContext) -> bool:
+    explicit = getattr(ctx, "trained", None)
+    if explicit is not None:
+        return bool(explicit)
+    return bool(ctx.request.weights) or bool(getattr(ctx.request, "pretrained", False))
+
+
+def compare(model, art: Artifact, runner, feeds: Feeds, tol: Tolerance) -> Comparison:
+    """FP32 PyTorch against ``runner`` (not yet entered; entered and closed here) on ``feeds``."""
+    from edgekit.torch_runner import TorchRunner
+
+    comp = Comparison(stage=art.stage, runner=runner.name, precision=art.precision, tolerance=tol,
+                      inputs_source=getattr(feeds, "source", ""))
+    with TorchRunner(model, art.inputs, art.outputs) as ref, runner:
+        for feed in feeds:
+            comp.add(ref.infer(feed), runner.infer(feed))
+    return comp
+
+
+def program_parity(converted, art: Artifact, runner, feeds: Feeds, samples: int = 8) -> dict[str, Any]:
+    """The package against the calibrated fake-quant PyTorch module it was converted from.
+
+    Quantization error cancels out here: what remains is translation (scales, zero points,
+    layouts) plus FP16 compute, so a bad gate can be told apart from a bad conversion."""
+    from itertools import islice
+
+    import torch
+
+    from .mil.runner import to_pixels
+
+    image = art.meta.get("image_input")
+    comp = Comparison(stage=art.stage, runner=runner.name, precision="int8", tolerance=Tolerance(),
+                      inputs_source=getattr(feeds, "source", ""))
+    with runner, torch.no_grad():
+        for feed in islice(feeds, samples):
+            x = np.asarray(feed[art.inputs[0].name], np.float32)
+            arg = to_pixels(x, image["mean"], image["std"]) / 255.0 if image else x
+            out = converted(torch.from_numpy(np.ascontiguousarray(arg, dtype=np.float32)))
+            out = out if isinstance(out, (tuple, list)) else (out,)
+            comp.add({n: o.float().numpy() for n, o in zip(art.outputs, out)}, runner.infer(feed))
+    p = comp.primary()
+    return {"reference": "calibrated fake-quant torch module (LinearQuantizer.finalize)", "samples": p.samples,
+            "cosine": p.cosine, "max_abs": p.max_abs, "sqnr_db": p.sqnr_db if np.isfinite(p.sqnr_db) else None,
+            "top1": p.top1}
