@@ -139,10 +139,31 @@ def test_focus_model_parity(tmp_path, name, precision):
         tol = replace(tol, max_abs=max(1e-4, 4 * own), sqnr_db=None)
     else:
         tol = replace(tol, top1=None)  # untrained logits: top-1 ties are noise (as the pipeline does)
+        cos, sq = torch_fp16_floor(ctx.model, ctx.heldout_feeds)
+        tol = replace(tol, cosine=min(tol.cosine, 1 - 2 * (1 - cos)), sqnr_db=min(tol.sqnr_db, sq - 3))
     comp = compare(ctx.model, art, runner, ctx.heldout_feeds, tol)
     assert comp.passed, comp.failures
     p = comp.primary()
-    assert p.samples == HELDOUT and p.cosine >= (0.99999 if precision == "fp32" else 0.999)
+    assert p.samples == HELDOUT and p.cosine >= (0.99999 if precision == "fp32" else tol.cosine)
+
+
+def torch_fp16_floor(model, feeds) -> tuple[float, float]:
+    """(cosine, SQNR) of PyTorch itself computing in FP16 against FP32 PyTorch: a program that
+    computes in FP16 cannot be expected to beat it. Deep untrained networks are ill-conditioned
+    (efficientnet_v2_s: torch with FP16 weights alone scores cosine 0.994 / SQNR 19 dB)."""
+    import copy
+
+    from edgekit.compare import cosine, sqnr_db
+
+    half = copy.deepcopy(model).eval().half()
+    ref, got = [], []
+    with torch.no_grad():
+        for f in feeds:
+            x = torch.from_numpy(np.asarray(f["input"]))
+            ref.append(model(x).numpy())
+            got.append(half(x.half()).float().numpy())
+    ref, got = np.concatenate(ref), np.concatenate(got)
+    return cosine(ref, got), sqnr_db(ref, got)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,8 @@ import pytest
 pytest.importorskip("onnxruntime", reason="the dry run's parity needs onnxruntime (pip install 'edgekit[onnx]')")
 pytest.importorskip("onnxsim", reason="the dry run simplifies with onnxsim (pip install 'edgekit[onnx]')")
 
-from edgekit.console import Console  # noqa: E402
-from edgekit.contracts import ExportRequest  # noqa: E402
+from edgekit.artifact import Manifest  # noqa: E402
 from edgekit.models import list_specs  # noqa: E402
-from edgekit.pipeline import export  # noqa: E402
 
 # one network per focus family and version (width variants share their graph structure)
 FOCUS = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v1_g3",
@@ -31,30 +29,35 @@ def test_every_focus_family_is_covered():
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "efficientnet_v2_s" else n
                                   for n in FOCUS])
-def test_int8_dry_run_gives_qdq_onnx_parity_and_clean_lint(name, tmp_path, monkeypatch):
+def test_int8_dry_run_gives_qdq_onnx_parity_and_clean_lint(name, tmp_path, edgekit_cli, monkeypatch):
+    """The real command in its own process, as a user runs it (a fresh interpreter per model also
+    keeps the suite's earlier backends out of its way). A loose INT8 cosine keeps the float
+    fallback out: this test is about the graph TensorRT gets and its lint; the gate and its
+    fallback are tested in test_calibration.py."""
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / name
-    # a loose INT8 cosine keeps the float fallback out: this test is about the graph TensorRT
-    # gets and its lint; the gate and its fallback are tested in test_calibration.py
-    req = ExportRequest(model=name, target="tensorrt", precision="int8", dry_run=True, out=out,
-                        input_shape=(1, 3, 64, 64), samples=8, bench=False, tolerance={"cosine": 0.5})
-    res = export(req, Console(quiet=True))
-    stages = res.manifest.stages
-    assert [s.stage for s in stages][-1] == "qdq" and stages[-1].precision == "int8"
+    r = edgekit_cli("export", name, "--target", "tensorrt", "--int8", "--dry-run", "--out", str(out),
+                    "--input-shape", "1x3x64x64", "--samples", "8", "--no-bench", "--tol", "cosine=0.5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "parity" in r.stdout + r.stderr and "Traceback" not in r.stderr
+    manifest = Manifest.read(out)
+    stages = manifest.stages
+    assert stages[-1].stage == "qdq" and stages[-1].precision == "int8"
     qdq = onnx.load(str(out / stages[-1].path.name))
     ops = [n.op_type for n in qdq.graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")
     # the lint report: real rules ran on the real graph, and none is an error
-    assert [p for p in res.lint if p.get("level") == "error"] == []
-    assert res.manifest.reports["dry_run"] is True
+    lint = manifest.reports["lint"]
+    assert [p for p in lint if p.get("level") == "error"] == []
+    assert manifest.reports["dry_run"] is True
     # the CPU parity table: a row per stage, numbers that are real
-    assert [c.stage for c in res.comparisons] == [s.stage for s in stages]
-    for c in res.comparisons:
-        p = c.primary()
-        assert p.samples >= 8 and p.nonfinite == 0 and math.isfinite(p.cosine)
-    fp32 = [c for c in res.comparisons if c.precision == "fp32"]
-    assert fp32 and all(fp32), [c.failures for c in fp32]
+    parity = manifest.parity
+    assert [c["stage"] for c in parity] == [s.stage for s in stages]
+    for c in parity:
+        o = c["outputs"][0]
+        assert o["samples"] >= 8 and o["nonfinite"] == 0 and math.isfinite(o["cosine"])
+    fp32 = [c for c in parity if c["precision"] == "fp32"]
+    assert fp32 and all(c["passed"] for c in fp32), [c["failures"] for c in fp32]
     # the INT8 stage's parity against torch agrees with the gate the calibration measured (vs FP32 ONNX)
-    int8 = res.comparisons[-1].primary()
-    assert abs(int8.cosine - stages[-1].meta["gate"]["after"]["cosine"]) < 0.02
+    assert abs(parity[-1]["outputs"][0]["cosine"] - stages[-1].meta["gate"]["after"]["cosine"]) < 0.02
     assert not any(f.suffix in (".engine", ".plan") for f in out.iterdir())
