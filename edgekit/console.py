@@ -6,7 +6,9 @@ piped. ``quiet`` silences progress but never warnings.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
+import warnings
 import time
 from typing import Any, Iterator, Sequence, TextIO
 
@@ -73,3 +75,20 @@ def human_bytes(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+@contextlib.contextmanager
+def quiet_logs(*names: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise the named loggers to ``level`` and ignore warnings while the block runs: backends
+    (torch.export, coremltools, executorch) log and warn at import and conversion time about
+    things a user cannot act on."""
+    saved = [(n, logging.getLogger(n).level) for n in names]
+    for n in names:
+        logging.getLogger(n).setLevel(level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, lvl in saved:
+            logging.getLogger(n).setLevel(lvl)

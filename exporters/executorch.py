@@ -24,18 +24,16 @@ about here and fails the pipeline's parity check (exit 1, artifact kept).
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.compare import Comparison, Tolerance, tolerance_for
+from edgekit.console import quiet_logs
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feeds, Option
 from edgekit.errors import ExportError, require
 from edgekit.specs import InputSpec
@@ -48,20 +46,9 @@ DEFAULT_MAX_FLOAT = 8        # mixed precision: at most this many leading layers
 DEFAULT_SELECT_SAMPLES = 64  # calibration rows used to choose them (the gate uses the held-out rows)
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
+def quiet():
     """torch.export / torchao / executorch warn and log at INFO-WARNING during export; hide that."""
-    names = ["torch.export", "torch._export", "torchao", "executorch", "torch.fx", "torch._dynamo"]
-    saved = [(n, logging.getLogger(n).level) for n in names]
-    for n in names:
-        logging.getLogger(n).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for n, lvl in saved:
-            logging.getLogger(n).setLevel(lvl)
+    return quiet_logs("torch.export", "torch._export", "torchao", "executorch", "torch.fx", "torch._dynamo")
 
 
 def example_args(inputs: tuple[InputSpec, ...]) -> tuple[Any, ...]:

@@ -6,25 +6,10 @@ a user can act on here, so they are held back while the package imports.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-
+from edgekit.console import quiet_logs
 from edgekit.errors import require
 
-
-@contextlib.contextmanager
-def quiet_logs(*names: str, level: int = logging.ERROR):
-    saved = [(n, logging.getLogger(n).level) for n in names]
-    for n in names:
-        logging.getLogger(n).setLevel(level)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for n, lvl in saved:
-            logging.getLogger(n).setLevel(lvl)
+__all__ = ["import_coremltools", "quiet_logs"]
 
 
 def import_coremltools(what: str = "the CoreML target"):
