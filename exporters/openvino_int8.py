@@ -24,12 +24,13 @@ from dataclasses import replace
 from typing import Any
 
 from edgekit.artifact import Artifact
+from edgekit.bench.timing import time_runners
 from edgekit.compare import Tolerance, tolerance_for
 from edgekit.contracts import ExportContext
 from edgekit.errors import require
 
 from . import openvino_nncf as nq
-from .openvino_runner import OpenVinoRunner, time_runners
+from .openvino_runner import OpenVinoRunner
 
 GUARD_SECONDS = 1.5
 

@@ -9,7 +9,6 @@ override it with ``--ov-inference-precision``.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -155,33 +154,6 @@ def ir_xml(folder: Path) -> Path:
     if len(xmls) != 1:
         raise ArtifactError(f"expected one OpenVINO .xml in {folder}, found {len(xmls)}")
     return xmls[0]
-
-
-def time_runners(runners: dict[str, OpenVinoRunner], feed: Feed, seconds: float = 1.5,
-                 warmup: int = 5, rounds: int = 10) -> dict[str, dict[str, float]]:
-    """p50/p90 latency (ms) of each entered runner on one feed.
-
-    The runners are timed in interleaved rounds, so that load from other processes
-    falls on all of them alike: a fair *comparison* on a busy machine, not a benchmark.
-    """
-    for r in runners.values():
-        for _ in range(warmup):
-            r.infer(feed)
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    per_round = seconds / max(1, rounds) / max(1, len(runners))
-    for _ in range(rounds):
-        for k, r in runners.items():
-            end = time.perf_counter() + per_round
-            while True:
-                t = time.perf_counter()
-                r.infer(feed)
-                now = time.perf_counter()
-                times[k].append(now - t)
-                if now >= end:
-                    break
-    return {k: {"p50_ms": round(float(np.percentile(v, 50)) * 1e3, 3),
-                "p90_ms": round(float(np.percentile(v, 90)) * 1e3, 3), "iterations": len(v)}
-            for k, v in times.items()}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -243,3 +243,30 @@ def _run(runner: Any, feeds: list[dict], warmup: int, iters: int | None, seconds
         if gc_was_enabled:
             gc.enable()
     return samples, first_ms, timed_s
+
+
+def time_runners(runners: Mapping[str, Any], feed: Mapping[str, np.ndarray], seconds: float = 1.5,
+                 warmup: int = 5, rounds: int = 10) -> dict[str, dict[str, float]]:
+    """p50/p90 latency (ms) of each entered runner on one feed.
+
+    The runners are timed in interleaved rounds, so that load from other processes
+    falls on all of them alike: a fair *comparison* on a busy machine, not a benchmark.
+    """
+    for r in runners.values():
+        for _ in range(warmup):
+            r.infer(feed)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    per_round = seconds / max(1, rounds) / max(1, len(runners))
+    for _ in range(rounds):
+        for k, r in runners.items():
+            end = time.perf_counter() + per_round
+            while True:
+                t = time.perf_counter()
+                r.infer(feed)
+                now = time.perf_counter()
+                times[k].append(now - t)
+                if now >= end:
+                    break
+    return {k: {"p50_ms": round(float(np.percentile(v, 50)) * 1e3, 3),
+                "p90_ms": round(float(np.percentile(v, 90)) * 1e3, 3), "iterations": len(v)}
+            for k, v in times.items()}
