@@ -107,6 +107,7 @@ class ExportContext:
     log: Callable[[str], None] = print
     warn: Callable[[str], None] = print
     stem: str = "model"
+    fp32_source: "Artifact | None" = None  # the last FP32 ONNX stage (for INT8-vs-FP32 latency guards)
 
 
 class Exporter:
@@ -143,6 +144,11 @@ class Exporter:
         ExecuTorch): the pipeline then hands it the FP32 source and the feeds instead of
         a precision-encoded ONNX."""
         return self.source != "onnx"
+
+    def builds_artifact(self, request: ExportRequest) -> bool:
+        """False when the pipeline's last ONNX stage already is the deliverable (the
+        ``onnx`` target at FP32/FP16): ``export`` is then not called."""
+        return True
 
     def lint(self, artifact: "Artifact") -> list[dict[str, Any]]:
         """Pre-flight checks of the source artifact for this target (no backend needed).

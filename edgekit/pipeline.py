@@ -164,10 +164,12 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
             raise ExportError("lint", f"{len(errors)} problem(s) for {target.name}; first: node "
                               f"'{first.get('node')}': {first.get('message')}",
                               hint=f"run 'edgekit export ... --dry-run' to see the full lint report")
-        if not request.dry_run and target.name != "onnx":
+        if not request.dry_run and target.builds_artifact(request):
+            fp32 = [s for s in stages if s.precision == "fp32"]
             ctx = ExportContext(request=request, spec=res.spec, model=res.model, inputs=res.inputs,
                                 source=stages[-1] if stages else None, calib_feeds=feeds.calib,
-                                heldout_feeds=feeds.heldout, log=console.info, warn=console.warn, stem=stem)
+                                heldout_feeds=feeds.heldout, log=console.info, warn=console.warn, stem=stem,
+                                fp32_source=fp32[-1] if fp32 else None)
             with console.step(f"build {target.name} artifact") as d:
                 art = target.export(ctx, work)
                 d["summary"] = f"{art.format}, {art.size_bytes / 1e6:.1f} MB"

@@ -210,11 +210,19 @@ class OnnxTarget(Exporter):
         if request.simplify and request.simplifier in ("onnxsim", "onnxslim"):
             require(request.simplifier, "onnx", f"the {request.simplifier} simplifier")
 
+    def builds_artifact(self, request: ExportRequest) -> bool:
+        # FP32/FP16: the pipeline's last ONNX stage is the deliverable. INT8: one more stage,
+        # the shared Q/DQ graph in the form ONNX Runtime's CPU kernels fuse (onnx_int8.py).
+        return request.precision == "int8"
+
     def export(self, ctx: ExportContext, workdir: Path) -> Artifact:
-        # The ONNX pipeline stages are the artifact: nothing more to build.
         if ctx.source is None:
             raise ExportError("onnx", "no ONNX stage to deliver")
-        return ctx.source
+        if ctx.request.precision != "int8":
+            return ctx.source
+        from .onnx_int8 import build
+
+        return build(ctx, workdir)
 
     def open(self, artifact: Artifact, device: str | None = None, **options: Any) -> OrtRunner:
         return OrtRunner(artifact.path, artifact.inputs, None, threads=options.get("threads"))
