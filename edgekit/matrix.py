@@ -19,7 +19,8 @@ from typing import Any
 
 from .bench.device import fingerprint
 from .bench.progress import Progress
-from .bench.run import BenchSettings, bench_artifact, bench_torch, error_text, target_versions, torch_reference
+from .bench.run import (BenchSettings, bench_artifact, bench_torch, error_text, pair_int8_with_fp32, target_versions,
+                        torch_reference)
 from .errors import EdgekitError, UsageError
 from .report.schema import make_row, new_report, parity_summary
 from .specs import check_precision
@@ -265,6 +266,9 @@ def run_matrix(cfg: MatrixConfig, console=None, quiet: bool = False) -> dict[str
                 rows.append(row)
                 progress.advance(_result_text(row))
     progress.close()
+    if "int8" in precisions and "fp32" in precisions:
+        console.info("timing each INT8 artifact against its FP32 sibling, interleaved ...")
+        pair_int8_with_fp32(rows, bench, log=console.info)
     report = new_report("matrix", rows, {dev: fp}, {**cfg.settings(), "torch_baseline": "eager fp32, same run"})
     for w in sorted({w for r in rows for w in r.get("warnings") or []}):
         console.warn(w)

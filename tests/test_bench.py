@@ -197,3 +197,19 @@ def test_cli_bench_missing_artifact_is_exit_2(tmp_path, capsys):
 
     assert main(["bench", str(tmp_path / "nope")]) == 2
     assert "no artifact.json" in capsys.readouterr().err
+
+
+def test_int8_rows_are_timed_interleaved_against_their_fp32_sibling(artifact):
+    """pair_int8_with_fp32 opens both artifacts and times them in alternating rounds; here the
+    'INT8' row points at the same tiny ONNX file, so the ratio is close to 1 on any machine."""
+    from edgekit.bench.run import PAIRED_SECONDS, pair_int8_with_fp32
+
+    settings = BenchSettings(warmup=1, iters=3)
+    fp32 = bench_artifact(artifact, settings, "dev0")
+    int8 = dict(fp32, precision="int8", flags=[], warnings=[])
+    other = dict(fp32, precision="int8", model="other", warnings=[])  # no FP32 sibling: left alone
+    assert pair_int8_with_fp32([fp32, int8, other], settings) == 1
+    p = int8["paired"]
+    assert p["fp32_p50_ms"] > 0 and p["int8_p50_ms"] > 0 and p["seconds_each"] == PAIRED_SECONDS
+    assert 0.2 < p["ratio"] < 5  # the same model twice: no order-of-magnitude skew from interleaving
+    assert other.get("paired") is None and fp32.get("paired") is None

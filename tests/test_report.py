@@ -167,6 +167,24 @@ def test_int8_slower_than_fp32_is_flagged():
     assert "INT8 slower than FP32" in render_markdown(rep)
 
 
+def test_interleaved_pair_decides_the_int8_check():
+    """Rows measured apart say INT8 is slower; the interleaved pair says it is not (and the
+    reverse): the pair wins, and the note shows its ratio."""
+    paired_fast = {"fp32_p50_ms": 2.0, "int8_p50_ms": 1.5, "ratio": 0.75}
+    paired_slow = {"fp32_p50_ms": 2.0, "int8_p50_ms": 2.4, "ratio": 1.2}
+    rows = [make_row(model="m", target="onnx", precision="fp32", device_id="d", latency=_lat(2.0)),
+            make_row(model="m", target="onnx", precision="int8", device_id="d", latency=_lat(3.0),
+                     paired=paired_fast),
+            make_row(model="m", target="openvino", precision="fp32", device_id="d", latency=_lat(2.0)),
+            make_row(model="m", target="openvino", precision="int8", device_id="d", latency=_lat(1.0),
+                     paired=paired_slow)]
+    rep = new_report("matrix", rows, {"d": {"name": "d"}})
+    assert [(c["model"], c["target"], c["interleaved"]) for c in rep["checks"]] == [("m", "openvino", True)]
+    assert rep["checks"][0]["ratio"] == pytest.approx(1.2) and "(interleaved)" in rep["checks"][0]["message"]
+    md = render_markdown(rep)
+    assert "INT8/FP32 0.75x interleaved" in md and "INT8 slower than FP32 (1.20x, interleaved)" in md
+
+
 def test_markdown_table(measured):
     md = render_markdown(measured)
     lines = [ln for ln in md.splitlines() if ln.startswith("| tiny |")]

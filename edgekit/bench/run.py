@@ -165,3 +165,47 @@ def bench_torch(model: str, settings: BenchSettings, device_id: str, input_shape
                     warmup=settings.warmup, iters=settings.iters, seconds=settings.seconds)
     row.update(latency=stats.to_dict(), runner=stats.runner)
     return row
+
+
+PAIRED_SECONDS = 2.0
+
+
+def pair_int8_with_fp32(rows: list[dict[str, Any]], settings: BenchSettings, log=None) -> int:
+    """Time each INT8 row against its FP32 sibling (same model, target, device, shape,
+    threads) in interleaved rounds, and record the result in the INT8 row's ``paired``.
+
+    Each row's own latency is measured alone, minutes apart from its sibling's; on a
+    machine whose load drifts that comparison can point either way. Interleaving puts the
+    same load on both, so the INT8-vs-FP32 check (:func:`edgekit.report.finalize`) uses
+    this pair when it is there. Returns the number of pairs timed."""
+    from ..targets import get_target
+    from .timing import time_runners
+
+    def key(r):
+        return (r["model"], r["target"], r["device_id"], tuple(r.get("input_shape") or ()), r.get("threads"),
+                r.get("device"))
+
+    ok = [r for r in rows if not r.get("baseline") and r.get("status") in ("ok", "parity-fail") and r.get("artifact")]
+    fp32 = {key(r): r for r in ok if r["precision"] == "fp32"}
+    done = 0
+    for r in ok:
+        sibling = fp32.get(key(r))
+        if r["precision"] != "int8" or sibling is None:
+            continue
+        try:
+            finals = [read_artifact(x["artifact"]).final for x in (sibling, r)]
+            feed = synthetic_feed(finals[0].inputs, settings.batch)
+            with get_target(finals[0].target).open(finals[0], device=settings.device, threads=settings.threads) as a, \
+                    get_target(finals[1].target).open(finals[1], device=settings.device, threads=settings.threads) as b:
+                t = time_runners({"fp32": a, "int8": b}, feed, seconds=2 * PAIRED_SECONDS)
+        except Exception as exc:  # the pair is extra evidence: its failure must not lose the rows
+            r.setdefault("warnings", []).append(f"interleaved INT8-vs-FP32 timing failed: {error_text(exc)}")
+            continue
+        r["paired"] = {"fp32_p50_ms": t["fp32"]["p50_ms"], "int8_p50_ms": t["int8"]["p50_ms"],
+                       "ratio": round(t["int8"]["p50_ms"] / max(t["fp32"]["p50_ms"], 1e-9), 3),
+                       "seconds_each": PAIRED_SECONDS, "method": "interleaved rounds, one synthetic feed"}
+        done += 1
+        if log:
+            log(f"{r['model']} {r['target']}: INT8 {t['int8']['p50_ms']:.3g} ms vs FP32 {t['fp32']['p50_ms']:.3g} ms "
+                "(interleaved)")
+    return done

@@ -43,7 +43,7 @@ def print_report(report, console) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgekit.bench.device import fingerprint
-    from edgekit.bench.run import BenchSettings, bench_artifact, bench_torch, read_artifact
+    from edgekit.bench.run import BenchSettings, bench_artifact, bench_torch, pair_int8_with_fp32, read_artifact
     from edgekit.console import Console
     from edgekit.errors import UsageError
     from edgekit.report import new_report, write_outputs
@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
             rows.append(bench_artifact(path, settings, dev, manifest=manifest))
             lat = rows[-1].get("latency")
             d["summary"] = f"p50 {lat['p50_ms']:.3g} ms" if lat else rows[-1].get("error")
+    if any(r["precision"] == "int8" for r in rows) and any(r["precision"] == "fp32" for r in rows):
+        with console.step("INT8 against FP32 siblings, interleaved") as d:
+            d["summary"] = f"{pair_int8_with_fp32(rows, settings, log=console.info)} pair(s)"
     report = new_report("bench", rows, {dev: fp}, settings.to_dict())
     print_report(report, console)
     for p in write_outputs(report, args.json, args.md, args.html):

@@ -56,8 +56,11 @@ def _notes(row: dict[str, Any], limit: int = 160) -> str:
     par = row.get("parity") or {}
     if row["status"] == "parity-fail" and par.get("failures"):
         parts.append("; ".join(par["failures"][:3]))
+    paired = row.get("paired") or {}
     if "int8-slower-than-fp32" in (row.get("flags") or []):
-        parts.append("⚠ INT8 slower than FP32")
+        parts.append("⚠ INT8 slower than FP32" + (f" ({paired['ratio']:.2f}x, interleaved)" if paired else ""))
+    elif paired:
+        parts.append(f"INT8/FP32 {paired['ratio']:.2f}x interleaved")
     if "busy-machine" in (row.get("flags") or []):
         parts.append(f"⚠ busy machine (load {row['latency'].get('loadavg')})")
     parts += [n for n in row.get("notes") or []]
