@@ -17,6 +17,7 @@ crops) and reports the gate: top-1/top-5 agreement and cosine vs FP32 PyTorch on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -52,27 +53,10 @@ def _pipeline_export(model: str, target: str, precision: str, args, work: Path, 
     return res.manifest.final, time.perf_counter() - t0
 
 
-def _timed(runners: dict, feed, args) -> dict:
-    from edgekit.bench.timing import measure
-
-    pooled: dict[str, list[float]] = {k: [] for k in runners}
-    for rnd in range(args.rounds):
-        for k, r in runners.items():
-            s = measure(r, feed, warmup=args.warmup if rnd == 0 else 2, seconds=args.seconds / args.rounds,
-                        opened=True)
-            pooled[k] += s.samples_ms
-    out = {}
-    for k, v in pooled.items():
-        a = np.asarray(v)
-        out[k] = {"p50_ms": round(float(np.percentile(a, 50)), 3), "p90_ms": round(float(np.percentile(a, 90)), 3),
-                  "mean_ms": round(float(a.mean()), 3), "min_ms": round(float(a.min()), 3), "iterations": int(a.size)}
-    return out
-
-
 def latency(args, work: Path, console) -> list[dict]:
     import torch
 
-    from edgekit.bench.timing import synthetic_feed
+    from edgekit.bench.timing import synthetic_feed, time_runners
     from edgekit.targets import get_target
 
     rows = []
@@ -88,16 +72,12 @@ def latency(args, work: Path, console) -> list[dict]:
             row["exports"][f"{target}_{precision}"] = {"seconds": round(secs, 1),
                                                        "size_mb": round(art.size_bytes / 1e6, 2),
                                                        "gate": art.meta.get("gate")}
-        runners = {k: get_target(a.target).open(a, threads=args.threads) for k, a in arts.items()}
         feed = synthetic_feed(next(iter(arts.values())).inputs)
-        for r in runners.values():
-            r.__enter__()
-        try:
-            with torch.inference_mode():
-                lat = _timed(runners, feed, args)
-        finally:
-            for r in runners.values():
-                r.__exit__(None, None, None)
+        with contextlib.ExitStack() as stack, torch.inference_mode():
+            runners = {k: stack.enter_context(get_target(a.target).open(a, threads=args.threads))
+                       for k, a in arts.items()}
+            lat = time_runners(runners, feed, seconds=args.seconds * len(runners), warmup=args.warmup,
+                               rounds=args.rounds)
         row["latency"] = lat
         row["input_shape"] = list(next(iter(arts.values())).inputs[0].shape)
         if "executorch_fp32" in lat and "executorch_int8" in lat:

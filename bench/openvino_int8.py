@@ -13,13 +13,13 @@ Batch 1, ``--threads`` threads for every runtime. Writes one JSON file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a source tree
@@ -56,30 +56,10 @@ def _has_pretrained(model: str) -> bool:
     return bool(get_spec(model).pretrained)
 
 
-def timed(runners: dict, feed, args) -> dict:
-    """Interleaved rounds of edgekit's measure(); percentiles over the pooled samples."""
-    from edgekit.bench.timing import measure
-
-    pooled: dict[str, list[float]] = {k: [] for k in runners}
-    firsts: dict[str, float | None] = {}
-    for rnd in range(args.rounds):
-        for k, r in runners.items():
-            s = measure(r, feed, warmup=args.warmup if rnd == 0 else 2, seconds=args.seconds / args.rounds,
-                        opened=True)
-            pooled[k] += s.samples_ms
-            firsts.setdefault(k, s.first_ms)
-    out = {}
-    for k, v in pooled.items():
-        a = np.asarray(v)
-        out[k] = {"p50_ms": round(float(np.percentile(a, 50)), 3), "p90_ms": round(float(np.percentile(a, 90)), 3),
-                  "mean_ms": round(float(a.mean()), 3), "min_ms": round(float(a.min()), 3), "iterations": int(a.size)}
-    return out
-
-
 def bench_model(model: str, args, work: Path, console) -> dict:
     import torch
 
-    from edgekit.bench.timing import synthetic_feed
+    from edgekit.bench.timing import synthetic_feed, time_runners
     from edgekit.targets import get_target
     from edgekit.torch_runner import TorchRunner
 
@@ -102,18 +82,14 @@ def bench_model(model: str, args, work: Path, console) -> dict:
 
     _, module, inputs = torch_reference(model, fp32.inputs[0].shape, 1, None,
                                         args.pretrained and _has_pretrained(model))
-    runners = {"torch_fp32": TorchRunner(module, inputs, threads=args.threads)}
-    for k, art in stages.items():
-        runners[k] = target.open(art, device=args.device, threads=args.threads, hint="latency")
     feed = synthetic_feed(inputs)
-    for r in runners.values():
-        r.__enter__()
-    try:
-        with torch.inference_mode():
-            lat = timed(runners, feed, args)
-    finally:
-        for r in runners.values():
-            r.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack, torch.inference_mode():
+        runners = {"torch_fp32": stack.enter_context(TorchRunner(module, inputs, threads=args.threads))}
+        for k, art in stages.items():
+            runners[k] = stack.enter_context(target.open(art, device=args.device, threads=args.threads,
+                                                         hint="latency"))
+        lat = time_runners(runners, feed, seconds=args.seconds * len(runners), warmup=args.warmup,
+                               rounds=args.rounds)
     row["latency"] = lat
     row["runner"] = {k: r.name for k, r in runners.items()}
     row["input_shape"] = list(inputs[0].shape)

@@ -90,7 +90,7 @@ def _tolerances(table: dict[str, Any], where: str) -> dict[str, dict[str, float]
     for prec, metrics in table.items():
         if prec not in PRECISIONS:
             raise ConfigError(f"{where}: unknown precision '{prec}' in tolerance",
-                              hint=f"use [tolerance.fp32], [tolerance.fp16] or [tolerance.int8]")
+                              hint="use [tolerance.fp32], [tolerance.fp16] or [tolerance.int8]")
         if not isinstance(metrics, dict):
             raise ConfigError(f"{where}: tolerance.{prec} must be a table of metric = value")
         for k, v in metrics.items():

@@ -163,7 +163,7 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
             first = errors[0]
             raise ExportError("lint", f"{len(errors)} problem(s) for {target.name}; first: node "
                               f"'{first.get('node')}': {first.get('message')}",
-                              hint=f"run 'edgekit export ... --dry-run' to see the full lint report")
+                              hint="run 'edgekit export ... --dry-run' to see the full lint report")
         if not request.dry_run and target.builds_artifact(request):
             fp32 = [s for s in stages if s.precision == "fp32"]
             ctx = ExportContext(request=request, spec=res.spec, model=res.model, inputs=res.inputs,

@@ -1,7 +1,7 @@
 """Plain records shared by every package: inputs, preprocessing, precision."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from .errors import UsageError

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from itertools import islice
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -33,6 +33,7 @@ from exporters.coreml import CoreMLTarget, compare  # noqa: E402
 from exporters.coreml_convert import deployment_target  # noqa: E402
 from exporters.mil import Interpreter, MilRunner, load_program  # noqa: E402
 from exporters.mil.blob import METADATA, BlobFile  # noqa: E402
+from tests.conftest import torch_fp16_floor  # noqa: E402
 
 pytestmark = pytest.mark.coreml
 
@@ -145,25 +146,6 @@ def test_focus_model_parity(tmp_path, name, precision):
     assert comp.passed, comp.failures
     p = comp.primary()
     assert p.samples == HELDOUT and p.cosine >= (0.99999 if precision == "fp32" else tol.cosine)
-
-
-def torch_fp16_floor(model, feeds) -> tuple[float, float]:
-    """(cosine, SQNR) of PyTorch itself computing in FP16 against FP32 PyTorch: a program that
-    computes in FP16 cannot be expected to beat it. Deep untrained networks are ill-conditioned
-    (efficientnet_v2_s: torch with FP16 weights alone scores cosine 0.994 / SQNR 19 dB)."""
-    import copy
-
-    from edgekit.compare import cosine, sqnr_db
-
-    half = copy.deepcopy(model).eval().half()
-    ref, got = [], []
-    with torch.no_grad():
-        for f in feeds:
-            x = torch.from_numpy(np.asarray(f["input"]))
-            ref.append(model(x).numpy())
-            got.append(half(x.half()).float().numpy())
-    ref, got = np.concatenate(ref), np.concatenate(got)
-    return cosine(ref, got), sqnr_db(ref, got)
 
 
 @pytest.fixture(scope="module")

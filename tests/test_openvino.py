@@ -32,6 +32,7 @@ from edgekit.torch_runner import fp32_rounding_error  # noqa: E402
 from exporters.openvino import OpenVinoTarget  # noqa: E402
 from exporters.openvino_runner import resolve_device  # noqa: E402
 from exporters.simplify import simplify  # noqa: E402
+from tests.conftest import torch_fp16_floor  # noqa: E402
 
 pytestmark = pytest.mark.openvino
 
@@ -64,24 +65,6 @@ class Built:
             self.pairs = [(f, ref.infer(f)) for f in self.feeds.heldout]
         self.fp32_floor = fp32_rounding_error(self.model, self.inputs, self.feeds.heldout)
 
-    def fp16_floor(self) -> tuple[float, float]:
-        """(cosine, SQNR) of torch itself with FP16-rounded weights against FP32 torch: an FP16-weight
-        IR cannot be expected to beat it (deep untrained networks are ill-conditioned)."""
-        import copy
-
-        import torch
-
-        from edgekit.compare import cosine, sqnr_db
-
-        m = copy.deepcopy(self.model).eval()
-        with torch.no_grad():
-            for prm in m.parameters():
-                prm.copy_(prm.half().float())
-        with TorchRunner(m, self.inputs) as half:
-            got = np.concatenate([half.infer(f)["output"] for f, _ in self.pairs])
-        ref = np.concatenate([r["output"] for _, r in self.pairs])
-        return cosine(ref, got), sqnr_db(ref, got)
-
     def export(self, precision: str, **options) -> Artifact:
         key = (precision, tuple(sorted(options.items())))
         if key not in self.arts:
@@ -110,7 +93,8 @@ class Built:
         if art.precision == "fp32":
             tol = replace(tol, max_abs_floor=ROUNDING_FACTOR * self.fp32_floor)
         if art.precision == "fp16":
-            cos, sq = self.fp16_floor()
+            cos, sq = torch_fp16_floor(self.model, [f for f, _ in self.pairs], compute=False,
+                                       name=self.inputs[0].name)
             tol = replace(tol, cosine=min(tol.cosine, 1 - 2 * (1 - cos)), sqnr_db=min(tol.sqnr_db, sq - 3))
         comp = Comparison(art.stage, "openvino-CPU", art.precision, tol)
         with OpenVinoTarget().open(art, threads=2) as runner:

@@ -247,26 +247,22 @@ def _run(runner: Any, feeds: list[dict], warmup: int, iters: int | None, seconds
 
 def time_runners(runners: Mapping[str, Any], feed: Mapping[str, np.ndarray], seconds: float = 1.5,
                  warmup: int = 5, rounds: int = 10) -> dict[str, dict[str, float]]:
-    """p50/p90 latency (ms) of each entered runner on one feed.
+    """p50/p90/mean/min latency (ms) of each *entered* runner on one feed.
 
-    The runners are timed in interleaved rounds, so that load from other processes
-    falls on all of them alike: a fair *comparison* on a busy machine, not a benchmark.
+    The runners are timed in interleaved rounds of :func:`measure` (``seconds`` in all,
+    shared among rounds and runners) and the samples pooled, so that load from other
+    processes falls on all of them alike: a fair *comparison* on a busy machine. Used by
+    the INT8-vs-FP32 latency guards, the matrix's interleaved pairs and the bench scripts.
     """
-    for r in runners.values():
-        for _ in range(warmup):
-            r.infer(feed)
-    times: dict[str, list[float]] = {k: [] for k in runners}
+    pooled: dict[str, list[float]] = {k: [] for k in runners}
     per_round = seconds / max(1, rounds) / max(1, len(runners))
-    for _ in range(rounds):
+    for rnd in range(max(1, rounds)):
         for k, r in runners.items():
-            end = time.perf_counter() + per_round
-            while True:
-                t = time.perf_counter()
-                r.infer(feed)
-                now = time.perf_counter()
-                times[k].append(now - t)
-                if now >= end:
-                    break
-    return {k: {"p50_ms": round(float(np.percentile(v, 50)) * 1e3, 3),
-                "p90_ms": round(float(np.percentile(v, 90)) * 1e3, 3), "iterations": len(v)}
-            for k, v in times.items()}
+            s = measure(r, feed, warmup=warmup if rnd == 0 else 1, seconds=per_round, opened=True, min_iters=1)
+            pooled[k] += s.samples_ms
+    out = {}
+    for k, v in pooled.items():
+        a = np.asarray(v)
+        out[k] = {"p50_ms": round(float(np.percentile(a, 50)), 3), "p90_ms": round(float(np.percentile(a, 90)), 3),
+                  "mean_ms": round(float(a.mean()), 3), "min_ms": round(float(a.min()), 3), "iterations": int(a.size)}
+    return out
