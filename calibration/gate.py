@@ -59,10 +59,13 @@ def summary(c: Comparison) -> dict:
     sq = p.sqnr_db
     return {"passed": c.passed, "top1": p.top1, "top5": p.top5, "cosine": round(p.cosine, 6),
             "sqnr_db": None if not np.isfinite(sq) else round(sq, 2), "samples": p.rows or p.samples,
-            "failures": c.failures}
+            "near_ties": p.near_ties, "near_tie_misses": p.near_tie_misses, "failures": c.failures}
 
 
 def describe(c: Comparison) -> str:
     p = c.primary()
     top1 = f"top-1 {p.top1:.1%}, " if p.top1 is not None else ""
+    misses = p.rows - p.top1_hits
+    if p.top1 is not None and misses:
+        top1 = f"top-1 {p.top1:.1%} ({p.near_tie_misses} of {misses} flips on near-ties), "
     return f"{top1}cosine {p.cosine:.5f}, SQNR {p.sqnr_db:.1f} dB"

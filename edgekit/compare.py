@@ -75,6 +75,22 @@ def cosine(ref: np.ndarray, test: np.ndarray) -> float:
     return float(np.dot(r, t) / (nr * nt))
 
 
+NEAR_TIE_MARGIN = 0.05
+
+
+def top2_margin(ref: np.ndarray) -> np.ndarray:
+    """Per row: top-1 minus top-2 probability of the reference (softmax of logits; rows that
+    already are probabilities are used as they are). A top-1 flip on a row with a small
+    margin says more about the sample than about the artifact."""
+    r = np.asarray(ref, dtype=np.float64).reshape(ref.shape[0], -1)
+    is_prob = (r >= 0).all() and np.allclose(r.sum(axis=1), 1.0, atol=1e-3)
+    if not is_prob:
+        e = np.exp(r - r.max(axis=1, keepdims=True))
+        r = e / e.sum(axis=1, keepdims=True)
+    top = np.sort(r, axis=1)[:, -2:]
+    return top[:, 1] - top[:, 0]
+
+
 def topk_agreement(ref: np.ndarray, test: np.ndarray, k: int = 1) -> tuple[int, int]:
     """(agreeing rows, rows): does ``test``'s top-1 class fall in ``ref``'s top-1 (k=1) / is
     ``ref``'s top-1 in ``test``'s top-k (k>1)? Rows are the leading dimension."""
@@ -106,6 +122,8 @@ class OutputScore:
     samples: int = 0
     nonfinite: int = 0
     classifier: bool = False
+    near_ties: int = 0         # rows whose reference top-1/top-2 probability margin < NEAR_TIE_MARGIN
+    near_tie_misses: int = 0   # top-1 disagreements among those rows
 
     def add(self, ref: np.ndarray, test: np.ndarray) -> None:
         ref = np.asarray(ref)
@@ -131,6 +149,9 @@ class OutputScore:
             self.top1_hits += h
             self.rows += n
             self.top5_hits += topk_agreement(ref, test, 5)[0]
+            ties = top2_margin(ref) < NEAR_TIE_MARGIN
+            self.near_ties += int(ties.sum())
+            self.near_tie_misses += int((ties & (ref.argmax(1) != test.argmax(1))).sum())
 
     @property
     def cosine(self) -> float:
@@ -173,14 +194,19 @@ class OutputScore:
         if tol.sqnr_db is not None and self.sqnr_db < tol.sqnr_db:
             out.append(f"sqnr {self.sqnr_db:.1f} dB < {tol.sqnr_db} dB")
         if tol.top1 is not None and self.top1 is not None and self.top1 < tol.top1:
-            out.append(f"top1 {self.top1:.1%} < {tol.top1:.0%}")
+            misses = self.rows - self.top1_hits
+            context = (f" ({self.near_tie_misses} of {misses} disagreements on near-ties: {self.near_ties} of "
+                       f"{self.rows} samples have a reference top-1/top-2 margin < {NEAR_TIE_MARGIN})"
+                       if self.near_ties else "")
+            out.append(f"top1 {self.top1:.1%} < {tol.top1:.0%}{context}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
         f = lambda x: None if x is None else (x if math.isfinite(x) else ("inf" if x > 0 else "-inf"))  # noqa: E731
         return {"output": self.name, "max_abs": self.max_abs, "max_rel": self.max_rel, "ref_peak": self.ref_peak,
                 "cosine": self.cosine, "sqnr_db": f(self.sqnr_db), "top1": self.top1, "top5": self.top5,
-                "rows": self.rows, "samples": self.samples, "nonfinite": self.nonfinite}
+                "rows": self.rows, "samples": self.samples, "nonfinite": self.nonfinite,
+                "near_ties": self.near_ties, "near_tie_misses": self.near_tie_misses}
 
 
 @dataclass

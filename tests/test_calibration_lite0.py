@@ -6,8 +6,9 @@ floor of the measurement: 47 of the 200 crops have a top-1/top-2 probability mar
 0.05 (textures, a grayscale portrait), and FP32 itself keeps its top-1 on only ~96.5% of
 them when each pixel moves by less than one 8-bit level (uniform +-0.5/255). So this test
 asserts what the calibration reaches (measured 2026-11-26: 96.0% top-1, cosine 0.998,
-47 of 49 convolutions INT8) and that INT8 changes the decisions no more than a
-sub-LSB input perturbation does (within 1 sample in 100); cosine >= 0.995 and >= 90% INT8
+45 of 49 convolutions INT8) and that INT8 changes the decisions no more than a
+sub-LSB input perturbation does (within 1 sample in 100), and that every decision it changes
+but at most one is a near-tie (measured: 8 of 8); cosine >= 0.995 and >= 90% INT8
 convolutions are asserted as issue 3 asks. The naive baselines are recorded on the same
 samples and must be clearly worse (that is what the calibration work is for)."""
 from __future__ import annotations
@@ -45,6 +46,9 @@ def test_pretrained_lite0_passes_the_int8_gate(tmp_path):
     print(f"FP32 top-1 kept under +-0.5/255 pixel noise: {floor:.1%}; INT8 top-1 agreement: {gate['after']['top1']:.1%}")
     assert gate["after"]["top1"] >= 0.95 and gate["after"]["top1"] >= floor - 0.01
     assert gate["after"]["cosine"] >= 0.995
+    # the decisions INT8 changes are near-ties (FP32 top-1/top-2 margin < 0.05): measured 8 of 8
+    misses = round((1 - gate["after"]["top1"]) * gate["after"]["samples"])
+    assert gate["after"]["near_tie_misses"] >= misses - 1, gate["after"]
     assert layers["int8_conv_fraction"] >= 0.90 and layers["convs"] == 49
     base = meta["baselines"]
     assert base["per_tensor_minmax"]["top1"] < 0.8 and base["per_channel_minmax"]["top1"] < 0.95

@@ -58,3 +58,23 @@ def test_max_abs_threshold_scales_with_large_outputs_only():
     assert large  # peak 40: limit 4e-4
     large.add({"o": np.full((1, 4), 40.0)}, {"o": np.full((1, 4), 40.0 + 5e-4)})
     assert not large
+
+
+def test_top1_failures_say_how_many_flips_were_near_ties():
+    from edgekit.compare import NEAR_TIE_MARGIN, OutputScore, top2_margin
+
+    ref = np.array([[5.0, 4.99, 0.0],    # near tie (softmax margin ~0.002), flipped below
+                    [9.0, 0.0, 0.0],     # decisive, flipped below
+                    [0.0, 7.0, 1.0],     # decisive, kept
+                    [2.0, 2.02, 0.0]])   # near tie, kept
+    test = np.array([[4.99, 5.0, 0.0], [0.0, 9.0, 0.0], [0.0, 7.0, 1.0], [2.0, 2.03, 0.0]])
+    m = top2_margin(ref)
+    assert (m < NEAR_TIE_MARGIN).tolist() == [True, False, False, True]
+    probs = np.array([[0.5, 0.48, 0.02], [0.9, 0.05, 0.05]])  # already probabilities: used as they are
+    np.testing.assert_allclose(top2_margin(probs), [0.02, 0.85])
+    s = OutputScore("out")
+    s.add(ref, test)
+    assert (s.rows, s.top1_hits, s.near_ties, s.near_tie_misses) == (4, 2, 2, 1)
+    [msg] = s.failures(Tolerance(top1=0.98))
+    assert msg.startswith("top1 50.0% < 98%") and "1 of 2 disagreements on near-ties" in msg
+    assert "2 of 4 samples" in msg and s.to_dict()["near_ties"] == 2
