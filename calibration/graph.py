@@ -53,6 +53,19 @@ def ensure_node_names(model) -> None:
         seen.add(name)
 
 
+def named_copy(model):
+    """A copy of ``model`` whose nodes all have unique names (the graph rewriters' start)."""
+    m = onnx_mod().ModelProto()
+    m.CopyFrom(model)
+    ensure_node_names(m)
+    return m
+
+
+def safe_name(name: str) -> str:
+    """``name`` usable as a prefix of new tensor and node names."""
+    return name.replace(":", "_").replace("/", "_").strip("_") or "t"
+
+
 def initializers(model) -> dict[str, Any]:
     return {t.name: t for t in model.graph.initializer}
 

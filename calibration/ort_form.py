@@ -43,9 +43,7 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     """A rewritten copy of the Q/DQ ``model`` and a summary of what changed."""
     onnx = g.onnx_mod()
     nh, helper = onnx.numpy_helper, onnx.helper
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g.ensure_node_names(m)
+    m = g.named_copy(model)
     graph = m.graph
     inits = g.initializers(m)
     prod, cons = g.producers(m), g.consumers(m)
@@ -79,7 +77,7 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
         lo, hi = min(ranges[t][0], 0.0), max(ranges[t][1], 0.0)
         scale = (hi - lo) / U8_MAX if hi > lo else 1.0
         zp = int(np.clip(round(-lo / scale), 0, U8_MAX))
-        base = t.replace(":", "_").replace("/", "_").strip("_") or "t"
+        base = g.safe_name(t)
         sname, zname = f"{base}_ort_scale", f"{base}_ort_zero"
         graph.initializer.extend([nh.from_array(np.asarray(scale, np.float32), sname),
                                   nh.from_array(np.asarray(zp, np.uint8), zname)])

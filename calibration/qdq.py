@@ -88,9 +88,7 @@ def build(model, plan: QdqPlan):
     """A new ModelProto with Q/DQ nodes inserted according to ``plan``."""
     onnx = g.onnx_mod()
     helper, nh = onnx.helper, onnx.numpy_helper
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g.ensure_node_names(m)
+    m = g.named_copy(model)
     graph = m.graph
     inits = g.initializers(m)
     by_name = {n.name: n for n in graph.node}
@@ -177,5 +175,4 @@ def dequantized_name(tensor: str) -> str:
     return f"{_safe(tensor)}_dequantized"
 
 
-def _safe(name: str) -> str:
-    return name.replace(":", "_").replace("/", "_").strip("_") or "t"
+_safe = g.safe_name
