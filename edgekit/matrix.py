@@ -19,8 +19,8 @@ from typing import Any
 
 from .bench.device import fingerprint
 from .bench.progress import Progress
-from .bench.run import (BenchSettings, bench_artifact, bench_torch, error_text, pair_int8_with_fp32, target_versions,
-                        torch_reference)
+from .bench.run import (BenchSettings, bench_artifact, bench_torch, error_text, pair_int8_with_fp32,
+                        pair_with_baseline, target_versions, torch_reference)
 from .errors import EdgekitError, UsageError
 from .report.schema import make_row, new_report, parity_summary
 from .specs import check_precision
@@ -236,6 +236,7 @@ def run_matrix(cfg: MatrixConfig, console=None, quiet: bool = False) -> dict[str
     index = _Index(cfg.out)
     progress = Progress(len(models) * (1 + len(targets) * len(precisions)), quiet=quiet)
     rows: list[dict[str, Any]] = []
+    references: dict[str, tuple] = {}
     for model in models:
         progress.start(f"{model} torch eager fp32")
         weights = None
@@ -243,6 +244,7 @@ def run_matrix(cfg: MatrixConfig, console=None, quiet: bool = False) -> dict[str
         try:
             ref = torch_reference(model, cfg.input_shape, cfg.batch, pretrained=cfg.pretrained)
             model_name, shape = ref[0], list(ref[2][0].shape)
+            references[model_name] = ref
             weights = weights_digest(ref[1])
             row = bench_torch(model, bench, dev, reference=ref)
         except Exception as exc:
@@ -269,6 +271,8 @@ def run_matrix(cfg: MatrixConfig, console=None, quiet: bool = False) -> dict[str
     if "int8" in precisions and "fp32" in precisions:
         console.info("timing each INT8 artifact against its FP32 sibling, interleaved ...")
         pair_int8_with_fp32(rows, bench, log=console.info)
+    console.info("timing each artifact against torch eager FP32, interleaved ...")
+    pair_with_baseline(rows, references, bench, log=console.info)
     report = new_report("matrix", rows, {dev: fp}, {**cfg.settings(), "torch_baseline": "eager fp32, same run"})
     for w in sorted({w for r in rows for w in r.get("warnings") or []}):
         console.warn(w)

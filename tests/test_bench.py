@@ -213,3 +213,22 @@ def test_int8_rows_are_timed_interleaved_against_their_fp32_sibling(artifact):
     assert p["fp32_p50_ms"] > 0 and p["int8_p50_ms"] > 0 and p["seconds_each"] == PAIRED_SECONDS
     assert 0.2 < p["ratio"] < 5  # the same model twice: no order-of-magnitude skew from interleaving
     assert other.get("paired") is None and fp32.get("paired") is None
+
+
+def test_artifact_rows_are_timed_interleaved_against_torch_eager(artifact):
+    """pair_with_baseline times torch eager and the artifact in alternating rounds; the
+    speed-up then comes from that pair (finalize)."""
+    from edgekit.bench.run import pair_with_baseline
+    from edgekit.report import new_report
+
+    settings = BenchSettings(warmup=1, iters=3)
+    row = bench_artifact(artifact, settings, "dev0")
+    inputs = (InputSpec(shape=(1, 3, 32, 32)),)
+    other = dict(row, model="not-in-references", warnings=[])
+    assert pair_with_baseline([row, other], {"tiny": ("tiny", tiny_model(), inputs)}, settings) == 1
+    pb = row["paired_baseline"]
+    assert pb["torch_p50_ms"] > 0 and pb["p50_ms"] > 0 and pb["speedup"] == pytest.approx(
+        pb["torch_p50_ms"] / pb["p50_ms"], rel=1e-2)
+    assert other.get("paired_baseline") is None
+    rep = new_report("bench", [row], {"dev0": {"name": "dev0"}})
+    assert rep["rows"][0]["speedup"] == pytest.approx(pb["speedup"])  # the pair, not the two p50s

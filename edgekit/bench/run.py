@@ -178,9 +178,6 @@ def pair_int8_with_fp32(rows: list[dict[str, Any]], settings: BenchSettings, log
     machine whose load drifts that comparison can point either way. Interleaving puts the
     same load on both, so the INT8-vs-FP32 check (:func:`edgekit.report.finalize`) uses
     this pair when it is there. Returns the number of pairs timed."""
-    from ..targets import get_target
-    from .timing import time_runners
-
     def key(r):
         return (r["model"], r["target"], r["device_id"], tuple(r.get("input_shape") or ()), r.get("threads"),
                 r.get("device"))
@@ -195,9 +192,7 @@ def pair_int8_with_fp32(rows: list[dict[str, Any]], settings: BenchSettings, log
         try:
             finals = [read_artifact(x["artifact"]).final for x in (sibling, r)]
             feed = synthetic_feed(finals[0].inputs, settings.batch)
-            with get_target(finals[0].target).open(finals[0], device=settings.device, threads=settings.threads) as a, \
-                    get_target(finals[1].target).open(finals[1], device=settings.device, threads=settings.threads) as b:
-                t = time_runners({"fp32": a, "int8": b}, feed, seconds=2 * PAIRED_SECONDS)
+            t = _interleaved({"fp32": _opener(finals[0], settings), "int8": _opener(finals[1], settings)}, feed)
         except Exception as exc:  # the pair is extra evidence: its failure must not lose the rows
             r.setdefault("warnings", []).append(f"interleaved INT8-vs-FP32 timing failed: {error_text(exc)}")
             continue
@@ -209,3 +204,55 @@ def pair_int8_with_fp32(rows: list[dict[str, Any]], settings: BenchSettings, log
             log(f"{r['model']} {r['target']}: INT8 {t['int8']['p50_ms']:.3g} ms vs FP32 {t['fp32']['p50_ms']:.3g} ms "
                 "(interleaved)")
     return done
+
+
+def pair_with_baseline(rows: list[dict[str, Any]], references: dict[str, tuple], settings: BenchSettings,
+                       log=None) -> int:
+    """Time each artifact row against torch eager FP32 of the same model in interleaved rounds
+    and record it in the row's ``paired_baseline`` (the speed-up then comes from this pair,
+    not from two measurements taken minutes apart). ``references``: model name →
+    ``(name, module, inputs)`` from :func:`torch_reference`. Returns the number of pairs."""
+    from ..torch_runner import TorchRunner
+
+    done = 0
+    for r in rows:
+        ref = references.get(r["model"])
+        if r.get("baseline") or ref is None or r.get("status") not in ("ok", "parity-fail") or not r.get("artifact"):
+            continue
+        _, module, inputs = ref
+        if settings.batch:
+            inputs = tuple(i.with_batch(settings.batch) for i in inputs)
+        if list(inputs[0].shape) != list(r.get("input_shape") or []):
+            continue
+        try:
+            final = read_artifact(r["artifact"]).final
+            t = _interleaved({"torch": lambda: TorchRunner(module, inputs, threads=settings.threads),
+                              "artifact": _opener(final, settings)}, synthetic_feed(inputs))
+        except Exception as exc:  # extra evidence: its failure must not lose the row
+            r.setdefault("warnings", []).append(f"interleaved timing against torch eager failed: {error_text(exc)}")
+            continue
+        r["paired_baseline"] = {"torch_p50_ms": t["torch"]["p50_ms"], "p50_ms": t["artifact"]["p50_ms"],
+                                "speedup": round(t["torch"]["p50_ms"] / max(t["artifact"]["p50_ms"], 1e-9), 3),
+                                "seconds_each": PAIRED_SECONDS, "method": "interleaved rounds, one synthetic feed"}
+        done += 1
+        if log:
+            log(f"{r['model']} {r['target']} {r['precision']}: {r['paired_baseline']['speedup']:.2f}x torch eager "
+                "(interleaved)")
+    return done
+
+
+def _opener(final, settings: BenchSettings):
+    from ..targets import get_target
+
+    return lambda: get_target(final.target).open(final, device=settings.device, threads=settings.threads)
+
+
+def _interleaved(openers: dict[str, Any], feed) -> dict[str, dict[str, float]]:
+    """Open every runner, time them in interleaved rounds (PAIRED_SECONDS each), close them."""
+    import contextlib
+
+    from .timing import time_runners
+
+    with contextlib.ExitStack() as stack:
+        runners = {k: stack.enter_context(make()) for k, make in openers.items()}
+        return time_runners(runners, feed, seconds=len(runners) * PAIRED_SECONDS)
