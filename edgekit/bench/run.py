@@ -189,20 +189,20 @@ def pair_int8_with_fp32(rows: list[dict[str, Any]], settings: BenchSettings, log
         sibling = fp32.get(key(r))
         if r["precision"] != "int8" or sibling is None:
             continue
-        try:
+
+        def setup(sibling=sibling, r=r):
             finals = [read_artifact(x["artifact"]).final for x in (sibling, r)]
-            feed = synthetic_feed(finals[0].inputs, settings.batch)
-            t = _interleaved({"fp32": _opener(finals[0], settings), "int8": _opener(finals[1], settings)}, feed)
-        except Exception as exc:  # the pair is extra evidence: its failure must not lose the rows
-            r.setdefault("warnings", []).append(f"interleaved INT8-vs-FP32 timing failed: {error_text(exc)}")
+            return ({"fp32": _opener(finals[0], settings), "int8": _opener(finals[1], settings)},
+                    synthetic_feed(finals[0].inputs, settings.batch))
+
+        t = _pair(r, "paired", setup, "INT8-vs-FP32")
+        if t is None:
             continue
-        r["paired"] = {"fp32_p50_ms": t["fp32"]["p50_ms"], "int8_p50_ms": t["int8"]["p50_ms"],
-                       "ratio": round(t["int8"]["p50_ms"] / max(t["fp32"]["p50_ms"], 1e-9), 3),
-                       "seconds_each": PAIRED_SECONDS, "method": "interleaved rounds, one synthetic feed"}
+        r["paired"].update(fp32_p50_ms=t["fp32"]["p50_ms"], int8_p50_ms=t["int8"]["p50_ms"],
+                           ratio=round(t["int8"]["p50_ms"] / max(t["fp32"]["p50_ms"], 1e-9), 3))
         done += 1
         if log:
-            log(f"{r['model']} {r['target']}: INT8 {t['int8']['p50_ms']:.3g} ms vs FP32 {t['fp32']['p50_ms']:.3g} ms "
-                "(interleaved)")
+            log(f"{r['model']} {r['target']}: INT8/FP32 {r['paired']['ratio']:.2f}x (interleaved)")
     return done
 
 
@@ -224,21 +224,36 @@ def pair_with_baseline(rows: list[dict[str, Any]], references: dict[str, tuple],
             inputs = tuple(i.with_batch(settings.batch) for i in inputs)
         if list(inputs[0].shape) != list(r.get("input_shape") or []):
             continue
-        try:
+
+        def setup(r=r, module=module, inputs=inputs):
             final = read_artifact(r["artifact"]).final
-            t = _interleaved({"torch": lambda: TorchRunner(module, inputs, threads=settings.threads),
-                              "artifact": _opener(final, settings)}, synthetic_feed(inputs))
-        except Exception as exc:  # extra evidence: its failure must not lose the row
-            r.setdefault("warnings", []).append(f"interleaved timing against torch eager failed: {error_text(exc)}")
+            return ({"torch": lambda: TorchRunner(module, inputs, threads=settings.threads),
+                     "artifact": _opener(final, settings)}, synthetic_feed(inputs))
+
+        t = _pair(r, "paired_baseline", setup, "torch-eager")
+        if t is None:
             continue
-        r["paired_baseline"] = {"torch_p50_ms": t["torch"]["p50_ms"], "p50_ms": t["artifact"]["p50_ms"],
-                                "speedup": round(t["torch"]["p50_ms"] / max(t["artifact"]["p50_ms"], 1e-9), 3),
-                                "seconds_each": PAIRED_SECONDS, "method": "interleaved rounds, one synthetic feed"}
+        r["paired_baseline"].update(torch_p50_ms=t["torch"]["p50_ms"], p50_ms=t["artifact"]["p50_ms"],
+                                    speedup=round(t["torch"]["p50_ms"] / max(t["artifact"]["p50_ms"], 1e-9), 3))
         done += 1
         if log:
             log(f"{r['model']} {r['target']} {r['precision']}: {r['paired_baseline']['speedup']:.2f}x torch eager "
                 "(interleaved)")
     return done
+
+
+def _pair(row: dict[str, Any], field: str, setup, what: str) -> dict[str, dict[str, float]] | None:
+    """Run ``setup()`` → (runner openers, feed), time them interleaved and start ``row[field]``
+    with the method; on failure add a warning to the row and return None (the pair is extra
+    evidence: its failure must not lose the row)."""
+    try:
+        openers, feed = setup()
+        t = _interleaved(openers, feed)
+    except Exception as exc:
+        row.setdefault("warnings", []).append(f"interleaved {what} timing failed: {error_text(exc)}")
+        return None
+    row[field] = {"seconds_each": PAIRED_SECONDS, "method": "interleaved rounds, one synthetic feed"}
+    return t
 
 
 def _opener(final, settings: BenchSettings):
