@@ -155,7 +155,8 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     tol = tolerance_fn(res.spec, request, bool(res.weights.trained), floor)
     with atomic_dir(out, overwrite=request.force) as work:
         stages: list[Artifact] = []
-        if target.source == "onnx":
+        if target.source == "onnx" or not target.handles_precision(request):
+            # a torch-fed target that reuses the shared calibration gets the Q/DQ stage too
             stages += _onnx_stages(res, request, target, feeds, work, stem, console)
         lint = target.lint(stages[-1]) if stages else []
         errors = [p for p in lint if p.get("level") == "error"]

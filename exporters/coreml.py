@@ -26,6 +26,7 @@ from .coreml_convert import (COMPUTE_UNITS, DEFAULT_CALIB_SAMPLES, DEPLOYMENT_TA
                              build_package, deployment_target)
 
 PACKAGES = ("coremltools",)
+WEIGHT_SOURCES = ("edgekit", "coremltools")  # where W8A8's INT8 weights come from
 
 
 def _opt(request: ExportRequest, key: str, default: Any = None) -> Any:
@@ -69,7 +70,15 @@ class CoreMLTarget(Exporter):
                default="auto", choices=FRONTENDS),
         Option("--coreml-calib-samples", "coreml_calib_samples", "Core ML W8A8: calibration samples to observe",
                type=int, default=DEFAULT_CALIB_SAMPLES),
+        Option("--coreml-weights", "coreml_weights",
+               "Core ML W8A8: INT8 weights and float layers from edgekit's calibration (the Q/DQ stage), "
+               "or coremltools' nearest rounding", default="edgekit", choices=WEIGHT_SOURCES),
     )
+
+    def handles_precision(self, request: ExportRequest) -> bool:
+        """W8A8 with edgekit's weights needs the pipeline's Q/DQ stage; everything else converts
+        from PyTorch alone."""
+        return not uses_edgekit_weights(request)
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -91,6 +100,9 @@ class CoreMLTarget(Exporter):
             raise UsageError(f"unknown --int8-mode '{mode}'", hint=f"choose one of {', '.join(INT8_MODES)}")
         deployment_target(request.precision, mode, _opt(request, "min_deployment_target"))
         frontend = _opt(request, "coreml_frontend", "auto")
+        if _opt(request, "coreml_weights", "edgekit") not in WEIGHT_SOURCES:
+            raise UsageError(f"unknown --coreml-weights '{_opt(request, 'coreml_weights')}'",
+                             hint=f"choose one of {', '.join(WEIGHT_SOURCES)}")
         if frontend not in FRONTENDS:
             raise UsageError(f"unknown --coreml-frontend '{frontend}'", hint=f"choose one of {', '.join(FRONTENDS)}")
         units = str(_opt(request, "compute_units", "ALL")).upper()
@@ -112,10 +124,11 @@ class CoreMLTarget(Exporter):
                      if ctx.inputs[0].shape[1] == 3 else "GRAYSCALE"}
         model = ctx.model.eval()
         outputs = _output_names(model, ctx.inputs)
+        layers = self._edgekit_layers(ctx)
         try:
             meta, converted = build_package(model, ctx.inputs, outputs, path, precision, target, mode or "w8a8",
                                  ctx.calib_feeds, image, int(_opt(req, "coreml_calib_samples", DEFAULT_CALIB_SAMPLES)),
-                                 frontend=_opt(req, "coreml_frontend", "auto"))
+                                 frontend=_opt(req, "coreml_frontend", "auto"), layers=layers)
         except EdgekitError:
             raise
         except Exception as exc:
@@ -144,6 +157,17 @@ class CoreMLTarget(Exporter):
                 f"{art.size_bytes / 1e6:.1f} MB")
         return art
 
+    def _edgekit_layers(self, ctx: ExportContext):
+        """edgekit's calibrated weights from the pipeline's Q/DQ stage, when W8A8 asks for them."""
+        if not uses_edgekit_weights(ctx.request):
+            return None
+        from calibration.torch_transfer import from_source
+
+        layers = from_source(ctx.source, lambda m: ctx.log(f"Core ML W8A8: {m}"))
+        if layers is None:
+            ctx.log("Core ML W8A8: no Q/DQ stage to take weights from; coremltools rounds the weights itself")
+        return layers
+
     def _gate(self, ctx: ExportContext, art: Artifact) -> None:
         trained = weights_trained(ctx)
         tol = tolerance_for("int8", {**ctx.spec.tolerance.get("int8", {}), **ctx.request.tolerance})
@@ -171,6 +195,11 @@ class CoreMLTarget(Exporter):
                            compute_units=units or artifact.meta.get("compute_units") or "ALL",
                            image=artifact.meta.get("image_input"), runner=options.get("runner", "auto"),
                            threads=options.get("threads"))
+
+
+def uses_edgekit_weights(request: ExportRequest) -> bool:
+    return (request.precision == "int8" and _opt(request, "int8_mode", "w8a8") == "w8a8"
+            and _opt(request, "coreml_weights", "edgekit") == "edgekit")
 
 
 def weights_trained(ctx: ExportContext) -> bool:

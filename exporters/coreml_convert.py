@@ -125,12 +125,18 @@ def convert(traced, inputs: tuple[InputSpec, ...], outputs: Sequence[str], preci
 def build_package(model, inputs: tuple[InputSpec, ...], outputs: Sequence[str], path: Path, precision: str,
                   target: str, int8_mode: str = "w8a8", calib: Feeds | None = None,
                   image: dict[str, Any] | None = None, calib_samples: int = DEFAULT_CALIB_SAMPLES,
-                  frontend: str = "auto") -> tuple[dict[str, Any], Any]:
+                  frontend: str = "auto", layers: dict | None = None) -> tuple[dict[str, Any], Any]:
     """Write ``path`` (an .mlpackage); returns its manifest meta and the torch module that was
-    converted (the calibrated fake-quant module for W8A8, the model itself otherwise)."""
+    converted (the calibrated fake-quant module for W8A8, the model itself otherwise).
+    ``layers``: edgekit's calibrated weights for W8A8 (:mod:`calibration.torch_transfer`)."""
     meta: dict[str, Any] = {"deployment_target": target, "compute_precision": "fp32" if precision == "fp32" else "fp16",
                             "io_dtype": "fp32"}
     t0 = time.perf_counter()
+    use_layers = layers if precision == "int8" and int8_mode == "w8a8" else None
+    if use_layers:
+        from calibration.torch_transfer import transfer
+
+        model = transfer(model, use_layers)
     module = Normalize.wrap(model, image["mean"], image["std"]) if image else model.eval()
     args = example_inputs(inputs)
     steps = []
@@ -139,7 +145,9 @@ def build_package(model, inputs: tuple[InputSpec, ...], outputs: Sequence[str], 
             raise ExportError("coreml-int8", "W8A8 needs calibration feeds")
         if image:  # calibration feeds are normalised tensors; the wrapped model takes 0-1 pixels
             calib = _as_unit_pixels(calib, inputs, image)
-        module, meta["quantization"] = quantize_w8a8(module, args, calib, inputs, calib_samples)
+        module, meta["quantization"] = quantize_w8a8(module, args, calib, inputs, calib_samples, use_layers)
+        if use_layers:
+            steps.append("edgekit weights (Q/DQ ONNX) into the BN-folded model")
         steps.append("LinearQuantizer(prepare, step, calibrate, step, finalize)")
     mlmodel, used, notes, last = None, None, [], None
     for fe in (("trace", "export") if frontend == "auto" else (frontend,)):

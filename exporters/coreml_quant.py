@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration.torch_transfer import LayerWeights, observer_bounds, weight_fingerprint
 from edgekit.contracts import Feeds
 from edgekit.errors import ExportError
 from edgekit.specs import InputSpec
@@ -115,8 +116,14 @@ def standardize_padded_convs(model):
     return model.eval(), [name for name, _ in found]
 
 
-def quantize_w8a8(model, args, calib: Feeds, inputs: tuple[InputSpec, ...], max_samples: int):
-    """Calibrated fake-quant module ready to convert, and what was done."""
+def quantize_w8a8(model, args, calib: Feeds, inputs: tuple[InputSpec, ...], max_samples: int,
+                  layers: dict[str, LayerWeights] | None = None):
+    """Calibrated fake-quant module ready to convert, and what was done.
+
+    ``layers`` (from :func:`calibration.torch_transfer.read_qdq`, already written into ``model``
+    by :func:`~calibration.torch_transfer.transfer`): edgekit's calibrated weights. Their float
+    layers are left unquantized and their per-channel scales replace the observers' after
+    calibration, so the package holds edgekit's INT8 weights exactly."""
     import torch
 
     import_coremltools()
@@ -127,10 +134,13 @@ def quantize_w8a8(model, args, calib: Feeds, inputs: tuple[InputSpec, ...], max_
     # min_max, not the default moving average (averaging constant 0.01, which mostly keeps the
     # first image's range): pretrained Lite0 fake-quant top-1 vs FP32 on 60 held-out photos
     # 83.3 % with min_max, 78.3 % with the default
-    config = LinearQuantizerConfig.from_dict({"global_config": {"quantization_scheme": "symmetric",
-                                                                "activation_observer": ACTIVATION_OBSERVER,
-                                                                "milestones": W8A8_MILESTONES},
-                                              "non_traceable_module_names": leaves})
+    spec = {"global_config": {"quantization_scheme": "symmetric", "activation_observer": ACTIVATION_OBSERVER,
+                              "milestones": W8A8_MILESTONES},
+            "non_traceable_module_names": leaves}
+    float_modules = _float_modules(model, layers) if layers else []
+    if float_modules:
+        spec["module_name_configs"] = {name: None for name in float_modules}
+    config = LinearQuantizerConfig.from_dict(spec)
     with quiet_logs(*QUIET):
         quantizer = LinearQuantizer(model, config)
         prepared = quantizer.prepare(example_inputs=args, inplace=False)
@@ -144,11 +154,52 @@ def quantize_w8a8(model, args, calib: Feeds, inputs: tuple[InputSpec, ...], max_
         if rows == 0:
             raise ExportError("coreml-int8", "no calibration samples", hint="pass --calib DIR with images")
         quantizer.step()                      # step 1: observers off, ranges frozen
+        scaled = _set_weight_scales(prepared, layers) if layers else 0
         final = quantizer.finalize(inplace=False).eval()
-    return final, {"mode": "w8a8", "api": "coremltools.optimize.torch.quantization.LinearQuantizer",
-                   "scheme": "symmetric int8 per-channel weights, uint8/int8 activations (zero point 0 or 128)",
-                   "milestones": W8A8_MILESTONES, "activation_observer": ACTIVATION_OBSERVER, "calibration_rows": rows, "kept_as_modules": leaves,
-                   "padded_convs_rewritten": padded}
+    meta = {"mode": "w8a8", "api": "coremltools.optimize.torch.quantization.LinearQuantizer",
+            "scheme": "symmetric int8 per-channel weights, uint8/int8 activations (zero point 0 or 128)",
+            "milestones": W8A8_MILESTONES, "activation_observer": ACTIVATION_OBSERVER, "calibration_rows": rows,
+            "kept_as_modules": leaves, "padded_convs_rewritten": padded,
+            "weights": "edgekit calibration" if layers else "coremltools observers (nearest rounding)"}
+    if layers:
+        quantized = sum(1 for l in layers.values() if l.quantized)
+        meta.update({"float_layers": float_modules, "edgekit_weight_layers": scaled, "edgekit_int8_layers": quantized})
+    return final, meta
+
+
+def _float_modules(model, layers: dict[str, LayerWeights]) -> list[str]:
+    """Names (in ``model``, after the rewrites) of the layers edgekit's calibration kept in float."""
+    from torch import nn
+
+    wanted = {weight_fingerprint(lw.weight) for lw in layers.values() if not lw.quantized}
+    return [n for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and weight_fingerprint(m.weight) in wanted]
+
+
+def _set_weight_scales(prepared, layers: dict[str, LayerWeights]) -> int:
+    """Give each weight fake-quant of a transferred INT8 layer edgekit's per-channel scales.
+
+    With the observer's min/max set by :func:`calibration.torch_transfer.observer_bounds` it
+    derives ``s``, and the weights (``q * s``, |q| <= 127) quantize back to edgekit's integers
+    exactly. Returns how many layers were set."""
+    by_weight = {weight_fingerprint(lw.weight): lw for lw in layers.values() if lw.quantized}
+    done = 0
+    for name, fq in prepared.named_modules():
+        if not name.endswith("weight_fake_quant"):
+            continue
+        owner = prepared.get_submodule(name.rpartition(".")[0])
+        lw = by_weight.get(weight_fingerprint(owner.weight))
+        if lw is None:
+            continue
+        obs = fq.activation_post_process
+        lo, hi = observer_bounds(obs, lw.scales)
+        obs.min_val.resize_(lo.shape).copy_(lo)
+        obs.max_val.resize_(hi.shape).copy_(hi)
+        scale, zero = fq.calculate_qparams()
+        fq.scale.resize_(scale.shape).copy_(scale)
+        fq.zero_point.resize_(zero.shape).copy_(zero)
+        done += 1
+    return done
 
 
 def quantize_weights(mlmodel) -> tuple[Any, dict[str, Any]]:

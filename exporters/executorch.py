@@ -80,13 +80,29 @@ def quantize_pt2e(ctx: ExportContext, tol: Tolerance, max_samples: int = DEFAULT
     if ctx.calib_feeds is None:
         raise ExportError("executorch-int8", "INT8 needs calibration feeds")
     model, inputs = ctx.model, tuple(ctx.inputs)
-    cal = eq.calibrate(model, inputs, ctx.calib_feeds, max_samples, per_channel)
+    layers = edgekit_layers(ctx) if per_channel else None
+    if layers:
+        from calibration.torch_transfer import transfer
+
+        model = transfer(model, layers)
+    cal = eq.calibrate(model, inputs, ctx.calib_feeds, max_samples, per_channel, layers)
     meta: dict[str, Any] = {
         "scheme": "XNNPACKQuantizer symmetric int8, " + ("per-channel" if per_channel else "per-tensor")
                   + " weights, static per-tensor activations, ReLU/ReLU6 fused into the layer before",
         "calibration_rows": cal.rows, "calibration_batched": cal.batched, "fused_clamps": cal.fused_clamps,
-        "quantize_api": "torchao.quantization.pt2e", "weighted_layers": len(cal.weighted)}
-    if max_float > 0:
+        "quantize_api": "torchao.quantization.pt2e", "weighted_layers": len(cal.weighted),
+        "weights": "edgekit calibration" if layers else "PT2E observers (nearest rounding)"}
+    if layers:
+        # edgekit's calibration already chose the float layers (its INT8 gate and fallback)
+        wanted = [n for n, path in cal.weighted if path in layers and not layers[path].quantized]
+        float_nodes = eq.runnable_float_layers(cal.graph, wanted)
+        paths = dict(cal.weighted)
+        meta["float_layers_quantized"] = [paths[n] for n in wanted if n not in float_nodes]
+        if meta["float_layers_quantized"]:
+            ctx.log(f"ExecuTorch INT8: XNNPACK cannot run {', '.join(meta['float_layers_quantized'])} in float "
+                    "(its input is quantized): quantized instead")
+        module = cal.convert(float_nodes)
+    elif max_float > 0:
         subset = list(islice(iter(ctx.calib_feeds), select_samples))
         module, float_nodes, trials = eq.choose_float_layers(cal, model, subset, inputs, tol, max_float, ctx.log)
         meta["selection_trials"] = trials
@@ -95,6 +111,26 @@ def quantize_pt2e(ctx: ExportContext, tol: Tolerance, max_samples: int = DEFAULT
     paths = dict(cal.weighted)
     meta["float_layers"] = [paths[n] for n in float_nodes]
     return module, meta
+
+
+WEIGHT_SOURCES = ("edgekit", "pt2e")  # where INT8's weights and float layers come from
+
+
+def uses_edgekit_weights(request: ExportRequest) -> bool:
+    opts = request.options or {}
+    return (request.precision == "int8" and not opts.get("et_per_tensor")
+            and (opts.get("et_weights") or "edgekit") == "edgekit")
+
+
+def edgekit_layers(ctx: ExportContext):
+    if not uses_edgekit_weights(ctx.request):
+        return None
+    from calibration.torch_transfer import from_source
+
+    layers = from_source(ctx.source, lambda m: ctx.log(f"ExecuTorch INT8: {m}"))
+    if layers is None:
+        ctx.log("ExecuTorch INT8: no Q/DQ stage to take weights from; PT2E rounds the weights itself")
+    return layers
 
 
 def _opt(opts: dict[str, Any], key: str, default: int) -> int:
@@ -184,7 +220,13 @@ class ExecuTorchTarget(Exporter):
                "layers in float (0: never)", type=int, default=DEFAULT_MAX_FLOAT),
         Option("--et-select-samples", "et_select_samples", "ExecuTorch INT8: calibration samples used to choose "
                "the float layers", type=int, default=DEFAULT_SELECT_SAMPLES),
+        Option("--et-weights", "et_weights", "ExecuTorch INT8: weights and float layers from edgekit's calibration "
+               "(the Q/DQ stage) or PT2E's own rounding and fallback", default="edgekit", choices=WEIGHT_SOURCES),
     )
+
+    def handles_precision(self, request: ExportRequest) -> bool:
+        """INT8 with edgekit's weights needs the pipeline's Q/DQ stage."""
+        return not uses_edgekit_weights(request)
 
     def available(self) -> tuple[bool, str]:
         try:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from calibration.torch_transfer import LayerWeights, observer_bounds, weight_fingerprint
 from edgekit.compare import Comparison, Tolerance
 from edgekit.contracts import Feeds
 from edgekit.errors import ExportError
@@ -109,6 +110,30 @@ def keep_float(gm, names: Iterable[str]) -> None:
                         node.meta.pop(Q_KEY)
                         changed = True
                         break
+
+
+def runnable_float_layers(gm, wanted: Sequence[str]) -> list[str]:
+    """The layers of ``wanted`` (weighted node names) that XNNPACK can run in float.
+
+    XNNPACK's lowering rejects a float convolution that reads a dequantized input ("Weight and
+    Input should both be quantized"), so a layer can stay float only when its input comes, through
+    padding and clamps alone, from the graph input or from another float layer: a leading run of
+    layers, as a rule. The others are quantized (edgekit's float choice cannot be honoured there)."""
+    import torch
+
+    aten = torch.ops.aten
+    clamps, weighted = _targets()
+    passthrough = clamps | {aten.pad.default, aten.constant_pad_nd.default}
+    wanted, ok = set(wanted), set()
+    for node in weighted_nodes(gm):
+        if node.name not in wanted:
+            continue
+        src = node.args[0] if node.args else None
+        while getattr(src, "op", None) == "call_function" and src.target in passthrough:
+            src = src.args[0]
+        if getattr(src, "op", None) == "placeholder" or getattr(src, "name", None) in ok:
+            ok.add(node.name)
+    return [n.name for n in weighted_nodes(gm) if n.name in ok]
 
 
 def make_quantizer(per_channel: bool = True, float_nodes: Sequence[str] = ()):
@@ -206,8 +231,12 @@ class Calibrated:
 
 
 def calibrate(model, inputs: tuple[InputSpec, ...], feeds: Feeds, max_samples: int,
-              per_channel: bool = True) -> Calibrated:
-    """Prepare with every layer quantized and observe ``max_samples`` calibration rows."""
+              per_channel: bool = True, layers: dict[str, LayerWeights] | None = None) -> Calibrated:
+    """Prepare with every layer quantized and observe ``max_samples`` calibration rows.
+
+    ``layers``: edgekit's calibrated weights, already transferred into ``model``; their
+    weight observers are then given edgekit's per-channel scales, so the program holds
+    edgekit's INT8 weights exactly."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
@@ -221,9 +250,34 @@ def calibrate(model, inputs: tuple[InputSpec, ...], feeds: Feeds, max_samples: i
             rows += batch[0].shape[0]
     if rows == 0:
         raise ExportError("executorch-int8", "no calibration samples", hint="pass --calib DIR with images")
+    if layers and per_channel:
+        _set_weight_scales(prepared, layers)
     state = {k: copy.deepcopy(m.state_dict()) for k, m in _observers(prepared).items()}
     weighted = [(n.name, module_path(n)) for n in weighted_nodes(graph)]
     return Calibrated(graph, batched, per_channel, state, rows, getattr(quantizer, "fused_clamps", 0), weighted)
+
+
+def _set_weight_scales(prepared, layers: dict[str, LayerWeights]) -> int:
+    """Set the observers of transferred weights (matched by value) to edgekit's scales."""
+    by_weight = {weight_fingerprint(lw.weight): lw for lw in layers.values() if lw.quantized}
+    done = 0
+    for node in prepared.graph.nodes:
+        if node.op != "call_module" or not node.args or getattr(node.args[0], "op", None) != "get_attr":
+            continue
+        obs = getattr(prepared, node.target)
+        target = node.args[0].target
+        try:
+            w = prepared.get_parameter(target)
+        except AttributeError:
+            w = prepared.get_buffer(target)
+        lw = by_weight.get(weight_fingerprint(w))
+        if lw is None or getattr(obs, "ch_axis", None) != 0:
+            continue
+        lo, hi = observer_bounds(obs, lw.scales)
+        obs.min_val.resize_(lo.shape).copy_(lo)
+        obs.max_val.resize_(hi.shape).copy_(hi)
+        done += 1
+    return done
 
 
 def reference_outputs(model, feeds: Feeds, inputs: tuple[InputSpec, ...], batched: bool) -> list[tuple]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from edgekit.artifact import Artifact, tool_versions
-from edgekit.bench.timing import time_runners
+from edgekit.bench.guard import int8_guard
 from edgekit.contracts import ExportContext
 from edgekit.errors import ExportError
 
@@ -51,19 +51,6 @@ def build(ctx: ExportContext, workdir: Path) -> Artifact:
 def latency_guard(ctx: ExportContext, fp32: Artifact, int8: Artifact, runner_cls) -> dict:
     """Time INT8 against FP32 on ONNX Runtime; warn when INT8 is not faster."""
     threads = ctx.request.threads
-    feed = next(iter(ctx.heldout_feeds))
     with runner_cls(fp32.path, fp32.inputs, threads=threads) as a, \
             runner_cls(int8.path, int8.inputs, threads=threads) as b:
-        t = time_runners({"fp32": a, "int8": b}, feed, seconds=2 * GUARD_SECONDS)
-    speedup = t["fp32"]["p50_ms"] / max(t["int8"]["p50_ms"], 1e-9)
-    out = {"runner": "onnxruntime", "threads": threads, "fp32_p50_ms": t["fp32"]["p50_ms"],
-           "int8_p50_ms": t["int8"]["p50_ms"], "fp32_p90_ms": t["fp32"]["p90_ms"],
-           "int8_p90_ms": t["int8"]["p90_ms"], "speedup": round(speedup, 3), "int8_faster": speedup > 1.0,
-           "seconds_each": GUARD_SECONDS}
-    msg = f"INT8 {t['int8']['p50_ms']:.2f} ms vs FP32 {t['fp32']['p50_ms']:.2f} ms p50 on onnxruntime ({speedup:.2f}x)"
-    if speedup <= 1.0:
-        ctx.warn(f"the INT8 ONNX is not faster than the FP32 ONNX on ONNX Runtime: {msg}; "
-                 "for INT8 speed on this CPU use --target openvino")
-    else:
-        ctx.log(f"latency guard: {msg}")
-    return out
+        return int8_guard(ctx, a, b, GUARD_SECONDS, "ONNX", advice="; for INT8 speed on this CPU use --target openvino")

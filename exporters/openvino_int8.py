@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from edgekit.artifact import Artifact
-from edgekit.bench.timing import time_runners
+from edgekit.bench.guard import int8_guard
 from edgekit.compare import Tolerance, tolerance_for
 from edgekit.contracts import ExportContext
 from edgekit.errors import require
@@ -142,23 +142,10 @@ def latency_guard(ctx: ExportContext, fp32_model, int8_model, src: Artifact, run
     """Time INT8 against FP32 on the export's device; warn when INT8 is not faster."""
     device, threads = ctx.request.device or "CPU", ctx.request.threads
     seconds = (ctx.request.options or {}).get("ov_guard_seconds") or GUARD_SECONDS
-    feed = next(iter(ctx.heldout_feeds))
     hint, prec = runtime["hint"], runtime["inference_precision"]
     with OpenVinoRunner(fp32_model, src.inputs, src.outputs, device, threads, hint, prec) as fp32, \
             OpenVinoRunner(int8_model, src.inputs, src.outputs, device, threads, hint, prec) as int8:
-        t = time_runners({"fp32": fp32, "int8": int8}, feed, seconds=2 * seconds)
-        name = int8.name
-    speedup = t["fp32"]["p50_ms"] / max(t["int8"]["p50_ms"], 1e-9)
-    out = {"runner": name, "threads": threads, "hint": hint, "inference_precision": prec,
-           "fp32_p50_ms": t["fp32"]["p50_ms"], "int8_p50_ms": t["int8"]["p50_ms"],
-           "fp32_p90_ms": t["fp32"]["p90_ms"], "int8_p90_ms": t["int8"]["p90_ms"],
-           "speedup": round(speedup, 3), "int8_faster": speedup > 1.0, "seconds_each": seconds}
-    msg = f"INT8 {t['int8']['p50_ms']:.2f} ms vs FP32 {t['fp32']['p50_ms']:.2f} ms p50 on {name} ({speedup:.2f}x)"
-    if speedup <= 1.0:
-        ctx.warn(f"the INT8 IR is not faster than the FP32 IR: {msg}")
-    else:
-        ctx.log(f"latency guard: {msg}")
-    return out
+        return int8_guard(ctx, fp32, int8, seconds, "IR", extra={"hint": hint, "inference_precision": prec})
 
 
 def _reason(ctx: ExportContext) -> str:

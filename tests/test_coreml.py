@@ -251,19 +251,27 @@ def test_pipeline_export_writes_package_and_interpreter_parity(tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_lite0_int8_top1_on_photos(tmp_path):
-    """W8A8 package of the pretrained Lite0 vs FP32 PyTorch on held-out photos at full resolution
-    (40 here to bound the interpreter's time). Issue 5 asks >= 98% top-1; coremltools'
-    LinearQuantizer W8A8 measured 72% (100 photos, interpreter) / 83% (60 photos, fake-quant torch,
-    min_max observers), and FP32's own sub-LSB noise floor on these crops is ~96.5%
-    (tests/test_calibration_lite0.py). Asserted: the interpreter executes the package as the
-    fake-quantized torch module computes it (cosine >= 0.99), and top-1 does not regress below
-    what was measured."""
-    ctx, logs = make_ctx("efficientnet_lite0", "int8", res=None, pretrained=True, heldout=40, calib=32)
-    art = CoreMLTarget().export(ctx, tmp_path)
-    gate = art.meta["gate"]
+    """W8A8 package of the pretrained Lite0 through the pipeline: the shared Q/DQ calibration
+    first, then the package with edgekit's INT8 weights and float layers, each row scored
+    against FP32 PyTorch on held-out photos at full resolution (40 here to bound the
+    interpreter's time). Issue 5 asks >= 98% top-1. Measured on 200 crops: 97.0% (cosine
+    0.9971) with edgekit's weights, 72-83% with coremltools' own rounding; FP32's own sub-LSB
+    noise floor on these crops is ~96.5% (tests/test_calibration_lite0.py). Asserted: the
+    package holds edgekit's weights, the interpreter executes it as the fake-quantized torch
+    module computes it, and its accuracy stays where it was measured."""
+    from edgekit.pipeline import export
+
+    res = export(ExportRequest(model="efficientnet_lite0", target="coreml", precision="int8", pretrained=True,
+                               samples=40, bench=False, out=tmp_path / "out"))
+    stages = {s.stage: s for s in res.manifest.stages}
+    assert list(stages) == ["onnx", "simplified", "qdq", "coreml-int8"], list(stages)
+    art = stages["coreml-int8"]
+    q, gate = art.meta["quantization"], art.meta["gate"]
+    assert q["weights"] == "edgekit calibration" and q["edgekit_weight_layers"] == q["edgekit_int8_layers"], q
+    assert q["float_layers"] and len(q["float_layers"]) == len(stages["qdq"].meta["float_layers"]), q
     assert gate["trained_weights"] and gate["rows"] == 40
     assert art.meta["program_parity"]["cosine"] >= 0.99, art.meta["program_parity"]
-    assert gate["top1"] >= 0.65, gate
+    assert gate["top1"] >= 0.9 and gate["cosine"] >= 0.995, gate
     assert gate["passed"] == (gate["top1"] >= 0.98), gate
 
 

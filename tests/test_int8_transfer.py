@@ -1,0 +1,148 @@
+"""edgekit's calibration carried into the targets that quantize in PyTorch (calibration/torch_transfer.py):
+the Core ML W8A8 package and the ExecuTorch INT8 program hold the Q/DQ ONNX's INT8 weights exactly
+and leave its float layers in float. A small residual CNN keeps the file fast; the pretrained
+EfficientNet-Lite0 figures are in docs/calibration.md and the slow tests of test_coreml.py /
+test_executorch.py."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from calibration.feeds import photo_feeds
+from calibration.quantize import quantize_int8
+from calibration.torch_transfer import read_qdq, transfer
+from edgekit.compare import Tolerance
+from edgekit.contracts import ExportContext, ExportRequest
+from edgekit.errors import CalibrationError
+from edgekit.models.registry import get_spec
+from exporters.onnx import export_onnx
+from exporters.simplify import simplify
+from tests.test_calibration import INPUT, PRE, TinyNet, fast
+
+
+@pytest.fixture(scope="module")
+def qdq(tmp_path_factory):
+    """TinyNet's Q/DQ ONNX with one layer kept in float (an unreachable gate forces the fallback)."""
+    d = tmp_path_factory.mktemp("transfer")
+    src = simplify(export_onnx(TinyNet(), (INPUT,), d / "tiny.onnx"), d / "tiny.sim.onnx")
+    fs = photo_feeds(PRE, INPUT, heldout=16, calib=32)
+    art = quantize_int8(src, d / "tiny.int8.onnx", fs.calib, fs.heldout,
+                        fast(tolerance=Tolerance(cosine=0.999999999), max_float_fraction=0.2, cache_dir=d / "cache"),
+                        log=lambda m: None)
+    return art, fs
+
+
+def int8_layers(layers):
+    return {k: v for k, v in layers.items() if v.quantized}
+
+
+def test_read_qdq_names_layers_by_torch_module(qdq):
+    art, _ = qdq
+    layers = read_qdq(art.path)
+    assert set(layers) == {"stem.0", "expand.0", "dw.0", "project.0", "head.0", "fc"}
+    floats = [k for k, v in layers.items() if not v.quantized]
+    assert len(floats) == len(art.meta["float_layers"]) == 1, (floats, art.meta["float_layers"])
+    for name, lw in int8_layers(layers).items():
+        assert lw.int8.dtype == np.int8 and np.abs(lw.int8).max() <= 127
+        axes = (slice(None),) + (None,) * (lw.weight.ndim - 1)
+        np.testing.assert_array_equal(np.rint(lw.weight / lw.scales[axes]), lw.int8.astype(np.float32))
+
+
+def test_transfer_folds_batchnorm_and_keeps_the_function(qdq):
+    art, fs = qdq
+    model = TinyNet()
+    moved = transfer(model, read_qdq(art.path))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in moved.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.from_numpy(np.concatenate([f["input"] for f in list(fs.heldout)[:8]]))
+    with torch.no_grad():
+        a, b = model(x), moved(x)
+    cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+    # INT8-rounded weights and corrected biases, float activations: close to, not equal to, FP32
+    assert 0.99 < cos < 1.0, cos
+
+
+def test_transfer_into_another_model_is_an_error(qdq):
+    art, _ = qdq
+    other = nn.Sequential()
+    other.add_module("stem", nn.Sequential(nn.Conv2d(3, 8, 3)))
+    with pytest.raises(CalibrationError, match="does not match|lacks"):
+        transfer(other, read_qdq(art.path))
+
+
+def _ctx(target: str, art, fs, **options) -> ExportContext:
+    req = ExportRequest(model="tiny", target=target, precision="int8", threads=1, options=options)
+    return ExportContext(request=req, spec=get_spec("mobilenet_v2"), model=TinyNet(), inputs=(INPUT,), source=art,
+                         calib_feeds=fs.calib, heldout_feeds=fs.heldout, log=lambda m: None, warn=lambda m: None,
+                         stem="tiny")
+
+
+def _int8_arrays(values) -> list[np.ndarray]:
+    return [np.asarray(v) for v in values if isinstance(v, np.ndarray) and v.dtype == np.int8 and v.ndim >= 2]
+
+
+def _holds_exactly(found: list[np.ndarray], layers) -> list[str]:
+    """The INT8 layers whose integers appear, bit for bit, among ``found``."""
+    keys = {(a.shape, a.tobytes()) for a in found}
+    return sorted(k for k, lw in int8_layers(layers).items() if (lw.int8.shape, lw.int8.tobytes()) in keys)
+
+
+def test_executorch_program_holds_edgekit_int8_weights(qdq, tmp_path):
+    pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
+    from exporters import executorch_quant as eq
+
+    art, fs = qdq
+    layers = read_qdq(art.path)
+    cal = eq.calibrate(transfer(TinyNet(), layers), (INPUT,), fs.calib, 32, True, layers)
+    floats = [n for n, path in cal.weighted if not layers[path].quantized]
+    module = cal.convert(floats)
+    consts = [functools.reduce(getattr, n.target.split("."), module) for n in module.graph.nodes if n.op == "get_attr"]
+    assert _holds_exactly(_int8_arrays([c.detach().numpy() for c in consts if isinstance(c, torch.Tensor)]),
+                          layers) == sorted(int8_layers(layers))
+
+    from exporters.executorch import ExecuTorchTarget
+
+    out = ExecuTorchTarget().export(_ctx("executorch", art, fs), tmp_path)
+    q = out.meta["quantization"]
+    floats = [k for k, v in layers.items() if not v.quantized]
+    # float where XNNPACK can run it in float (input not quantized), INT8 otherwise: all accounted for
+    assert q["weights"] == "edgekit calibration" and q["float_layers"] + q["float_layers_quantized"] == floats, q
+    assert out.meta["gate"]["cosine"] > 0.95, out.meta["gate"]
+
+
+def test_coreml_package_holds_edgekit_int8_weights(qdq, tmp_path):
+    pytest.importorskip("coremltools", reason="the Core ML target needs coremltools (pip install 'edgekit[coreml]')")
+    from exporters.coreml import CoreMLTarget
+    from exporters.mil import load_program
+
+    art, fs = qdq
+    layers = read_qdq(art.path)
+    out = CoreMLTarget().export(_ctx("coreml", art, fs), tmp_path)
+    q = out.meta["quantization"]
+    assert q["weights"] == "edgekit calibration" and q["edgekit_weight_layers"] == q["edgekit_int8_layers"] == 5, q
+    assert len(q["float_layers"]) == 1, q
+    prog = load_program(out.path)
+    values = [o.value for o in prog.ops] + [v for o in prog.ops for vs in o.inputs.values() for v in vs]
+    assert _holds_exactly(_int8_arrays(values), layers) == sorted(int8_layers(layers))
+    assert out.meta["program_parity"]["cosine"] > 0.999, out.meta["program_parity"]
+
+
+def test_native_rounding_stays_available(qdq, tmp_path):
+    """--et-weights pt2e / --coreml-weights coremltools: the pipeline skips the Q/DQ stage."""
+    from exporters.coreml import CoreMLTarget
+    from exporters.executorch import ExecuTorchTarget
+
+    req = ExportRequest(model="tiny", target="executorch", precision="int8")
+    assert not ExecuTorchTarget().handles_precision(req) and not CoreMLTarget().handles_precision(
+        ExportRequest(model="tiny", target="coreml", precision="int8"))
+    assert ExecuTorchTarget().handles_precision(ExportRequest(model="t", target="executorch", precision="int8",
+                                                              options={"et_weights": "pt2e"}))
+    assert CoreMLTarget().handles_precision(ExportRequest(model="t", target="coreml", precision="int8",
+                                                          options={"coreml_weights": "coremltools"}))
+    assert CoreMLTarget().handles_precision(ExportRequest(model="t", target="coreml", precision="int8",
+                                                          options={"int8_mode": "w8"}))
+    assert ExecuTorchTarget().handles_precision(ExportRequest(model="t", target="executorch", precision="fp32"))
