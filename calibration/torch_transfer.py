@@ -119,14 +119,16 @@ def _drop_following_batchnorm(model, conv_name: str) -> None:
         parent._modules = kept
 
 
-def from_source(source, log) -> dict[str, LayerWeights] | None:
-    """The layers of the pipeline's Q/DQ stage (``ctx.source``), or None when there is none."""
+def from_source(source, log, who: str, native: str) -> dict[str, LayerWeights] | None:
+    """The layers of the pipeline's Q/DQ stage (``ctx.source``), or None when there is none
+    (then ``native``, the target's own quantizer, rounds the weights). ``who`` prefixes the log."""
     if source is None or source.precision != "int8" or source.format != "onnx":
+        log(f"{who}: no Q/DQ stage to take weights from; {native} rounds the weights itself")
         return None
     layers = read_qdq(source.path)
     n_float = sum(1 for lw in layers.values() if not lw.quantized)
-    log(f"{len(layers) - n_float} INT8 layers take edgekit's calibrated weights from {Path(source.path).name}; "
-        f"its gate kept {n_float} in float")
+    log(f"{who}: {len(layers) - n_float} INT8 layers take edgekit's calibrated weights from "
+        f"{Path(source.path).name}; its gate kept {n_float} in float")
     return layers
 
 

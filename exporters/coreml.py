@@ -163,10 +163,7 @@ class CoreMLTarget(Exporter):
             return None
         from calibration.torch_transfer import from_source
 
-        layers = from_source(ctx.source, lambda m: ctx.log(f"Core ML W8A8: {m}"))
-        if layers is None:
-            ctx.log("Core ML W8A8: no Q/DQ stage to take weights from; coremltools rounds the weights itself")
-        return layers
+        return from_source(ctx.source, ctx.log, "Core ML W8A8", "coremltools")
 
     def _gate(self, ctx: ExportContext, art: Artifact) -> None:
         trained = weights_trained(ctx)

@@ -127,10 +127,7 @@ def edgekit_layers(ctx: ExportContext):
         return None
     from calibration.torch_transfer import from_source
 
-    layers = from_source(ctx.source, lambda m: ctx.log(f"ExecuTorch INT8: {m}"))
-    if layers is None:
-        ctx.log("ExecuTorch INT8: no Q/DQ stage to take weights from; PT2E rounds the weights itself")
-    return layers
+    return from_source(ctx.source, ctx.log, "ExecuTorch INT8", "PT2E")
 
 
 def _opt(opts: dict[str, Any], key: str, default: int) -> int:
