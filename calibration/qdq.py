@@ -30,6 +30,7 @@ from . import graph as g
 from .graph import QuantTarget
 
 W_QMAX = 127
+INT8_SUFFIX = "_int8"  # a quantized weight initializer: f"{safe weight name}{INT8_SUFFIX}"
 
 
 @dataclass
@@ -100,7 +101,7 @@ def build(model, plan: QdqPlan):
     def act_qdq(t: str) -> str:
         if t in act_dq:
             return act_dq[t]
-        base = _safe(t)
+        base = g.safe_name(t)
         sname, zname = f"{base}_qscale", f"{base}_qzero"
         new_inits.extend([nh.from_array(np.asarray(plan.act_scales[t], np.float32), sname),
                           nh.from_array(np.asarray(0, np.int8), zname)])
@@ -121,11 +122,11 @@ def build(model, plan: QdqPlan):
             w = g.to_array(inits[t.weight]) if w is None else w
             axis = t.axis if plan.per_channel else None
             q, s = quantize_weight(w, axis, plan.weight_clip.get(t.weight), plan.weight_scales.get(t.weight))
-            base = _safe(t.weight)
+            base = g.safe_name(t.weight)
             zp = np.zeros_like(s, dtype=np.int8)
-            new_inits += [nh.from_array(q, f"{base}_int8"), nh.from_array(s, f"{base}_wscale"),
+            new_inits += [nh.from_array(q, f"{base}{INT8_SUFFIX}"), nh.from_array(s, f"{base}_wscale"),
                           nh.from_array(zp, f"{base}_wzero")]
-            dq = helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_wscale", f"{base}_wzero"],
+            dq = helper.make_node("DequantizeLinear", [f"{base}{INT8_SUFFIX}", f"{base}_wscale", f"{base}_wzero"],
                                   [f"{base}_dequantized"], name=f"{base}_DequantizeLinear",
                                   **({"axis": axis} if axis is not None else {}))
             new_nodes.setdefault(f"__weights__{t.node}", []).append(dq)
@@ -133,7 +134,7 @@ def build(model, plan: QdqPlan):
         widx = g.WEIGHTED_OPS[node.op_type]
         node.input[widx] = w_dq[t.weight]
         if t.node in plan.biases and len(node.input) > 2 and node.input[2] in inits:
-            bname = f"{_safe(node.input[2])}_corrected"
+            bname = f"{g.safe_name(node.input[2])}_corrected"
             new_inits.append(nh.from_array(plan.biases[t.node].astype(np.float32), bname))
             node.input[2] = bname
 
@@ -172,7 +173,5 @@ def build(model, plan: QdqPlan):
 
 def dequantized_name(tensor: str) -> str:
     """Name of the DequantizeLinear output that feeds quantized consumers of ``tensor``."""
-    return f"{_safe(tensor)}_dequantized"
+    return f"{g.safe_name(tensor)}_dequantized"
 
-
-_safe = g.safe_name

@@ -23,6 +23,8 @@ import numpy as np
 
 from edgekit.errors import CalibrationError
 
+from .qdq import INT8_SUFFIX
+
 
 @dataclass
 class LayerWeights:
@@ -61,7 +63,7 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
             q, s = array(dq.input[0]), array(dq.input[1])
             if s.ndim != 1 or s.shape[0] != q.shape[0]:
                 continue  # per-tensor or other axis: not the per-channel form this transfer reproduces
-            base = dq.input[0][: -len("_int8")] if dq.input[0].endswith("_int8") else dq.input[0]
+            base = dq.input[0].removesuffix(INT8_SUFFIX)
             w = q.astype(np.float32) * s.reshape((-1,) + (1,) * (q.ndim - 1))
             layer = LayerWeights(_module(base), w, bias, s.astype(np.float32), q)
         elif w_name in init:
@@ -132,14 +134,20 @@ def from_source(source, log, who: str, native: str) -> dict[str, LayerWeights] |
     return layers
 
 
-def observer_bounds(observer, scales: np.ndarray):
-    """(min_val, max_val) that make a per-channel symmetric observer derive exactly ``scales``:
+def int8_by_weight(layers: dict[str, LayerWeights]) -> dict[bytes, LayerWeights]:
+    """The INT8 layers keyed by :func:`weight_fingerprint` of their (transferred) weights."""
+    return {weight_fingerprint(lw.weight): lw for lw in layers.values() if lw.quantized}
+
+
+def pin_observer(observer, scales: np.ndarray) -> None:
+    """Set a per-channel symmetric observer's min/max so that it derives exactly ``scales``:
     torch computes ``scale = max(-min, max) / ((quant_max - quant_min) / 2)``."""
     import torch
 
     half = (float(observer.quant_max) - float(observer.quant_min)) / 2
     s = torch.from_numpy(np.asarray(scales, np.float32)) * half
-    return -s, s
+    observer.min_val.resize_(s.shape).copy_(-s)
+    observer.max_val.resize_(s.shape).copy_(s)
 
 
 def weight_fingerprint(w) -> bytes:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.torch_transfer import LayerWeights, observer_bounds, weight_fingerprint
+from calibration.torch_transfer import LayerWeights, int8_by_weight, pin_observer, weight_fingerprint
 from edgekit.contracts import Feeds
 from edgekit.errors import ExportError
 from edgekit.specs import InputSpec
@@ -179,10 +179,10 @@ def _float_modules(model, layers: dict[str, LayerWeights]) -> list[str]:
 def _set_weight_scales(prepared, layers: dict[str, LayerWeights]) -> int:
     """Give each weight fake-quant of a transferred INT8 layer edgekit's per-channel scales.
 
-    With the observer's min/max set by :func:`calibration.torch_transfer.observer_bounds` it
-    derives ``s``, and the weights (``q * s``, |q| <= 127) quantize back to edgekit's integers
+    With the observer pinned by :func:`calibration.torch_transfer.pin_observer` it derives
+    ``s``, and the weights (``q * s``, |q| <= 127) quantize back to edgekit's integers
     exactly. Returns how many layers were set."""
-    by_weight = {weight_fingerprint(lw.weight): lw for lw in layers.values() if lw.quantized}
+    by_weight = int8_by_weight(layers)
     done = 0
     for name, fq in prepared.named_modules():
         if not name.endswith("weight_fake_quant"):
@@ -191,10 +191,7 @@ def _set_weight_scales(prepared, layers: dict[str, LayerWeights]) -> int:
         lw = by_weight.get(weight_fingerprint(owner.weight))
         if lw is None:
             continue
-        obs = fq.activation_post_process
-        lo, hi = observer_bounds(obs, lw.scales)
-        obs.min_val.resize_(lo.shape).copy_(lo)
-        obs.max_val.resize_(hi.shape).copy_(hi)
+        pin_observer(fq.activation_post_process, lw.scales)
         scale, zero = fq.calculate_qparams()
         fq.scale.resize_(scale.shape).copy_(scale)
         fq.zero_point.resize_(zero.shape).copy_(zero)

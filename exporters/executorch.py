@@ -92,11 +92,11 @@ def quantize_pt2e(ctx: ExportContext, tol: Tolerance, max_samples: int = DEFAULT
         "calibration_rows": cal.rows, "calibration_batched": cal.batched, "fused_clamps": cal.fused_clamps,
         "quantize_api": "torchao.quantization.pt2e", "weighted_layers": len(cal.weighted),
         "weights": "edgekit calibration" if layers else "PT2E observers (nearest rounding)"}
+    paths = dict(cal.weighted)
     if layers:
         # edgekit's calibration already chose the float layers (its INT8 gate and fallback)
         wanted = [n for n, path in cal.weighted if path in layers and not layers[path].quantized]
         float_nodes = eq.runnable_float_layers(cal.graph, wanted)
-        paths = dict(cal.weighted)
         meta["float_layers_quantized"] = [paths[n] for n in wanted if n not in float_nodes]
         if meta["float_layers_quantized"]:
             ctx.log(f"ExecuTorch INT8: XNNPACK cannot run {', '.join(meta['float_layers_quantized'])} in float "
@@ -108,7 +108,6 @@ def quantize_pt2e(ctx: ExportContext, tol: Tolerance, max_samples: int = DEFAULT
         meta["selection_trials"] = trials
     else:
         module, float_nodes = cal.convert([]), []
-    paths = dict(cal.weighted)
     meta["float_layers"] = [paths[n] for n in float_nodes]
     return module, meta
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from calibration.torch_transfer import LayerWeights, observer_bounds, weight_fingerprint
+from calibration.torch_transfer import LayerWeights, int8_by_weight, pin_observer, weight_fingerprint
 from edgekit.compare import Comparison, Tolerance
 from edgekit.contracts import Feeds
 from edgekit.errors import ExportError
@@ -259,7 +259,7 @@ def calibrate(model, inputs: tuple[InputSpec, ...], feeds: Feeds, max_samples: i
 
 def _set_weight_scales(prepared, layers: dict[str, LayerWeights]) -> int:
     """Set the observers of transferred weights (matched by value) to edgekit's scales."""
-    by_weight = {weight_fingerprint(lw.weight): lw for lw in layers.values() if lw.quantized}
+    by_weight = int8_by_weight(layers)
     done = 0
     for node in prepared.graph.nodes:
         if node.op != "call_module" or not node.args or getattr(node.args[0], "op", None) != "get_attr":
@@ -273,9 +273,7 @@ def _set_weight_scales(prepared, layers: dict[str, LayerWeights]) -> int:
         lw = by_weight.get(weight_fingerprint(w))
         if lw is None or getattr(obs, "ch_axis", None) != 0:
             continue
-        lo, hi = observer_bounds(obs, lw.scales)
-        obs.min_val.resize_(lo.shape).copy_(lo)
-        obs.max_val.resize_(hi.shape).copy_(hi)
+        pin_observer(obs, lw.scales)
         done += 1
     return done
 
