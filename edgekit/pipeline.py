@@ -176,12 +176,14 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
                 d["summary"] = f"{art.format}, {art.size_bytes / 1e6:.1f} MB"
             stages.append(art)
         comps: list[Comparison] = []
+        stability = None
         if request.parity:
             runners = [(s, get_target(s.target).open(s, device=request.device, threads=request.threads))
                        for s in stages]
             with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
-                comps = run_parity(TorchRunner(res.model, res.inputs, stages[0].outputs if stages else ("output",)),
-                                   runners, feeds.heldout, tol, feeds.heldout.source)
+                reference = TorchRunner(res.model, res.inputs, stages[0].outputs if stages else ("output",))
+                comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source)
+            stability = _stability(res, request, reference, feeds, console)
         latency = _latency(stages[-1], request, feeds, console) if (request.bench and stages) else None
         model_info = {**res.spec.summary(), "alias": res.alias, "weights": res.weights.to_dict(),
                       "user_ref": res.user_ref, "input_shape": list(res.inputs[0].shape)}
@@ -189,11 +191,25 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
                             parity=[c.to_dict() for c in comps],
                             reports={"lint": lint, "latency": latency, "warnings": console.warnings,
                                      "skipped_images": feeds.calib.skipped + feeds.heldout.skipped,
+                                     "reference_stability": stability,
                                      "dry_run": request.dry_run},
                             command=" ".join(shlex.quote(a) for a in ["edgekit", *sys.argv[1:]]))
         manifest.write(work)
     manifest = Manifest.read(out)
     return ExportResult(out=Path(out).resolve(), manifest=manifest, comparisons=comps, latency=latency, lint=lint)
+
+
+def _stability(res: Resolved, request: ExportRequest, reference, feeds, console: Console) -> dict[str, Any] | None:
+    """For trained weights at reduced precision: how the FP32 reference scores against itself
+    under half-step input noise (edgekit.stability), the yardstick for the top-1 figures."""
+    from .stability import describe, reference_stability
+
+    if request.precision == "fp32" or not res.weights.trained:
+        return None
+    with console.step("reference stability (FP32 vs itself, ±½ pixel step of input noise)") as d:
+        s = reference_stability(reference.infer, res.inputs[0], res.spec.preprocess, feeds.heldout)
+        d["summary"] = describe(s) if s else "input is not an image: skipped"
+    return s
 
 
 def _latency(art: Artifact, request: ExportRequest, feeds, console: Console) -> dict[str, Any] | None:

@@ -170,6 +170,29 @@ def test_user_model_file_factory_and_weights(tmp_path):
     m = json.loads((out / "artifact.json").read_text())
     assert m["model"]["weights"]["source"] == "checkpoint" and m["model"]["user_ref"].endswith(":tiny")
     assert m["model"]["input_shape"] == [1, 3, 32, 32]
+    assert m["reports"]["reference_stability"] is None  # FP32: nothing to put in perspective
+
+
+def test_trained_weights_at_reduced_precision_get_the_stability_yardstick(tmp_path):
+    """With trained weights (a checkpoint) at FP16 the report scores FP32 against itself under
+    half a pixel step of input noise, next to the parity table."""
+    src = tmp_path / "mymodel.py"
+    src.write_text(USER_MODEL)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mymodel_for_yardstick", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(mod.tiny().state_dict(), ckpt)
+    out = tmp_path / "out"
+    proc = run_edgekit("export", f"{src}:tiny", "--weights", str(ckpt), "--input-shape", "1x3x32x32", "--fp16",
+                       "--out", str(out), "--no-bench", "--samples", "12")
+    assert proc.returncode in (0, 1), proc.stderr
+    s = json.loads((out / "artifact.json").read_text())["reports"]["reference_stability"]
+    assert s["samples"] == 12 and s["amplitude_steps"] == 0.5 and 0.0 <= s["top1"] <= 1.0
+    assert 0.9 < s["cosine"] <= 1.0 and s["sqnr_db"] > 10
+    assert "yardstick: FP32 reference vs itself" in proc.stdout
 
 
 def test_onnx_int8_delivers_the_onnxruntime_form_with_a_latency_guard(tmp_path):

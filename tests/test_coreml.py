@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("coremltools", reason="the Core ML target needs coremltools (pip install 'edgekit[coreml]')")
 
@@ -29,6 +28,7 @@ from edgekit.errors import UsageError  # noqa: E402
 from edgekit.models.build import build  # noqa: E402
 from edgekit.models.registry import get_spec  # noqa: E402
 from edgekit.targets import get_target  # noqa: E402
+from edgekit.torch_runner import fp32_rounding_error  # noqa: E402
 from exporters.coreml import CoreMLTarget, compare  # noqa: E402
 from exporters.coreml_convert import deployment_target  # noqa: E402
 from exporters.mil import Interpreter, MilRunner, load_program  # noqa: E402
@@ -78,24 +78,6 @@ def make_ctx(name: str, precision: str, res: int | None = RES, pretrained: bool 
     return ctx, logs
 
 
-def torch_fp32_error(model, feeds) -> float:
-    """PyTorch's own FP32 rounding error on these feeds (FP32 vs FP64 forward): untrained
-    deep models amplify rounding, so the interpreter is held to a multiple of it."""
-    m64 = _double(model)
-    worst = 0.0
-    with torch.no_grad():
-        for f in feeds:
-            x = torch.from_numpy(np.asarray(f["input"]))
-            worst = max(worst, float((model(x).double() - m64(x.double())).abs().max()))
-    return worst
-
-
-def _double(model):
-    import copy
-
-    return copy.deepcopy(model).double().eval()
-
-
 @pytest.mark.parametrize("name, precision", list(cases()))
 def test_focus_model_parity(tmp_path, name, precision):
     precision, _, mode = precision.partition("-")
@@ -136,7 +118,7 @@ def test_focus_model_parity(tmp_path, name, precision):
         return
     tol = tolerance_for(precision)
     if precision == "fp32":
-        own = torch_fp32_error(ctx.model, ctx.heldout_feeds)
+        own = fp32_rounding_error(ctx.model, ctx.inputs, ctx.heldout_feeds, limit=HELDOUT)
         tol = replace(tol, max_abs=max(1e-4, 4 * own), sqnr_db=None)
     else:
         tol = replace(tol, top1=None)  # untrained logits: top-1 ties are noise (as the pipeline does)

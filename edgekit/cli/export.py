@@ -122,6 +122,10 @@ def print_summary(result, console) -> None:
     if result.comparisons:
         console.print("")
         console.print(parity_table(result.comparisons))
+        stability = m.reports.get("reference_stability")
+        if stability:
+            from edgekit.stability import describe
+            console.print(f"yardstick: {describe(stability)}")
         console.print(f"\nparity: {'PASS' if result.passed else 'FAIL'}")
     if result.latency:
         lat = result.latency
