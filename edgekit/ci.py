@@ -292,6 +292,12 @@ def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool =
         for k in ("max_abs", "cosine", "sqnr_db", "top1"):
             if par and par.get(k) is not None:
                 props[f"{par['stage']}.{k}"] = str(par[k])
+        stability = result.manifest.reports.get("reference_stability")
+        if stability:  # the yardstick for top-1 figures (edgekit.stability)
+            from .stability import describe
+
+            props.update({f"reference_stability.{k}": str(stability[k]) for k in ("top1", "cosine", "sqnr_db")})
+            table = f"{table}\nyardstick: {describe(stability)}"
         case = Case(cell.name, classname, seconds=time.perf_counter() - t0, properties=props, stdout=table)
         if not result.passed:
             case.failure = failure_message(cell, [c for c in result.comparisons if not c])

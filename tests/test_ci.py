@@ -87,6 +87,27 @@ def test_forced_tolerance_violation_exits_1_naming_model_target_stage_metric(tmp
     assert suite.get("failures") == "1" and suite.get("errors") == "0"
 
 
+def test_trained_weights_carry_the_stability_yardstick_into_junit(tmp_path):
+    """A checkpoint (trained weights) at FP16: the JUnit case also records how the FP32 reference
+    scores against itself under ±½ pixel step of input noise (edgekit.stability)."""
+    import importlib.util
+
+    import torch
+
+    cfg = project(tmp_path, '[model."models/tiny.py:tiny"]\nweights = "tiny.pt"\nprecisions = ["fp16"]\n')
+    spec = importlib.util.spec_from_file_location("tiny_for_ci_yardstick", tmp_path / "models" / "tiny.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.save(mod.tiny().state_dict(), tmp_path / "tiny.pt")
+    junit = tmp_path / "junit.xml"
+    assert run_cli("ci", "--config", str(cfg), "--junit", str(junit)) in (0, 1)
+    (tc,) = cases(junit)
+    props = {p.get("name"): p.get("value") for p in tc.iter("property")}
+    assert 0.0 <= float(props["reference_stability.top1"]) <= 1.0
+    assert 0.9 < float(props["reference_stability.cosine"]) <= 1.0 and float(props["reference_stability.sqnr_db"]) > 10
+    assert "yardstick: FP32 reference vs itself" in tc.find("system-out").text
+
+
 def test_unavailable_target_is_skipped_or_an_error(tmp_path):
     try:
         import tensorrt  # noqa: F401
