@@ -151,14 +151,20 @@ def test_tampered_artifact_fails_parity_recheck(tmp_path):
     _assert_clean_error(run_edgekit("parity", str(out)), "changed since it was written")
 
 
-def test_user_model_file_factory_and_weights(tmp_path):
-    src = tmp_path / "mymodel.py"
-    src.write_text(USER_MODEL)
+def _user_model(tmp_path, module_name: str):
+    """USER_MODEL written to tmp_path/mymodel.py: (its path, the imported module)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("mymodel_for_test", src)
+    src = tmp_path / "mymodel.py"
+    src.write_text(USER_MODEL)
+    spec = importlib.util.spec_from_file_location(module_name, src)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return src, mod
+
+
+def test_user_model_file_factory_and_weights(tmp_path):
+    src, mod = _user_model(tmp_path, "mymodel_for_test")
     ckpt = tmp_path / "tiny.pt"
     net = mod.tiny()
     torch.nn.init.normal_(net.fc.weight)
@@ -176,13 +182,7 @@ def test_user_model_file_factory_and_weights(tmp_path):
 def test_trained_weights_at_reduced_precision_get_the_stability_yardstick(tmp_path):
     """With trained weights (a checkpoint) at FP16 the report scores FP32 against itself under
     half a pixel step of input noise, next to the parity table."""
-    src = tmp_path / "mymodel.py"
-    src.write_text(USER_MODEL)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mymodel_for_yardstick", src)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    src, mod = _user_model(tmp_path, "mymodel_for_yardstick")
     ckpt = tmp_path / "tiny.pt"
     torch.save(mod.tiny().state_dict(), ckpt)
     out = tmp_path / "out"
