@@ -288,11 +288,11 @@ def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool =
         table = parity_table(result.comparisons) if result.comparisons else "parity not run"
         final = result.manifest.final
         props = {"artifact": str(result.out), "final_stage": final.stage, "size_bytes": str(final.size_bytes)}
-        par = parity_summary([c.to_dict() for c in result.comparisons], final.stage)
+        stability = result.manifest.reports.get("reference_stability")
+        par = parity_summary([c.to_dict() for c in result.comparisons], final.stage, stability)
         for k in ("max_abs", "cosine", "sqnr_db", "top1"):
             if par and par.get(k) is not None:
                 props[f"{par['stage']}.{k}"] = str(par[k])
-        stability = result.manifest.reports.get("reference_stability")
         if stability:  # the yardstick for top-1 figures (edgekit.stability)
             from .stability import describe
 

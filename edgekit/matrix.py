@@ -212,7 +212,8 @@ def run_cell(cfg: MatrixConfig, model: str, target: str, precision: str, bench: 
     row["input_shape"] = row["input_shape"] or shape
     row.update(reused=reused, warnings=sorted(set(warnings)))
     if row["parity"] is None and row["status"] == "ok":
-        row["parity"] = parity_summary(manifest.parity, manifest.final.stage)
+        row["parity"] = parity_summary(manifest.parity, manifest.final.stage,
+                                       manifest.reports.get("reference_stability"))
     return row
 
 

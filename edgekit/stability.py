@@ -13,6 +13,7 @@ This is reported next to the parity table, never used to loosen a threshold.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import numpy as np
@@ -55,11 +56,13 @@ def reference_stability(infer, input: InputSpec, pre: Preprocess, feeds: Iterabl
     if score is None:
         return None
     return {"amplitude_steps": amplitude, "output": score.name, "samples": score.rows or score.samples,
-            "top1": score.top1, "cosine": score.cosine, "sqnr_db": score.sqnr_db,
+            "top1": score.top1, "cosine": score.cosine,
+            "sqnr_db": score.sqnr_db if math.isfinite(score.sqnr_db) else None,  # None: no change at all (JSON)
             "near_ties": score.near_ties}
 
 
 def describe(s: dict[str, Any]) -> str:
     top1 = f"top1 {s['top1']:.1%}, " if s.get("top1") is not None else ""
+    sqnr = "∞" if s.get("sqnr_db") is None else f"{s['sqnr_db']:.1f}"
     return (f"FP32 reference vs itself with ±{s['amplitude_steps']:g} pixel step of input noise: {top1}"
-            f"cosine {s['cosine']:.6f}, SQNR {s['sqnr_db']:.1f} dB ({s['samples']} samples)")
+            f"cosine {s['cosine']:.6f}, SQNR {sqnr} dB ({s['samples']} samples)")

@@ -147,6 +147,22 @@ def test_infinite_sqnr_is_valid_json():
     assert json.loads(text)["rows"][0]["parity"]["sqnr_db"] == "inf"
 
 
+def test_trained_rows_carry_the_stability_yardstick():
+    """parity_summary keeps the manifest's reference_stability; the table's notes show it."""
+    from edgekit.report.schema import parity_summary
+
+    parity = [{"stage": "qdq", "runner": "onnxruntime", "passed": False, "failures": ["output: top1 96.0% < 98%"],
+               "outputs": [{"max_abs": 0.6, "cosine": 0.998, "sqnr_db": 24.1, "top1": 0.96, "samples": 200}]}]
+    yard = {"amplitude_steps": 0.5, "top1": 0.965, "cosine": 0.9974, "sqnr_db": 22.9, "samples": 200}
+    par = parity_summary(parity, "qdq", yard)
+    assert par["reference_stability"] == {"amplitude_steps": 0.5, "top1": 0.965, "cosine": 0.9974, "sqnr_db": 22.9}
+    assert parity_summary(parity, "qdq")["reference_stability"] is None
+    row = make_row(model="efficientnet_lite0", target="onnx", precision="int8", device_id="d", parity=par,
+                   status="parity-fail")
+    md = render_markdown(new_report("matrix", [row], {"d": {"name": "d"}}))
+    assert "top1 96.0% < 98%" in md and "yardstick (FP32 ±0.5 px): 96.5% top-1, 22.9 dB; qdq: output: top1 96.0%" in md
+
+
 def _lat(p50):
     return {"p50_ms": p50, "p90_ms": p50 * 1.1, "p99_ms": p50 * 1.2, "mean_ms": p50}
 

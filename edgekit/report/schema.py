@@ -74,10 +74,12 @@ def sort_key(row: dict[str, Any]) -> tuple:
             PRECISION_ORDER.get(row["precision"], 9), tuple(row.get("input_shape") or ()))
 
 
-def parity_summary(parity: list[dict[str, Any]] | None, final_stage: str | None = None) -> dict[str, Any] | None:
+def parity_summary(parity: list[dict[str, Any]] | None, final_stage: str | None = None,
+                   stability: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The final stage's parity metrics (first output) plus whether every stage passed.
 
-    ``parity`` is the list of ``Comparison.to_dict()`` a manifest stores."""
+    ``parity`` is the list of ``Comparison.to_dict()`` a manifest stores; ``stability`` its
+    ``reports.reference_stability`` (edgekit.stability), kept as the yardstick for top-1."""
     if not parity:
         return None
     final = next((c for c in parity if c.get("stage") == final_stage), parity[-1])
@@ -88,7 +90,9 @@ def parity_summary(parity: list[dict[str, Any]] | None, final_stage: str | None 
             "failures": [f"{c.get('stage')}: {f}" for c in parity for f in (c.get("failures") or [])],
             "max_abs": out.get("max_abs"), "cosine": out.get("cosine"), "sqnr_db": out.get("sqnr_db"),
             "top1": out.get("top1"), "top5": out.get("top5"), "samples": out.get("samples"),
-            "inputs": final.get("inputs")}
+            "inputs": final.get("inputs"),
+            "reference_stability": {k: stability.get(k) for k in ("amplitude_steps", "top1", "cosine", "sqnr_db")}
+            if stability else None}
 
 
 def new_report(kind: str, rows: Iterable[dict[str, Any]], devices: dict[str, dict[str, Any]],

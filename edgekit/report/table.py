@@ -54,6 +54,10 @@ def _notes(row: dict[str, Any], limit: int = 160) -> str:
     if row.get("error"):
         parts.append(str(row["error"]))
     par = row.get("parity") or {}
+    yard = par.get("reference_stability") or {}
+    if yard.get("top1") is not None:  # before the failures, which the Checks section repeats in full
+        sqnr = "∞" if yard.get("sqnr_db") is None else f"{yard['sqnr_db']:.1f}"
+        parts.append(f"yardstick (FP32 ±{yard.get('amplitude_steps', 0.5):g} px): {yard['top1']:.1%} top-1, {sqnr} dB")
     if row["status"] == "parity-fail" and par.get("failures"):
         parts.append("; ".join(par["failures"][:3]))
     paired = row.get("paired") or {}
