@@ -296,7 +296,8 @@ def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool =
         if stability:  # the yardstick for top-1 figures (edgekit.stability)
             from .stability import describe
 
-            props.update({f"reference_stability.{k}": str(stability[k]) for k in ("top1", "cosine", "sqnr_db")})
+            props.update({f"reference_stability.{k}": str(stability[k]) for k in ("top1", "cosine", "sqnr_db")
+                          if stability.get(k) is not None})
             table = f"{table}\nyardstick: {describe(stability)}"
         case = Case(cell.name, classname, seconds=time.perf_counter() - t0, properties=props, stdout=table)
         if not result.passed:

@@ -29,7 +29,7 @@ def pixel_step(pre: Preprocess, input: InputSpec) -> np.ndarray | None:
     """One 8-bit pixel step in the model's input units, per channel (1 / (255·std)), shaped to
     broadcast over an NCHW batch; None when the input is not an image of ``pre``'s channels."""
     std = np.asarray(pre.std, np.float32).reshape(-1)
-    if len(input.shape) != 4 or input.layout.upper() != "NCHW" or input.shape[1] not in (std.size, 1) \
+    if len(input.shape) != 4 or input.layout.upper() != "NCHW" or std.size not in (1, input.shape[1]) \
             or not np.all(std > 0):
         return None
     step = 1.0 / (255.0 * std)

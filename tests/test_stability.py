@@ -20,6 +20,9 @@ def test_pixel_step_is_one_8bit_level_in_model_units():
     assert np.allclose(pixel_step(imagenet, IMG).ravel(), 1 / (255 * np.asarray(imagenet.std)))
     assert pixel_step(imagenet, IMG).shape == (1, 3, 1, 1)
     assert pixel_step(imagenet, InputSpec("tokens", (1, 16))) is None
+    gray = InputSpec("input", (1, 1, 28, 28))
+    assert np.allclose(pixel_step(Preprocess(mean=(0.1307,), std=(0.3081,), channels=1), gray), 1 / (255 * 0.3081))
+    assert pixel_step(imagenet, gray) is None  # three stds for one channel: not this preprocessing's image
 
 
 def _two_class(feed):
