@@ -32,8 +32,10 @@ def compare_stage(stage: Artifact, runner: Runner, pairs, tolerance: Tolerance, 
 
 def run_parity(reference: Runner, stages: Sequence[tuple[Artifact, Runner]], feeds: Feeds,
                tolerance: Callable[[Artifact], Tolerance], source: str = "",
-               progress: Callable[[str], None] | None = None) -> list[Comparison]:
-    pairs = reference_outputs(reference, feeds)
+               progress: Callable[[str], None] | None = None, pairs: list | None = None) -> list[Comparison]:
+    """Every stage against the reference; ``pairs`` (from :func:`reference_outputs` on ``feeds``)
+    when the caller already has the reference's outputs."""
+    pairs = reference_outputs(reference, feeds) if pairs is None else pairs
     out = []
     for art, runner in stages:
         if progress:

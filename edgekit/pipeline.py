@@ -139,7 +139,7 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
 
 
 def export(request: ExportRequest, console: Console | None = None) -> ExportResult:
-    from .parity import run_parity
+    from .parity import reference_outputs, run_parity
     from .targets import get_target
     from .torch_runner import TorchRunner, fp32_rounding_error
 
@@ -182,8 +182,9 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
                        for s in stages]
             with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
                 reference = TorchRunner(res.model, res.inputs, stages[0].outputs if stages else ("output",))
-                comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source)
-            stability = _stability(res, request, reference, feeds, console)
+                pairs = reference_outputs(reference, feeds.heldout)
+                comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
+            stability = _stability(res, request, reference, pairs, console)
         latency = _latency(stages[-1], request, feeds, console) if (request.bench and stages) else None
         model_info = {**res.spec.summary(), "alias": res.alias, "weights": res.weights.to_dict(),
                       "user_ref": res.user_ref, "input_shape": list(res.inputs[0].shape)}
@@ -199,16 +200,18 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     return ExportResult(out=Path(out).resolve(), manifest=manifest, comparisons=comps, latency=latency, lint=lint)
 
 
-def _stability(res: Resolved, request: ExportRequest, reference, feeds, console: Console) -> dict[str, Any] | None:
+def _stability(res: Resolved, request: ExportRequest, reference, pairs, console: Console) -> dict[str, Any] | None:
     """For trained weights at reduced precision: how the FP32 reference scores against itself
-    under half-step input noise (edgekit.stability), the yardstick for the top-1 figures."""
-    from .stability import describe, reference_stability
+    under half-step input noise (edgekit.stability), the yardstick for the top-1 figures.
+    ``pairs``: parity's (feed, clean reference output), so only the noisy pass runs here."""
+    from .stability import reference_stability
 
     if request.precision == "fp32" or not res.weights.trained:
         return None
     with console.step("reference stability (FP32 vs itself, ±½ pixel step of input noise)") as d:
-        s = reference_stability(reference.infer, res.inputs[0], res.spec.preprocess, feeds.heldout)
-        d["summary"] = describe(s) if s else "input is not an image: skipped"
+        s = reference_stability(reference.infer, res.inputs[0], res.spec.preprocess, pairs)
+        if s is None:
+            d["summary"] = "input is not an image: skipped"
     return s
 
 

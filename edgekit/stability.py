@@ -36,20 +36,21 @@ def pixel_step(pre: Preprocess, input: InputSpec) -> np.ndarray | None:
     return np.broadcast_to(step, (input.shape[1],)).reshape(1, -1, 1, 1).astype(np.float32)
 
 
-def reference_stability(infer, input: InputSpec, pre: Preprocess, feeds: Iterable[Feed],
+def reference_stability(infer, input: InputSpec, pre: Preprocess, pairs: Iterable[tuple[Feed, dict]],
                         amplitude: float = HALF_STEP, seed: int = 0) -> dict[str, Any] | None:
-    """Score ``infer`` (FP32 reference: feed → {output: array}) on ``feeds`` plus uniform noise of
-    ±``amplitude`` pixel steps against itself on the clean feeds. Returns the first output's
+    """Score ``infer`` (FP32 reference: feed → {output: array}) on each feed plus uniform noise of
+    ±``amplitude`` pixel steps against its clean output. ``pairs``: (feed, clean output), as
+    :func:`edgekit.parity.reference_outputs` makes them for parity. Returns the first output's
     top-1 agreement, cosine and SQNR, or None when the input is not an image."""
     step = pixel_step(pre, input)
     if step is None:
         return None
     rng = np.random.default_rng(seed)
     score: OutputScore | None = None
-    for feed in feeds:
+    for feed, ref in pairs:
         x = feed[input.name]
         noisy = {**feed, input.name: (x + rng.uniform(-amplitude, amplitude, x.shape).astype(np.float32) * step)}
-        ref, test = infer(feed), infer(noisy)
+        test = infer(noisy)
         name = next(iter(ref))
         score = score or OutputScore(name)
         score.add(ref[name], test[name])

@@ -68,4 +68,4 @@ def _noise_floor(model, feeds, spec) -> float:
 
     with torch.inference_mode():
         infer = lambda f: {"output": model.eval()(torch.from_numpy(f[spec.input.name])).numpy()}  # noqa: E731
-        return reference_stability(infer, spec.input, spec.preprocess, feeds)["top1"]
+        return reference_stability(infer, spec.input, spec.preprocess, [(f, infer(f)) for f in feeds])["top1"]

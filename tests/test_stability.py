@@ -40,15 +40,20 @@ def _feeds(means):
     return out
 
 
+def _pairs(infer, feeds):
+    """(feed, clean output), as parity's reference_outputs makes them."""
+    return [(f, infer(f)) for f in feeds]
+
+
 def test_noise_flips_only_the_references_own_near_ties():
     pre = Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3)   # one pixel step = 1/127.5
     decided, tied = [1.0] * 30, [0.0] * 10                # mean 1.0 never flips; mean 0 is a coin toss
-    clean = reference_stability(_two_class, IMG, pre, _feeds(decided), amplitude=0.5)
+    clean = reference_stability(_two_class, IMG, pre, _pairs(_two_class, _feeds(decided)), amplitude=0.5)
     assert clean["top1"] == 1.0 and clean["samples"] == 30 and clean["near_ties"] == 0
-    s = reference_stability(_two_class, IMG, pre, _feeds(decided + tied), amplitude=0.5)
+    s = reference_stability(_two_class, IMG, pre, _pairs(_two_class, _feeds(decided + tied)), amplitude=0.5)
     assert s["near_ties"] == 10 and 0.75 + 1e-9 < s["top1"] < 1.0   # some, never all, of the 10 ties flip
     assert 0.99 < s["cosine"] < 1.0 and math.isfinite(s["sqnr_db"])
-    silent = reference_stability(_two_class, IMG, pre, _feeds(decided + tied), amplitude=0.0)
+    silent = reference_stability(_two_class, IMG, pre, _pairs(_two_class, _feeds(decided + tied)), amplitude=0.0)
     assert silent["top1"] == 1.0 and silent["sqnr_db"] is None  # identical outputs: no finite SQNR (JSON-safe)
     assert "SQNR ∞ dB" in describe(silent) and "top1 100.0%" in describe(silent)
 
@@ -57,7 +62,7 @@ def test_same_seed_same_figure():
     pre = Preprocess()
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5)).eval()
     infer = lambda f: {"output": net(torch.from_numpy(f["input"])).detach().numpy()}  # noqa: E731
-    feeds = _feeds([0.0] * 8)
+    feeds = _pairs(infer, _feeds([0.0] * 8))
     a, b = (reference_stability(infer, IMG, pre, feeds) for _ in range(2))
     assert a == b and a["sqnr_db"] > 20
     assert reference_stability(infer, IMG, pre, feeds, seed=1)["sqnr_db"] != pytest.approx(a["sqnr_db"], abs=0)
