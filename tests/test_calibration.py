@@ -4,9 +4,6 @@ fast; the full-resolution accuracy gate on pretrained EfficientNet-Lite0 is in
 test_calibration_lite0.py."""
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -16,7 +13,7 @@ from torch import nn
 
 from calibration import methods
 from calibration.cache import CalibrationCache
-from calibration.feeds import (ArrayFeeds, ImageFeeds, array_feeds, bundled_photos, crops, feeds_info,
+from calibration.feeds import (ImageFeeds, array_feeds, bundled_photos, crops, feeds_info,
                                find_images, photo_feeds, split_array_feeds, split_images, take)
 from calibration.fp16 import convert_fp16
 from calibration.gate import run_outputs, score
@@ -304,44 +301,3 @@ def test_fp16_keeps_io_fp32_and_fragile_ops_fp32(tmp_path):
     assert c, c.failures
     res = localize(raw.path, art.path, fs.heldout, max_feeds=2, threshold_db=30.0)
     assert res["matched"] >= 5 and res["first_below"] is None  # FP16 stays above 30 dB everywhere
-
-
-# -- the ONNX Runtime form of the shared Q/DQ graph ------------------------------------
-
-def _ort_op_counts(path: Path, tmp_path: Path) -> dict[str, int]:
-    """Op types of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    counts: dict[str, int] = {}
-    for n in onnx.load(so.optimized_model_filepath).graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return counts
-
-
-def test_ort_form_runs_every_quantized_conv_as_qlinearconv(tiny, tmp_path):
-    from calibration.ort_form import build_ort_int8
-
-    src, fs = tiny
-    art = quantize_int8(src, tmp_path / "q.onnx", fs.calib, fs.heldout, fast(cache_dir=tmp_path / "cache"),
-                        log=lambda m: None)
-    summary = build_ort_int8(art.path, tmp_path / "ort.onnx", fs.calib)
-    assert summary["quantized_convs"] == 5 and summary["range_feeds"] == 32
-    # post-ReLU6 tensors become uint8 with zero point 0 (same range, twice the resolution)
-    assert summary["activation_qdq_unsigned_zero0"] >= 3
-    trt_form, ort_form = _ort_op_counts(art.path, tmp_path), _ort_op_counts(tmp_path / "ort.onnx", tmp_path)
-    assert trt_form.get("QLinearConv", 0) == 0  # TensorRT's form: ONNX Runtime dequantizes + float Conv
-    assert ort_form.get("QLinearConv", 0) == 5 and ort_form.get("Conv", 0) == 0, ort_form
-    m = onnx.load(str(tmp_path / "ort.onnx"))
-    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    for n in m.graph.node:  # activations uint8, weights the shared graph's int8 per-channel
-        if n.op_type == "QuantizeLinear":
-            assert inits[n.input[2]].dtype == np.uint8, n.name
-    # same calibration, so the numbers stay with the shared graph's
-    ref = run_outputs(src.path, fs.heldout)
-    shared = score(art.path, fs.heldout, ref, Tolerance(cosine=0.98))
-    ort_c = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98))
-    c_shared, c_ort = shared.primary().cosine, ort_c.primary().cosine
-    assert ort_c.passed and abs(c_ort - c_shared) < 0.01, (c_shared, c_ort)

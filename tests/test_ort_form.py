@@ -1,0 +1,121 @@
+"""The ONNX Runtime form of the shared Q/DQ graph (calibration.ort_form, calibration.ort_activations):
+what ONNX Runtime runs after its QDQ fusions, and that the numbers stay with the shared graph's."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from calibration.feeds import photo_feeds
+from calibration.gate import run_outputs, score
+from calibration.ort_form import build_ort_int8
+from calibration.quantize import quantize_int8
+from edgekit.compare import Tolerance
+from exporters.onnx import export_onnx
+from exporters.simplify import simplify
+from tests.test_calibration import INPUT, PRE, SIZE, TinyNet, fast
+
+
+class SwishNet(nn.Module):
+    """MobileNetV3's and EfficientNet's activations in miniature: hard-swish after a conv, a
+    squeeze-excite block with a hard-sigmoid gate, and a SiLU (x · sigmoid(x)) block with a
+    sigmoid-gated squeeze-excite."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.Hardswish())
+        self.dw = nn.Sequential(nn.Conv2d(32, 32, 3, 1, 1, groups=32), nn.BatchNorm2d(32), nn.Hardswish())
+        self.se1 = nn.Sequential(nn.Conv2d(32, 8, 1), nn.ReLU(), nn.Conv2d(8, 32, 1), nn.Hardsigmoid())
+        self.mid = nn.Sequential(nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.SiLU())
+        self.se2 = nn.Sequential(nn.Conv2d(32, 8, 1), nn.SiLU(), nn.Conv2d(8, 32, 1), nn.Sigmoid())
+        self.head = nn.Sequential(nn.Conv2d(32, 48, 1), nn.BatchNorm2d(48), nn.ReLU())
+        self.fc = nn.Linear(48, 10)
+        with torch.no_grad():
+            self.train()
+            self(torch.randn(8, 3, SIZE, SIZE))
+            self.eval()
+
+    def forward(self, x):
+        x = self.dw(self.expand(self.stem(x)))
+        x = x * self.se1(x.mean((2, 3), keepdim=True))
+        x = self.mid(x)
+        x = x * self.se2(x.mean((2, 3), keepdim=True))
+        return self.fc(self.head(x).mean((2, 3)))
+
+
+def _built(net: nn.Module, tmp_path: Path):
+    raw = export_onnx(net, (INPUT,), tmp_path / "m.onnx")
+    src = simplify(raw, tmp_path / "m.sim.onnx")
+    fs = photo_feeds(PRE, INPUT, heldout=40, calib=48)
+    art = quantize_int8(src, tmp_path / "q.onnx", fs.calib, fs.heldout, fast(cache_dir=tmp_path / "cache"),
+                        log=lambda m: None)
+    return src, fs, art
+
+
+@pytest.fixture(scope="module")
+def tiny_built(tmp_path_factory):
+    return _built(TinyNet(), tmp_path_factory.mktemp("tiny"))
+
+
+def _ort_op_counts(path: Path, tmp_path: Path) -> dict[str, int]:
+    """Op types of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    counts: dict[str, int] = {}
+    for n in onnx.load(so.optimized_model_filepath).graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def test_ort_form_runs_every_quantized_conv_as_qlinearconv(tiny_built, tmp_path):
+    src, fs, art = tiny_built
+    summary = build_ort_int8(art.path, tmp_path / "ort.onnx", fs.calib)
+    assert summary["quantized_convs"] == 5 and summary["range_feeds"] == 32
+    # post-ReLU6 tensors become uint8 with zero point 0 (same range, twice the resolution)
+    assert summary["activation_qdq_unsigned_zero0"] >= 3
+    trt_form, ort_form = _ort_op_counts(art.path, tmp_path), _ort_op_counts(tmp_path / "ort.onnx", tmp_path)
+    assert trt_form.get("QLinearConv", 0) == 0  # TensorRT's form: ONNX Runtime dequantizes + float Conv
+    assert ort_form.get("QLinearConv", 0) == 5 and ort_form.get("Conv", 0) == 0, ort_form
+    m = onnx.load(str(tmp_path / "ort.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    for n in m.graph.node:  # activations uint8, weights the shared graph's int8 per-channel
+        if n.op_type == "QuantizeLinear":
+            assert inits[n.input[2]].dtype == np.uint8, n.name
+    # same calibration, so the numbers stay with the shared graph's
+    ref = run_outputs(src.path, fs.heldout)
+    shared = score(art.path, fs.heldout, ref, Tolerance(cosine=0.98))
+    ort_c = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98))
+    c_shared, c_ort = shared.primary().cosine, ort_c.primary().cosine
+    assert ort_c.passed and abs(c_ort - c_shared) < 0.01, (c_shared, c_ort)
+
+
+def test_swish_and_squeeze_excite_run_on_integer_kernels(tmp_path):
+    src, fs, art = _built(SwishNet(), tmp_path)
+    summary = build_ort_int8(art.path, tmp_path / "ort.onnx", fs.calib)
+    assert summary["integer_activations"] == {"hard_swish": 2, "hard_sigmoid": 1, "sigmoid": 3,
+                                              "global_average_pool": 2}, summary
+    ops = _ort_op_counts(tmp_path / "ort.onnx", tmp_path)
+    # every activation between two quantized convolutions runs on uint8: no float pass is left
+    # (the classifier's pooling, a ReduceMean that drops H and W, stays float before the Gemm)
+    for float_op in ("HardSigmoid", "HardSwish", "Sigmoid", "Mul", "Conv"):
+        assert ops.get(float_op, 0) == 0, (float_op, ops)
+    assert ops.get("ReduceMean", 0) == 1, ops
+    assert ops.get("QLinearSigmoid") == 3 and ops.get("QLinearGlobalAveragePool") == 2, ops
+    # x · gate: 2 hard-swish, 2 SiLU, 2 squeeze-excite; x + 3: 2 hard-swish, 1 hard-sigmoid
+    assert ops.get("QLinearMul", 0) == 6 and ops.get("QLinearAdd", 0) == 3, ops
+    # the new rounding (the gates on 256 levels) stays small against the shared graph's
+    ref = run_outputs(src.path, fs.heldout)
+    shared = score(art.path, fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    ort_c = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    # measured: shared Q/DQ 54.0 dB, ONNX Runtime form 56.5 dB
+    assert ort_c.sqnr_db > 40 and ort_c.sqnr_db > shared.sqnr_db - 6, (shared.sqnr_db, ort_c.sqnr_db)
