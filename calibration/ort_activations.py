@@ -58,13 +58,15 @@ def swish_points(graph, cons, dequantized: set[str], graph_outputs: set[str]) ->
 
 
 def integer_activations(model) -> dict:
-    """Rewrite, in place, each HardSwish / HardSigmoid / spatial ReduceMean whose input
-    comes from a DequantizeLinear. Returns how many of each."""
+    """Rewrite, in place, each HardSwish / HardSigmoid / Sigmoid / spatial ReduceMean whose
+    input comes from a DequantizeLinear. A gate that is a graph output keeps its float
+    resolution. Returns how many of each."""
     onnx = g.onnx_mod()
     helper, nh = onnx.helper, onnx.numpy_helper
     graph = model.graph
     prod, inits = g.producers(model), g.initializers(model)
     ranks = _ranks(model)
+    graph_outputs = {o.name for o in graph.output}
     consts = {"gate_three": np.asarray([GATE_LEVELS], np.uint8), "gate_three_scale": np.float32(3 / GATE_LEVELS),
               "gate_zero": np.uint8(0), "gate_clip_scale": np.float32(6 / GATE_LEVELS),
               "gate_scale": np.float32(1 / GATE_LEVELS)}
@@ -100,10 +102,11 @@ def integer_activations(model) -> dict:
             nodes += gate(n.input[0], f"{base}_hsig", base)
             nodes.append(helper.make_node("Mul", [n.input[0], f"{base}_hsig"], [n.output[0]], name=n.name))
             counts["hard_swish"] += 1
-        elif n.op_type == "Sigmoid" and dequantized(n.input[0]):
+        elif n.op_type == "Sigmoid" and dequantized(n.input[0]) and n.output[0] not in graph_outputs:
             nodes += sigmoid(n.input[0], n.output[0], base)
             counts["sigmoid"] += 1
-        elif n.op_type == "HardSigmoid" and dequantized(n.input[0]) and _is_hard_sigmoid(n):
+        elif (n.op_type == "HardSigmoid" and dequantized(n.input[0]) and _is_hard_sigmoid(n)
+              and n.output[0] not in graph_outputs):
             nodes += gate(n.input[0], n.output[0], base)
             counts["hard_sigmoid"] += 1
         elif n.op_type == "ReduceMean" and dequantized(n.input[0]) and _is_spatial_mean(n, inits, ranks):

@@ -119,3 +119,27 @@ def test_swish_and_squeeze_excite_run_on_integer_kernels(tmp_path):
     ort_c = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
     # measured: shared Q/DQ 54.0 dB, ONNX Runtime form 56.5 dB
     assert ort_c.sqnr_db > 40 and ort_c.sqnr_db > shared.sqnr_db - 6, (shared.sqnr_db, ort_c.sqnr_db)
+
+
+class SigmoidHead(nn.Module):
+    """A dense multi-label head: the network's output is a sigmoid of a convolution."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU())
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.head(self.body(x)))
+
+
+def test_a_sigmoid_that_is_the_output_keeps_float_resolution(tmp_path):
+    src, fs, art = _built(SigmoidHead(), tmp_path)
+    summary = build_ort_int8(art.path, tmp_path / "ort.onnx", fs.calib)
+    assert summary["integer_activations"]["sigmoid"] == 0, summary
+    ref = np.concatenate([list(o.values())[0] for o in run_outputs(src.path, fs.heldout)])
+    got = np.concatenate([list(o.values())[0] for o in run_outputs(tmp_path / "ort.onnx", fs.heldout)])
+    off_grid = np.abs(got * 255 - np.round(got * 255))
+    assert (off_grid > 0.01).mean() > 0.5  # not snapped to 256 levels
+    assert np.abs(got - ref).max() < 0.05
