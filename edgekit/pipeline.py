@@ -125,10 +125,18 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
         from calibration.quantize import Int8Options, quantize_int8
 
         gate = tolerance_for("int8", {**res.spec.tolerance.get("int8", {}), **request.tolerance})
-        opts = Int8Options(tolerance=gate, gate_top1=bool(res.weights.trained),
+        trained = bool(res.weights.trained)
+        # The float fallback ranks layers by how much INT8 hurts *these* weights: on
+        # deterministic-init weights that says nothing about the trained model, and its float
+        # layers would make the artifact's latency unlike the trained model's (the OpenVINO NNCF
+        # route skips its fallback for the same reason).
+        opts = Int8Options(tolerance=gate, gate_top1=trained, fallback=trained,
                            **({"method": request.calib_method} if request.calib_method else {}))
         if feeds.bundled:
             console.warn("calibrating on edgekit's bundled photos: production INT8 needs your own data (--calib DIR)")
+        if not trained:
+            console.info("deterministic-init weights: every layer stays INT8 (the float fallback cannot tell how "
+                         "trained weights would quantize; pass --pretrained or --weights)")
         with console.step(f"INT8 calibration + Q/DQ ({feeds.calib.source})") as d:
             stages.append(quantize_int8(stages[-1], work / f"{stem}.int8.onnx", feeds.calib, feeds.heldout, opts,
                                         log=console.info))
