@@ -85,6 +85,12 @@ def consumers(model) -> dict[str, list[Any]]:
     return out
 
 
+def quantized_by_all_users(name: str, cons: dict[str, list[Any]]) -> bool:
+    """True when ``name`` is read, and only by QuantizeLinear nodes."""
+    users = cons.get(name, [])
+    return bool(users) and all(u.op_type == "QuantizeLinear" for u in users)
+
+
 def attr(node, name: str, default: Any = None) -> Any:
     helper = onnx_mod().helper
     for a in node.attribute:

@@ -50,9 +50,7 @@ def swish_points(graph, cons, dequantized: set[str], graph_outputs: set[str]) ->
                         and prod[b].input[0] == a for a, b in (n.input, n.input[::-1]))
         else:
             continue
-        users = cons.get(n.output[0], [])
-        if swish and n.output[0] not in graph_outputs and not (users and all(u.op_type == "QuantizeLinear"
-                                                                                for u in users)):
+        if swish and n.output[0] not in graph_outputs and not g.quantized_by_all_users(n.output[0], cons):
             out.append(n.output[0])
     return out
 

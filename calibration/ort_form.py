@@ -103,7 +103,8 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     graph.node.extend(ordered)
     integer = integer_activations(m)
     summary = {"activation_qdq_unsigned_zero0": unsigned, "activation_qdq_unsigned_zero128": shifted,
-               "conv_output_qdq_added": len(conv_points), "activation_output_qdq_added": len(new_points) - len(conv_points),
+               "conv_output_qdq_added": len(conv_points),
+               "activation_output_qdq_added": len(new_points) - len(conv_points),
                "integer_activations": integer, "quantized_convs": len(qconvs), "range_feeds": len(feeds)}
     return m, summary
 
@@ -112,16 +113,12 @@ def _output_point(t: str, cons) -> str | None:
     """Where a quantized convolution's output ``t`` gets its uint8 Q/DQ pair: on ``t``, or
     after a lone ReLU/Clip (ONNX Runtime folds that activation into the Q and the
     convolution into QLinearConv); None when it already ends in a Q."""
-    def quantized(name: str) -> bool:
-        users = cons.get(name, [])
-        return bool(users) and all(u.op_type == "QuantizeLinear" for u in users)
-
-    if quantized(t):
+    if g.quantized_by_all_users(t, cons):
         return None
     users = cons.get(t, [])
     if len(users) == 1 and users[0].op_type in FUSABLE_ACTIVATIONS:
         after = users[0].output[0]
-        return None if quantized(after) else after
+        return None if g.quantized_by_all_users(after, cons) else after
     return t
 
 
