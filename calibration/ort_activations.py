@@ -36,11 +36,10 @@ GATE_LEVELS = 255
 HARD_SIGMOID = (1 / 6, 0.5)  # ONNX HardSigmoid alpha, beta of hard_sigmoid(x) = relu6(x + 3) / 6
 
 
-def swish_points(graph, cons, dequantized: set[str], graph_outputs: set[str]) -> list[str]:
+def swish_points(graph, prod, cons, dequantized: set[str], graph_outputs: set[str]) -> list[str]:
     """Swish outputs that need a uint8 Q/DQ pair to run integer: a HardSwish(t), or the Mul
     of t · Sigmoid(t) (SiLU), where t will be dequantized, and whose output is not already
-    quantized by all of its consumers."""
-    prod = {o: n for n in graph.node for o in n.output}
+    quantized by all of its consumers. ``prod``/``cons``: the graph's producer and consumer maps."""
     out = []
     for n in graph.node:
         if n.op_type == "HardSwish":

@@ -58,7 +58,7 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     graph_outputs = {o.name for o in graph.output}  # a graph output stays float
     conv_points = [p for p in (_output_point(n.output[0], cons) for n in qconvs)
                    if p is not None and p not in graph_outputs]
-    new_points = conv_points + swish_points(graph, cons, set(conv_points), graph_outputs)
+    new_points = conv_points + swish_points(graph, prod, cons, set(conv_points), graph_outputs)
     feeds = take(calib, max_feeds)
     ranges = _ranges(model, [q.input[0] for q in act_q] + new_points, feeds)
 

@@ -245,7 +245,7 @@ def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool =
     from .pipeline import export
     from .report import write_outputs
     from .report.junit import Case, write_junit
-    from .report.schema import make_row, new_report, parity_summary
+    from .report.schema import make_row, manifest_parity, new_report
     from .targets import get_target
 
     console = console or Console()
@@ -289,7 +289,7 @@ def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool =
         final = result.manifest.final
         props = {"artifact": str(result.out), "final_stage": final.stage, "size_bytes": str(final.size_bytes)}
         stability = result.manifest.reports.get("reference_stability")
-        par = parity_summary([c.to_dict() for c in result.comparisons], final.stage, stability)
+        par = manifest_parity(result.manifest)
         for k in ("max_abs", "cosine", "sqnr_db", "top1"):
             if par and par.get(k) is not None:
                 props[f"{par['stage']}.{k}"] = str(par[k])

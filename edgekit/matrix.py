@@ -22,7 +22,7 @@ from .bench.progress import Progress
 from .bench.run import (BenchSettings, bench_artifact, bench_torch, error_text, pair_int8_with_fp32,
                         pair_with_baseline, target_versions, torch_reference)
 from .errors import EdgekitError, UsageError
-from .report.schema import make_row, new_report, parity_summary
+from .report.schema import make_row, manifest_parity, new_report
 from .specs import check_precision
 
 DEFAULT_MODELS = ("mobilenet_v3", "shufflenet_v2", "efficientnet_b0")
@@ -212,8 +212,7 @@ def run_cell(cfg: MatrixConfig, model: str, target: str, precision: str, bench: 
     row["input_shape"] = row["input_shape"] or shape
     row.update(reused=reused, warnings=sorted(set(warnings)))
     if row["parity"] is None and row["status"] == "ok":
-        row["parity"] = parity_summary(manifest.parity, manifest.final.stage,
-                                       manifest.reports.get("reference_stability"))
+        row["parity"] = manifest_parity(manifest)
     return row
 
 

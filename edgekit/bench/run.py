@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgekitError, UsageError
-from ..report.schema import make_row, parity_summary
+from ..report.schema import make_row, manifest_parity
 from .device import runtime_versions
 from .timing import measure, synthetic_feed
 
@@ -104,7 +104,7 @@ def artifact_row_fields(manifest, folder: Path) -> dict[str, Any]:
             "size_mb": round(final.size_bytes / 1e6, 3) if final.path.exists() else None,
             "options": dict(req.get("options") or {}),
             "default_options": options_are_default(target, req.get("options")),
-            "parity": parity_summary(manifest.parity, final.stage, manifest.reports.get("reference_stability"))}
+            "parity": manifest_parity(manifest)}
 
 
 def bench_artifact(folder: str | Path, settings: BenchSettings, device_id: str, manifest=None) -> dict[str, Any]:

@@ -95,6 +95,11 @@ def parity_summary(parity: list[dict[str, Any]] | None, final_stage: str | None 
             if stability else None}
 
 
+def manifest_parity(manifest) -> dict[str, Any] | None:
+    """:func:`parity_summary` of an artifact manifest: its final stage and its stability yardstick."""
+    return parity_summary(manifest.parity, manifest.final.stage, manifest.reports.get("reference_stability"))
+
+
 def new_report(kind: str, rows: Iterable[dict[str, Any]], devices: dict[str, dict[str, Any]],
                settings: dict[str, Any] | None = None) -> dict[str, Any]:
     from .. import __version__
