@@ -143,3 +143,52 @@ def test_a_sigmoid_that_is_the_output_keeps_float_resolution(tmp_path):
     off_grid = np.abs(got * 255 - np.round(got * 255))
     assert (off_grid > 0.01).mean() > 0.5  # not snapped to 256 levels
     assert np.abs(got - ref).max() < 0.05
+
+
+def _tiny_shufflenet() -> nn.Module:
+    from edgekit.models.shufflenet_v2 import ShuffleNetV2, ShuffleNetV2Config
+
+    torch.manual_seed(7)
+    net = ShuffleNetV2(ShuffleNetV2Config((2, 2, 1), (8, 16, 32, 64, 64)), num_classes=10)
+    with torch.no_grad():
+        net.train()
+        net(torch.randn(8, 3, SIZE, SIZE))
+    return net.eval()
+
+
+def test_channel_shuffle_as_gather_is_exact(tmp_path):
+    from calibration.graph import load, session
+    from calibration.ort_movement import shuffle_to_gather
+
+    raw = export_onnx(_tiny_shufflenet(), (INPUT,), tmp_path / "s.onnx")
+    src = simplify(raw, tmp_path / "s.sim.onnx")
+    m = load(src.path)
+    assert shuffle_to_gather(m) == 5  # one per unit
+    ops = [n.op_type for n in m.graph.node]
+    assert "Transpose" not in ops and "Split" not in ops and ops.count("Gather") == 7  # 2 shuffles feed a split in two
+    x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    want = session(src.path).run(None, {"input": x})[0]
+    got = session(m).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(got, want)  # a permutation moves values; nothing is computed
+
+
+def test_shufflenet_data_movement_runs_on_uint8(tmp_path):
+    src, fs, art = _built(_tiny_shufflenet(), tmp_path)
+    summary = build_ort_int8(art.path, tmp_path / "ort.onnx", fs.calib)
+    assert summary["channel_shuffles_to_gather"] == 5 and summary["concat_qdq_added"] == 5, summary
+    assert summary["conv_output_downstream_scale"] == 1 and summary["gemm_bias_int32"] == 1, summary
+    so_path = tmp_path / "ort.optimized.onnx"
+    ops = _ort_op_counts(tmp_path / "ort.onnx", tmp_path)
+    # concat, shuffle, split and max-pool move uint8: no float copy of them is left
+    for float_op in ("Concat", "Reshape", "Split", "MaxPool", "Conv"):
+        assert ops.get(float_op, 0) == 0, (float_op, ops)
+    assert ops.get("QLinearConcat") == 5 and ops.get("Gather") == 7, ops
+    assert ops.get("QGemm") == 1 and ops.get("Gemm", 0) == 0, ops
+    # dequantized once, for the classifier's float pooling; the Gemm runs as QGemm (int32 bias)
+    assert ops.get("DequantizeLinear", 0) <= 2, ops
+    optimized = onnx.load(str(so_path))
+    assert not [n for n in optimized.graph.node if n.op_type == "Transpose" and len(n.attribute[0].ints) == 5]
+    ref = run_outputs(src.path, fs.heldout)
+    shared = score(art.path, fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    ort_c = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    assert ort_c.sqnr_db > shared.sqnr_db - 3, (shared.sqnr_db, ort_c.sqnr_db)
