@@ -183,6 +183,23 @@ def test_int8_slower_than_fp32_is_flagged():
     assert "INT8 slower than FP32" in render_markdown(rep)
 
 
+def test_a_reference_interpreter_is_no_device_latency():
+    """Core ML off macOS runs on the MIL interpreter: its times stay in the row, but give no
+    speed-up and no INT8-vs-FP32 verdict (an interpreter's INT8 is slower for no device's reason)."""
+    from edgekit.report.schema import PARITY_ONLY
+
+    torch_row = make_row(model="m", target="torch", precision="fp32", device_id="d", latency=_lat(20.0), baseline=True)
+    rows = [torch_row,
+            make_row(model="m", target="coreml", precision="fp32", device_id="d", latency=_lat(70.0), flags=[PARITY_ONLY]),
+            make_row(model="m", target="coreml", precision="int8", device_id="d", latency=_lat(300.0), flags=[PARITY_ONLY]),
+            make_row(model="m", target="onnx", precision="fp32", device_id="d", latency=_lat(4.0))]
+    rep = new_report("matrix", rows, {"d": {"name": "d"}})
+    assert rep["checks"] == []
+    speed = {(r["target"], r["precision"]): r["speedup"] for r in rep["rows"] if not r["baseline"]}
+    assert speed == {("coreml", "fp32"): None, ("coreml", "int8"): None, ("onnx", "fp32"): pytest.approx(5.0)}
+    assert all(PARITY_ONLY in r["flags"] for r in rep["rows"] if r["target"] == "coreml")  # kept through finalize
+
+
 def test_interleaved_pair_decides_the_int8_check():
     """Rows measured apart say INT8 is slower; the interleaved pair says it is not (and the
     reverse): the pair wins, and the note shows its ratio."""

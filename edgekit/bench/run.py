@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgekitError, UsageError
-from ..report.schema import make_row, manifest_parity
+from ..report.schema import PARITY_ONLY, make_row, manifest_parity
 from .device import runtime_versions
 from .timing import measure, synthetic_feed
 
@@ -129,6 +129,9 @@ def bench_artifact(folder: str | Path, settings: BenchSettings, device_id: str, 
         row.update(status="error", error=error_text(exc))
         return row
     row.update(latency=stats.to_dict(), runner=stats.runner)
+    if getattr(runner, "parity_only", False):
+        row["flags"].append(PARITY_ONLY)
+        row["notes"].append(f"{stats.runner} is a reference interpreter for parity: its time is not a device latency")
     par = row["parity"]
     row["status"] = "parity-fail" if par and not par["all_passed"] else "ok"
     return row
@@ -182,7 +185,7 @@ def pair_int8_with_fp32(rows: list[dict[str, Any]], settings: BenchSettings, log
         return (r["model"], r["target"], r["device_id"], tuple(r.get("input_shape") or ()), r.get("threads"),
                 r.get("device"))
 
-    ok = [r for r in rows if not r.get("baseline") and r.get("status") in ("ok", "parity-fail") and r.get("artifact")]
+    ok = [r for r in rows if _device_timed(r)]
     fp32 = {key(r): r for r in ok if r["precision"] == "fp32"}
     done = 0
     for r in ok:
@@ -217,7 +220,7 @@ def pair_with_baseline(rows: list[dict[str, Any]], references: dict[str, tuple],
     done = 0
     for r in rows:
         ref = references.get(r["model"])
-        if r.get("baseline") or ref is None or r.get("status") not in ("ok", "parity-fail") or not r.get("artifact"):
+        if ref is None or not _device_timed(r):
             continue
         _, module, inputs = ref
         if settings.batch:
@@ -240,6 +243,13 @@ def pair_with_baseline(rows: list[dict[str, Any]], references: dict[str, tuple],
             log(f"{r['model']} {r['target']} {r['precision']}: {r['paired_baseline']['speedup']:.2f}x torch eager "
                 "(interleaved)")
     return done
+
+
+def _device_timed(row: dict[str, Any]) -> bool:
+    """An artifact row measured on a device runtime (not the baseline, not failed, not a
+    reference interpreter): the rows worth an interleaved pair."""
+    return (not row.get("baseline") and row.get("status") in ("ok", "parity-fail") and bool(row.get("artifact"))
+            and PARITY_ONLY not in (row.get("flags") or []))
 
 
 def _pair(row: dict[str, Any], field: str, setup, what: str) -> dict[str, dict[str, float]] | None:

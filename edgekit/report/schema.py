@@ -31,6 +31,8 @@ STATUSES = ("ok", "parity-fail", "error", "skipped")
 TARGET_ORDER = {"torch": 0, "onnx": 1, "openvino": 2, "tensorrt": 3, "coreml": 4, "executorch": 5, "ncnn": 6}
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
 
+PARITY_ONLY = "parity-only-runner"  # row flag: timed on a reference interpreter, not a device runtime
+
 _ROW_DEFAULTS: dict[str, Any] = {
     "model": "", "target": "", "precision": "fp32", "device_id": "", "versions": {},
     "status": "ok", "error": None, "baseline": False, "reused": False,
@@ -136,7 +138,9 @@ def finalize(report: dict[str, Any]) -> dict[str, Any]:
         key = (r["model"], r["device_id"], tuple(r.get("input_shape") or ()))
         b = base.get((*key, r.get("threads"))) or base.get(key)
         pb = r.get("paired_baseline") or {}
-        if pb.get("speedup"):  # an interleaved pair outranks two measurements taken apart
+        if PARITY_ONLY in (r.get("flags") or []):
+            r["speedup"] = None  # a reference interpreter's time is no device's latency
+        elif pb.get("speedup"):  # an interleaved pair outranks two measurements taken apart
             r["speedup"] = float(pb["speedup"])
         else:
             r["speedup"] = _p50(b) / _p50(r) if b and _p50(r) else None
@@ -158,7 +162,7 @@ def finalize(report: dict[str, Any]) -> dict[str, Any]:
                            "latencies and speed-ups are not representative (torch eager suffers most)"})
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
-        if r.get("baseline") or not _p50(r) or r["status"] not in ("ok", "parity-fail"):
+        if r.get("baseline") or not _p50(r) or r["status"] not in ("ok", "parity-fail") or PARITY_ONLY in r["flags"]:
             continue
         key = (r["model"], r["target"], r["device_id"], tuple(r.get("input_shape") or ()), r.get("threads"),
                r.get("device"))

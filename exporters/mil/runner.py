@@ -28,6 +28,9 @@ class MilRunner:
     """
 
     name = "coreml-mil-interpreter"
+    # a NumPy reference interpreter: it proves the package's numbers, its speed says nothing
+    # about Core ML on a device (reports keep its time out of speed-ups and INT8/FP32 checks)
+    parity_only = True
 
     def __init__(self, path: Path, inputs: tuple[InputSpec, ...] = (), outputs: tuple[str, ...] = (),
                  image: Mapping[str, Any] | None = None, threads: int | None = None):
