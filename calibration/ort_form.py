@@ -23,6 +23,9 @@ Same calibration, same decisions, a different encoding:
   after it is the finer one); not added where the output already leads into a Q;
 * HardSwish / SiLU outputs get such a pair too, and :mod:`calibration.ort_activations`
   rewrites the activations between convolutions so that they run on uint8 kernels;
+* data movement (concat, channel shuffle, split, max-pool) moves uint8, one scale per
+  Concat carried through its moves (:mod:`calibration.ort_movement`);
+* a Gemm's float bias becomes int32 at input × weight scale, so the classifier runs as QGemm;
 * layers the INT8 gate kept in float stay float.
 
 References: ONNX Runtime "Quantize ONNX models" (QDQ format, U8S8 on x86):
