@@ -41,7 +41,7 @@ import numpy as np
 from . import graph as g
 from .feeds import take
 from .ort_activations import integer_activations, swish_points
-from .ort_movement import chain, concat_points, downstream_scale, shuffle_to_gather
+from .ort_movement import chain, concat_points, downstream_scale, fold_shuffles, shuffle_to_gather
 
 U8_MAX = 255
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
@@ -51,6 +51,7 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     """A rewritten copy of the Q/DQ ``model`` and a summary of what changed."""
     nh = g.onnx_mod().numpy_helper
     m = g.named_copy(model)
+    folded = fold_shuffles(m)
     shuffles = shuffle_to_gather(m)
     graph = m.graph
     inits = g.initializers(m)
@@ -105,7 +106,7 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     summary = {"activation_qdq_unsigned_zero0": unsigned, "activation_qdq_unsigned_zero128": shifted,
                "conv_output_qdq_added": len(conv_points), "conv_output_downstream_scale": downstream,
                "activation_output_qdq_added": len(new_points) - len(conv_points),
-               "channel_shuffles_to_gather": shuffles, "concat_qdq_added": len(concats),
+               "channel_shuffles_folded": folded, "channel_shuffles_to_gather": shuffles, "concat_qdq_added": len(concats),
                "movement_qdq_added": moved, "movement_qdq_rescaled": rescaled,
                "integer_activations": integer, "gemm_bias_int32": gemms,
                "quantized_convs": len(qconvs), "range_feeds": len(feeds)}

@@ -192,3 +192,29 @@ def test_shufflenet_data_movement_runs_on_uint8(tmp_path):
     shared = score(art.path, fs.heldout, ref, Tolerance(cosine=0.98)).primary()
     ort_c = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
     assert ort_c.sqnr_db > shared.sqnr_db - 3, (shared.sqnr_db, ort_c.sqnr_db)
+
+
+def test_shufflenet_v1_shuffle_folds_into_its_neighbours(tmp_path):
+    """ShuffleNetV1's shuffle sits between the grouped 1×1 and the depthwise convolution: it
+    moves into their weights (depthwise channels permuted, the next 1×1 read in that order,
+    made dense), so the ONNX Runtime form runs no shuffle at all and the numbers do not move."""
+    from calibration.graph import load, session
+    from calibration.ort_movement import fold_shuffles
+    from edgekit.models.shufflenet_v1 import ShuffleNetV1, ShuffleNetV1Config
+
+    torch.manual_seed(11)
+    net = ShuffleNetV1(ShuffleNetV1Config(groups=3, stage_repeats=(2, 1, 1), stage_channels=(12, 48, 96, 192)), 10)
+    with torch.no_grad():
+        net.train()
+        net(torch.randn(8, 3, SIZE, SIZE))
+    src, fs, art = _built(net.eval(), tmp_path)
+    m = load(art.path)
+    assert fold_shuffles(m) == 3  # 4 units; the first one's 1×1 is not grouped, so it has no shuffle
+    assert not [n for n in m.graph.node if n.op_type in ("Transpose", "Reshape")]
+    feeds = list(fs.heldout)[:8]
+    want = [session(art.path, optimize=False).run(None, f)[0] for f in feeds]
+    got = [session(m, optimize=False).run(None, f)[0] for f in feeds]
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(want), rtol=0, atol=1e-5)
+    summary = build_ort_int8(art.path, tmp_path / "ort.onnx", fs.calib)
+    assert summary["channel_shuffles_folded"] == 3 and summary["channel_shuffles_to_gather"] == 0, summary
+    assert _ort_op_counts(tmp_path / "ort.onnx", tmp_path).get("Gather", 0) == 0
