@@ -41,7 +41,8 @@ import numpy as np
 from . import graph as g
 from .feeds import take
 from .ort_activations import integer_activations, swish_points
-from .ort_movement import chain, concat_points, downstream_scale, fold_shuffles, shuffle_to_gather
+from .ort_movement import (chain, concat_points, downstream_scale, fold_shuffles, pool_points,
+                           read_dequantized, shuffle_to_gather)
 
 U8_MAX = 255
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
@@ -53,6 +54,7 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     m = g.named_copy(model)
     folded = fold_shuffles(m)
     shuffles = shuffle_to_gather(m)
+    rewired = read_dequantized(m)
     graph = m.graph
     inits = g.initializers(m)
     prod, cons = g.producers(m), g.consumers(m)
@@ -64,7 +66,8 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     conv_points = [p for p in (_output_point(n.output[0], cons) for n in qconvs)
                    if p is not None and p not in graph_outputs]
     new_points = conv_points + swish_points(graph, prod, cons, set(conv_points), graph_outputs)
-    concats = concat_points(graph, prod, cons, set(new_points), graph_outputs)
+    pools = pool_points(graph, prod, cons, set(new_points), graph_outputs)
+    concats = concat_points(graph, prod, cons, set(new_points) | {o for o, _ in pools}, graph_outputs)
     feeds = take(calib, max_feeds)
     ranges = _ranges(model, [q.input[0] for q in act_q] + new_points + concats, feeds)
 
@@ -90,6 +93,9 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
         reuse = downstream_scale(t, cons, inits)
         pairs.add(t, reuse or pairs.scale(t, ranges[t]))
         downstream += reuse is not None
+    for out, src in pools:
+        dq = prod.get(src)
+        pairs.add(out, pairs.names[src] if src in pairs.names else (dq.input[1], dq.input[2]))
     moved, rescaled = 0, 0
     for c in concats:
         names = pairs.scale(c, ranges[c])
@@ -106,7 +112,7 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     summary = {"activation_qdq_unsigned_zero0": unsigned, "activation_qdq_unsigned_zero128": shifted,
                "conv_output_qdq_added": len(conv_points), "conv_output_downstream_scale": downstream,
                "activation_output_qdq_added": len(new_points) - len(conv_points),
-               "channel_shuffles_folded": folded, "channel_shuffles_to_gather": shuffles, "concat_qdq_added": len(concats),
+               "inputs_read_dequantized": rewired, "pool_qdq_added": len(pools), "channel_shuffles_folded": folded, "channel_shuffles_to_gather": shuffles, "concat_qdq_added": len(concats),
                "movement_qdq_added": moved, "movement_qdq_rescaled": rescaled,
                "integer_activations": integer, "gemm_bias_int32": gemms,
                "quantized_convs": len(qconvs), "range_feeds": len(feeds)}
@@ -121,6 +127,7 @@ class _Pairs:
         self.model, self.prod, self.cons = model, prod, cons
         self.inits = g.initializers(model)
         self.after: dict[str, list] = {}
+        self.names: dict[str, tuple[str, str]] = {}  # tensor → the (scale, zero point) of its pair
 
     def scale(self, t: str, rng: tuple[float, float]) -> tuple[str, str]:
         """New (scale, zero point) initializers covering ``rng`` and 0 on 256 levels."""
@@ -138,6 +145,7 @@ class _Pairs:
     def add(self, t: str, names: tuple[str, str]) -> None:
         helper = g.onnx_mod().helper
         sname, zname = names
+        self.names[t] = names
         base = g.safe_name(t)
         q, out = f"{base}_ort_quantized", f"{base}_ort_dequantized"
         for c in self.cons.get(t, []):

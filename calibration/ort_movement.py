@@ -202,14 +202,69 @@ def _only_user(t: str, cons, op: str):
     return users[0] if len(users) == 1 and users[0].op_type == op else None
 
 
+READS_INTEGERS = ("Add", "Concat", "AveragePool", "MaxPool")
+
+
+def read_dequantized(model) -> int:
+    """Rewire, in place, each Add / Concat / pool that reads a float tensor which the graph
+    also quantizes per-tensor (for a convolution beside it) to read that quantized copy's DQ
+    instead. The shared graph quantizes only the inputs of weighted layers, so ShuffleNetV1's
+    residual adds and shortcut pools read the float original, and ONNX Runtime ran them in
+    float and NCHW between NHWC integer convolutions; reading the copy (one rounding, on the
+    step the convolution already sees) lets it fuse them as QLinearAdd / QLinearConcat /
+    QLinearAveragePool. Returns how many inputs were rewired."""
+    inits, cons = g.initializers(model), g.consumers(model)
+    rewired = 0
+    for t, users in list(cons.items()):
+        copy = None
+        for q in users:
+            scale = _const(q.input[1], inits) if q.op_type == "QuantizeLinear" else None
+            dq = _only_user(q.output[0], cons, "DequantizeLinear") if scale is not None and scale.ndim == 0 else None
+            if dq is not None:
+                copy = dq.output[0]
+                break
+        if copy is None:
+            continue
+        for u in users:
+            if u.op_type in READS_INTEGERS:
+                for k, name in enumerate(u.input):
+                    if name == t:
+                        u.input[k] = copy
+                        rewired += 1
+    return rewired
+
+
+def pool_points(graph, prod, cons, dequantized: set[str], graph_outputs: set[str]) -> list[tuple[str, str]]:
+    """(output, input) of each AveragePool/MaxPool that reads a dequantized tensor and whose
+    output is not quantized: the output gets a pair on its input's scale (a pool's output
+    stays within its input's range), so ONNX Runtime pools on uint8 (QLinearAveragePool, a
+    uint8 MaxPool) and what reads the output reads integers too (ShuffleNetV1's shortcut)."""
+    points: list[tuple[str, str]] = []
+    done: set[str] = set()
+    for n in graph.node:
+        if n.op_type not in ("AveragePool", "MaxPool") or len(n.output) != 1:
+            continue
+        i, o = n.input[0], n.output[0]
+        if o in graph_outputs or g.quantized_by_all_users(o, cons):
+            continue
+        if i in dequantized or i in done or (i in prod and prod[i].op_type == "DequantizeLinear"):
+            points.append((o, i))
+            done.add(o)
+    return points
+
+
 def concat_points(graph, prod, cons, dequantized: set[str], graph_outputs: set[str]) -> list[str]:
     """Outputs of Concats whose inputs will each be dequantized (a DQ output, a tensor in
     ``dequantized``, or a tensor of an earlier such Concat's chain): the anchors of
-    :func:`chain`'s shared scale."""
+    :func:`chain`'s shared scale. A Concat whose lone ReLU is quantized needs none: ONNX
+    Runtime drops that ReLU into the Q and fuses the Concat with it."""
     carried: set[str] = set()
     points = []
     for n in graph.node:
         if n.op_type != "Concat" or n.output[0] in graph_outputs or g.quantized_by_all_users(n.output[0], cons):
+            continue
+        relu = _only_user(n.output[0], cons, "Relu")
+        if relu is not None and g.quantized_by_all_users(relu.output[0], cons):
             continue
         if all(i in carried or i in dequantized or (i in prod and prod[i].op_type == "DequantizeLinear")
                for i in n.input):

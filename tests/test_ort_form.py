@@ -217,4 +217,14 @@ def test_shufflenet_v1_shuffle_folds_into_its_neighbours(tmp_path):
     np.testing.assert_allclose(np.concatenate(got), np.concatenate(want), rtol=0, atol=1e-5)
     summary = build_ort_int8(art.path, tmp_path / "ort.onnx", fs.calib)
     assert summary["channel_shuffles_folded"] == 3 and summary["channel_shuffles_to_gather"] == 0, summary
-    assert _ort_op_counts(tmp_path / "ort.onnx", tmp_path).get("Gather", 0) == 0
+    ops = _ort_op_counts(tmp_path / "ort.onnx", tmp_path)
+    assert ops.get("Gather", 0) == 0, ops
+    # the residual adds and the stride-2 shortcut (average pool, concat) read the integers too
+    for float_op in ("Add", "AveragePool", "Concat", "MaxPool", "Conv"):
+        assert ops.get(float_op, 0) == 0, (float_op, ops)
+    assert ops.get("QLinearAdd", 0) >= 1 and ops.get("QLinearAveragePool", 0) == 3, ops
+    assert summary["inputs_read_dequantized"] >= 1 and summary["pool_qdq_added"] >= 2, summary
+    ref = run_outputs(src.path, fs.heldout)
+    shared = score(art.path, fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    ort_c = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    assert ort_c.sqnr_db > shared.sqnr_db - 3, (shared.sqnr_db, ort_c.sqnr_db)
