@@ -8,23 +8,28 @@ NCHW↔NHWC transposes around each of them. Profiled on ShuffleNetV2 x1.0 (2 thr
 batch 1): 55 Transposes 1.24 ms, 24 DQ 1.09 ms, 20 Q 0.49 ms, against 3.2 ms for all 56
 QLinearConv, and the INT8 model ran 1.2× *slower* than FP32.
 
-Three rewrites, each exact or a strict subset of the roundings already there:
+The rewrites, each exact or on a step the graph already uses:
 
-* :func:`shuffle_to_gather`: the channel shuffle ``Reshape(N, G, C/G, H, W) → Transpose(0, 2,
-  1, 3, 4) → Reshape(N, C, H, W)``, and the Split after it, become one ``Gather`` on the
-  channel axis per output, with the shuffle's permutation as constant indices. Same
-  values, one pass instead of three, and ONNX Runtime runs a Gather between DQ and Q on
-  the integers.
-* :func:`concat_points` and :func:`chain`: a ``Concat`` whose inputs are all dequantized gets a uint8 Q/DQ pair
-  on its output (ONNX Runtime fuses it to QLinearConcat), and that pair's scale is carried
-  through the data-movement operators after it (Gather, Reshape, Transpose, Split,
-  Flatten, Squeeze, Unsqueeze), so ONNX Runtime drops each ``DQ → op → Q`` and moves the
-  integers. An existing Q at the end of such a chain takes the chain's scale. Moving data
-  does not change a tensor's range, so one scale, measured on the Concat's output, holds.
+* :func:`fold_shuffles`: a shuffle between a convolution and a depthwise one (ShuffleNetV1)
+  moves into the weights: exact, and no shuffle is left.
+* :func:`shuffle_to_gather`: any other channel shuffle ``Reshape(N, G, C/G, H, W) →
+  Transpose(0, 2, 1, 3, 4) → Reshape(N, C, H, W)``, and the Split after it, become one
+  ``Gather`` on the channel axis per output, with the shuffle's permutation as constant
+  indices. Same values, one pass instead of three, and ONNX Runtime runs a Gather between DQ
+  and Q on the integers.
+* :func:`read_dequantized`: an Add, Concat or pool that reads a float tensor the graph also
+  quantizes reads the quantized copy, so ONNX Runtime can fuse it.
+* :func:`concat_points` and :func:`chain`: a ``Concat`` whose inputs are all dequantized gets a
+  uint8 Q/DQ pair on its output (ONNX Runtime fuses it to QLinearConcat), and that pair's
+  scale is carried through the data-movement operators after it (Gather, Reshape, Transpose,
+  Split, Flatten, Squeeze, Unsqueeze), so ONNX Runtime drops each ``DQ → op → Q`` and moves
+  the integers. An existing Q at the end of such a chain takes the chain's scale. Moving
+  data does not change a tensor's range, so one scale, measured on the Concat's output, holds.
+* :func:`pool_points`: a pool on a dequantized input keeps that input's scale on its output.
 * :func:`downstream_scale`: a max-pool or a data move commutes with a monotone quantizer, so
-  the tensor going into a quantized ``MaxPool`` (or a lone Gather, as ShuffleNetV1's shuffle
-  becomes) is quantized with that operator's output scale; ONNX Runtime then runs it on
-  uint8 (NhwcMaxPool, Gather) instead of DQ → float op → Q.
+  the tensor going into a quantized ``MaxPool`` (or a lone data move) is quantized with that
+  operator's output scale; ONNX Runtime then runs it on uint8 (NhwcMaxPool, Gather) instead
+  of DQ → float op → Q.
 
 ONNX Runtime's QDQ rules (which DQ → op → Q groups it drops or fuses: Gather, Reshape,
 Transpose, Split, MaxPool with equal scales; Concat to QLinearConcat):
