@@ -124,11 +124,10 @@ def _dw_then_pointwise(t: str, cons, prod, inits, channels: int):
     through one per-tensor Q/DQ into a depthwise Conv whose output goes through one Q/DQ into
     one 1×1 Conv alone; None otherwise."""
     def through_qdq(x):
-        q = _only_user(x, cons, "QuantizeLinear")
-        dq = _only_user(q.output[0], cons, "DequantizeLinear") if q is not None else None
-        conv = _only_user(dq.output[0], cons, "Conv") if dq is not None else None
-        per_tensor = q is not None and _const(q.input[1], inits) is not None and _const(q.input[1], inits).ndim == 0
-        return (q, conv) if conv is not None and conv.input[0] == dq.output[0] and per_tensor else (None, None)
+        users = cons.get(x, [])
+        pair = _qdq_copy(users[0], cons, inits) if len(users) == 1 else None
+        conv = _only_user(pair[1].output[0], cons, "Conv") if pair is not None else None
+        return (pair[0], conv) if conv is not None and conv.input[0] == pair[1].output[0] else (None, None)
 
     q, dw = through_qdq(t)
     if dw is None or g.attr(dw, "group", 1) != channels:
@@ -202,6 +201,13 @@ def _const(name: str, inits) -> np.ndarray | None:
     return g.to_array(inits[name]) if name in inits else None
 
 
+def _qdq_copy(q, cons, inits):
+    """(q, dq) when ``q`` is a per-tensor QuantizeLinear whose only user is a DequantizeLinear."""
+    scale = _const(q.input[1], inits) if q.op_type == "QuantizeLinear" else None
+    dq = _only_user(q.output[0], cons, "DequantizeLinear") if scale is not None and scale.ndim == 0 else None
+    return (q, dq) if dq is not None else None
+
+
 def _only_user(t: str, cons, op: str):
     users = cons.get(t, [])
     return users[0] if len(users) == 1 and users[0].op_type == op else None
@@ -221,13 +227,7 @@ def read_dequantized(model) -> int:
     inits, cons = g.initializers(model), g.consumers(model)
     rewired = 0
     for t, users in list(cons.items()):
-        copy = None
-        for q in users:
-            scale = _const(q.input[1], inits) if q.op_type == "QuantizeLinear" else None
-            dq = _only_user(q.output[0], cons, "DequantizeLinear") if scale is not None and scale.ndim == 0 else None
-            if dq is not None:
-                copy = dq.output[0]
-                break
+        copy = next((pair[1].output[0] for pair in (_qdq_copy(q, cons, inits) for q in users) if pair), None)
         if copy is None:
             continue
         for u in users:
