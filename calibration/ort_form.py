@@ -26,6 +26,9 @@ Same calibration, same decisions, a different encoding:
 * data movement (concat, channel shuffle, split, max-pool) moves uint8, one scale per
   Concat carried through its moves (:mod:`calibration.ort_movement`);
 * a Gemm's float bias becomes int32 at input × weight scale, so the classifier runs as QGemm;
+* depthwise convolutions get zero channels up to a multiple of 16, and the RGB stem a fourth
+  zero channel, so ONNX Runtime runs them on its fast symmetric kernels (exact;
+  :mod:`calibration.ort_channels`);
 * layers the INT8 gate kept in float stay float.
 
 References: ONNX Runtime "Quantize ONNX models" (QDQ format, U8S8 on x86):
@@ -41,6 +44,7 @@ import numpy as np
 from . import graph as g
 from .feeds import take
 from .ort_activations import integer_activations, swish_points
+from .ort_channels import pad_depthwise_channels, pad_input_channels
 from .ort_movement import (chain, concat_points, downstream_scale, fold_shuffles, pool_points,
                            read_dequantized, shuffle_to_gather)
 
@@ -112,9 +116,12 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     summary = {"activation_qdq_unsigned_zero0": unsigned, "activation_qdq_unsigned_zero128": shifted,
                "conv_output_qdq_added": len(conv_points), "conv_output_downstream_scale": downstream,
                "activation_output_qdq_added": len(new_points) - len(conv_points),
-               "inputs_read_dequantized": rewired, "pool_qdq_added": len(pools), "channel_shuffles_folded": folded, "channel_shuffles_to_gather": shuffles, "concat_qdq_added": len(concats),
-               "movement_qdq_added": moved, "movement_qdq_rescaled": rescaled,
+               "inputs_read_dequantized": rewired, "pool_qdq_added": len(pools),
+               "channel_shuffles_folded": folded, "channel_shuffles_to_gather": shuffles,
+               "concat_qdq_added": len(concats), "movement_qdq_added": moved, "movement_qdq_rescaled": rescaled,
                "integer_activations": integer, "gemm_bias_int32": gemms,
+               "depthwise_channel_sets_padded": pad_depthwise_channels(m),
+               "input_channels_padded": pad_input_channels(m),
                "quantized_convs": len(qconvs), "range_feeds": len(feeds)}
     return m, summary
 

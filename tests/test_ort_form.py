@@ -228,3 +228,56 @@ def test_shufflenet_v1_shuffle_folds_into_its_neighbours(tmp_path):
     shared = score(art.path, fs.heldout, ref, Tolerance(cosine=0.98)).primary()
     ort_c = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
     assert ort_c.sqnr_db > shared.sqnr_db - 3, (shared.sqnr_db, ort_c.sqnr_db)
+
+
+class OddChannelNet(nn.Module):
+    """A MobileNetV3 block whose expanded width (40) is not a multiple of 16: the width at which
+    ONNX Runtime's x86 QLinearConv leaves its fast depthwise kernel."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(13)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.expand = nn.Sequential(nn.Conv2d(16, 40, 1), nn.BatchNorm2d(40), nn.Hardswish())
+        self.dw = nn.Sequential(nn.Conv2d(40, 40, 5, 1, 2, groups=40), nn.BatchNorm2d(40), nn.Hardswish())
+        self.se = nn.Sequential(nn.Conv2d(40, 8, 1), nn.ReLU(), nn.Conv2d(8, 40, 1), nn.Hardsigmoid())
+        self.project = nn.Sequential(nn.Conv2d(40, 16, 1), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.train()
+            self(torch.randn(8, 3, SIZE, SIZE))
+            self.eval()
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(self.expand(x))
+        return self.fc((x + self.project(y * self.se(y.mean((2, 3), keepdim=True)))).mean((2, 3)))
+
+
+def test_odd_depthwise_widths_are_padded_exactly(tmp_path, monkeypatch):
+    """The depthwise width is padded to 48 (with the expansion, the squeeze-excite FCs and the
+    projection around it) and the RGB stem to 4 input channels, and ONNX Runtime's outputs do
+    not move by one integer step."""
+    import calibration.ort_form as ort_form
+    from calibration.graph import initializers, producers, session
+
+    src, fs, art = _built(OddChannelNet(), tmp_path)
+    summary = build_ort_int8(art.path, tmp_path / "ort.onnx", fs.calib)
+    assert summary["depthwise_channel_sets_padded"] == 1 and summary["input_channels_padded"] == 1, summary
+    m = onnx.load(str(tmp_path / "ort.onnx"))
+    inits, prod = initializers(m), producers(m)
+
+    def weight_shape(conv):
+        return tuple(numpy_helper.to_array(inits[prod[conv.input[1]].input[0]]).shape)
+
+    convs = [weight_shape(n) for n in m.graph.node if n.op_type == "Conv"]
+    assert convs[:4] == [(16, 4, 3, 3), (48, 16, 1, 1), (48, 1, 5, 5), (8, 48, 1, 1)], convs
+    assert convs[4:] == [(48, 8, 1, 1), (16, 48, 1, 1)], convs
+    assert [n for n in m.graph.node if n.op_type == "Pad"], "the stem reads a padded image"
+
+    monkeypatch.setattr(ort_form, "pad_depthwise_channels", lambda model: 0)
+    monkeypatch.setattr(ort_form, "pad_input_channels", lambda model: 0)
+    build_ort_int8(art.path, tmp_path / "unpadded.onnx", fs.calib)
+    padded, unpadded = session(tmp_path / "ort.onnx"), session(tmp_path / "unpadded.onnx")
+    for f in list(fs.heldout)[:8]:
+        np.testing.assert_array_equal(padded.run(None, f)[0], unpadded.run(None, f)[0])
