@@ -29,6 +29,9 @@ Same calibration, same decisions, a different encoding:
 * depthwise convolutions get zero channels up to a multiple of 16, and the RGB stem a fourth
   zero channel, so ONNX Runtime runs them on its fast symmetric kernels (exact;
   :mod:`calibration.ort_channels`);
+* a squeeze-excite gate is expanded to its input's size before the multiply, so ONNX
+  Runtime runs that QLinearMul on all threads, not as a one-thread broadcast
+  (:mod:`calibration.ort_gates`);
 * layers the INT8 gate kept in float stay float.
 
 References: ONNX Runtime "Quantize ONNX models" (QDQ format, U8S8 on x86):
@@ -45,6 +48,7 @@ from . import graph as g
 from .feeds import take
 from .ort_activations import integer_activations, swish_points
 from .ort_channels import pad_depthwise_channels, pad_input_channels
+from .ort_gates import full_size_gates
 from .ort_movement import (chain, concat_points, downstream_scale, fold_shuffles, pool_points,
                            read_dequantized, shuffle_to_gather)
 
@@ -122,6 +126,7 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
                "integer_activations": integer, "gemm_bias_int32": gemms,
                "depthwise_channel_sets_padded": pad_depthwise_channels(m),
                "input_channels_padded": pad_input_channels(m),
+               "gates_full_size": full_size_gates(m),  # after the padding: it reads the padded shapes
                "quantized_convs": len(qconvs), "range_feeds": len(feeds)}
     return m, summary
 

@@ -254,16 +254,18 @@ class OddChannelNet(nn.Module):
         return self.fc((x + self.project(y * self.se(y.mean((2, 3), keepdim=True)))).mean((2, 3)))
 
 
-def test_odd_depthwise_widths_are_padded_exactly(tmp_path, monkeypatch):
+def test_odd_widths_are_padded_and_the_gate_expanded_exactly(tmp_path, monkeypatch):
     """The depthwise width is padded to 48 (with the expansion, the squeeze-excite FCs and the
-    projection around it) and the RGB stem to 4 input channels, and ONNX Runtime's outputs do
-    not move by one integer step."""
+    projection around it), the RGB stem to 4 input channels, and the gate expanded to the
+    full tensor before its multiply; ONNX Runtime's outputs do not move by one integer step
+    and no transpose is left for it to run."""
     import calibration.ort_form as ort_form
     from calibration.graph import initializers, producers, session
 
     src, fs, art = _built(OddChannelNet(), tmp_path)
     summary = build_ort_int8(art.path, tmp_path / "ort.onnx", fs.calib)
     assert summary["depthwise_channel_sets_padded"] == 1 and summary["input_channels_padded"] == 1, summary
+    assert summary["gates_full_size"] == 1, summary
     m = onnx.load(str(tmp_path / "ort.onnx"))
     inits, prod = initializers(m), producers(m)
 
@@ -274,10 +276,14 @@ def test_odd_depthwise_widths_are_padded_exactly(tmp_path, monkeypatch):
     assert convs[:4] == [(16, 4, 3, 3), (48, 16, 1, 1), (48, 1, 5, 5), (8, 48, 1, 1)], convs
     assert convs[4:] == [(48, 8, 1, 1), (16, 48, 1, 1)], convs
     assert [n for n in m.graph.node if n.op_type == "Pad"], "the stem reads a padded image"
+    ops = _ort_op_counts(tmp_path / "ort.onnx", tmp_path)
 
-    monkeypatch.setattr(ort_form, "pad_depthwise_channels", lambda model: 0)
-    monkeypatch.setattr(ort_form, "pad_input_channels", lambda model: 0)
-    build_ort_int8(art.path, tmp_path / "unpadded.onnx", fs.calib)
-    padded, unpadded = session(tmp_path / "ort.onnx"), session(tmp_path / "unpadded.onnx")
+    for rewrite in ("pad_depthwise_channels", "pad_input_channels", "full_size_gates"):
+        monkeypatch.setattr(ort_form, rewrite, lambda model: 0)
+    build_ort_int8(art.path, tmp_path / "plain.onnx", fs.calib)
+    plain_ops = _ort_op_counts(tmp_path / "plain.onnx", tmp_path)
+    assert ops.get("Expand") == 1 and ops.get("QLinearMul") == plain_ops.get("QLinearMul"), (ops, plain_ops)
+    assert ops.get("Transpose") == plain_ops.get("Transpose"), (ops, plain_ops)
+    new, plain = session(tmp_path / "ort.onnx"), session(tmp_path / "plain.onnx")
     for f in list(fs.heldout)[:8]:
-        np.testing.assert_array_equal(padded.run(None, f)[0], unpadded.run(None, f)[0])
+        np.testing.assert_array_equal(new.run(None, f)[0], plain.run(None, f)[0])

@@ -1,0 +1,113 @@
+"""The squeeze-excite gate multiply as a full-size, multi-threaded QLinearMul in ONNX Runtime.
+
+A squeeze-excite block ends in ``x · gate``: x is [N, C, H, W], the gate [N, C, 1, 1]. In
+the ONNX Runtime form both are dequantized uint8 and ONNX Runtime fuses the ``Mul`` into a
+QLinearMul, which it runs in NHWC: x [N, H, W, C] against a gate broadcast along H and W.
+Its broadcasting loop runs that on one thread, one C-wide span at a time; profiled on
+EfficientNet-B0 (2 threads, batch 1) the gate multiply of the 112×112×32 block took 0.35 ms
+and the SiLU multiply of the same size, with no broadcast, 0.11 ms. The 16 gates were a
+tenth of B0's INT8 time and made it slower than FP32.
+
+The rewrite spells the NHWC layout out and gives the multiply operands of equal shape:
+
+* ``x → Transpose(0, 2, 3, 1)`` (uint8 Q/DQ on x's own scale around it);
+* ``gate → Transpose(0, 2, 3, 1) → Q → Expand([N, H, W, C]) → DQ`` on the gate's scale
+  (Expand copies uint8; the values are the gate's own);
+* ``Mul`` of the two with the original output Q, then ``Transpose(0, 3, 1, 2)`` back.
+
+ONNX Runtime's layout pass cancels the spelled-out transposes against the ones it puts
+around its NHWC convolutions, so what runs is one uint8 Expand (0.03 ms for the largest
+gate) and a non-broadcast QLinearMul (0.10 ms). Every value is the one the broadcast
+multiply computed: the test compares the outputs integer for integer. Only graphs with
+static shapes are rewritten (the Expand needs [N, H, W, C]).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import graph as g
+
+TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def full_size_gates(model) -> int:
+    """Rewrite, in place, each per-channel gate multiply (see the module docstring).
+    Returns how many."""
+    onnx = g.onnx_mod()
+    shapes = _static_shapes(model)
+    inits, prod, cons = g.initializers(model), g.producers(model), g.consumers(model)
+    replace: dict[str, list] = {}
+    for n in model.graph.node:
+        found = _gate_mul(n, shapes, inits, prod, cons)
+        if found is not None:
+            replace[n.name] = _rewrite(model, n, *found)
+    if not replace:
+        return 0
+    nodes = [new for n in model.graph.node for new in replace.get(n.name, [n])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.value_info[:]  # the new tensors' shapes differ; ONNX Runtime infers them
+    onnx.checker.check_model(model)
+    return len(replace)
+
+
+def _static_shapes(model) -> dict[str, list[int]]:
+    onnx = g.onnx_mod()
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+        if dims and all(d > 0 for d in dims):
+            out[v.name] = dims
+    return out
+
+
+def _gate_mul(n, shapes, inits, prod, cons):
+    """(x's DQ, the gate's DQ, the output Q, x's shape) for ``x · gate`` between per-tensor
+    DQs with one per-tensor Q after it; None for any other node."""
+    if n.op_type != "Mul":
+        return None
+    a, b = n.input
+    sa, sb = shapes.get(a), shapes.get(b)
+    if sa is None or sb is None or len(sa) != 4:
+        return None
+    if sa[2:] == [1, 1]:
+        a, b, sa, sb = b, a, sb, sa
+    if sb != [sa[0], sa[1], 1, 1] or sa[2] * sa[3] == 1:
+        return None
+    users = cons.get(n.output[0], [])
+    dqs = [prod.get(a), prod.get(b)]
+    if len(users) != 1 or not _per_tensor(users[0], "QuantizeLinear", inits):
+        return None
+    if not all(d is not None and _per_tensor(d, "DequantizeLinear", inits) for d in dqs):
+        return None
+    return dqs[0], dqs[1], users[0], sa
+
+
+def _per_tensor(n, op: str, inits) -> bool:
+    return n.op_type == op and all(x in inits and g.to_array(inits[x]).size == 1 for x in n.input[1:3])
+
+
+def _rewrite(model, mul, x_dq, gate_dq, out_q, shape) -> list:
+    helper, nh = g.onnx_mod().helper, g.onnx_mod().numpy_helper
+    base = g.safe_name(mul.name)
+    full = f"{base}_nhwc_shape"
+    model.graph.initializer.append(nh.from_array(np.array([shape[0], shape[2], shape[3], shape[1]], np.int64), full))
+
+    def node(op, ins, out, **kw):
+        return helper.make_node(op, ins, [out], name=f"{out}_{op}", **kw)
+
+    def q(t, like, out=None):
+        return node("QuantizeLinear", [t, *like.input[1:3]], out or f"{t}_q")
+
+    def dq(t, like, out):
+        return node("DequantizeLinear", [t, *like.input[1:3]], out)
+
+    x, gate, product = f"{base}_x_nhwc", f"{base}_gate_nhwc", f"{base}_product"
+    return [
+        node("Transpose", [x_dq.output[0]], x, perm=TO_NHWC), q(x, x_dq), dq(f"{x}_q", x_dq, f"{x}_dq"),
+        node("Transpose", [gate_dq.output[0]], gate, perm=TO_NHWC), q(gate, gate_dq),
+        node("Expand", [f"{gate}_q", full], f"{gate}_full_q"), dq(f"{gate}_full_q", gate_dq, f"{gate}_full_dq"),
+        node("Mul", [f"{x}_dq", f"{gate}_full_dq"], product), q(product, out_q), dq(f"{product}_q", out_q, f"{product}_dq"),
+        node("Transpose", [f"{product}_dq"], mul.output[0], perm=TO_NCHW),
+    ]
