@@ -49,6 +49,7 @@ def pad_depthwise_channels(model) -> int:
     """Pad, in place, each depthwise convolution whose channel count is not a multiple of 16
     (with the convolutions around it). Returns how many channel sets were padded."""
     inits, prod, cons = g.initializers(model), g.producers(model), g.consumers(model)
+    outputs = {o.name for o in model.graph.output}
     done, seen = 0, set()
     for n in list(model.graph.node):
         c = _depthwise_channels(n, inits, prod)
@@ -56,7 +57,7 @@ def pad_depthwise_channels(model) -> int:
             continue
         padded = -(-c // ALIGN) * ALIGN
         try:
-            tensors, pad_out, pad_in, inner = _channel_set(n, c, inits, prod, cons)
+            tensors, pad_out, pad_in, inner = _channel_set(n, c, inits, prod, cons, outputs)
         except _Abort:
             continue
         seen.update(x.name for x in inner)
@@ -127,7 +128,7 @@ def _weight(conv, inits, prod):
     return None
 
 
-def _channel_set(start, c: int, inits, prod, cons):
+def _channel_set(start, c: int, inits, prod, cons, outputs: set[str]):
     """The activation tensors that carry ``start``'s ``c`` channels, found by walking from its
     input and output across per-channel nodes; with the convolutions that write them
     (``pad_out``), read them (``pad_in``) and are depthwise inside them (``inner``)."""
@@ -144,7 +145,7 @@ def _channel_set(start, c: int, inits, prod, cons):
             raise _Abort(t)  # a graph input
         todo += _from_producer(p, c, inits, prod, pad_out, inner)
         users = cons.get(t, [])
-        if not users:
+        if not users or t in outputs:
             raise _Abort(t)  # a graph output keeps its shape
         for u in users:
             todo += _from_user(u, t, c, inits, prod, pad_in, inner)
