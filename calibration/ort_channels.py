@@ -90,7 +90,7 @@ def pad_input_channels(model) -> int:
             continue
         dq = prod.get(conv.input[0])
         q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in images \
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in images or len(q.input) < 3 \
                 or len(cons[q.output[0]]) != 1 or len(cons[dq.output[0]]) != 1:
             continue
         padded = -(-w.dims[1] // INPUT_ALIGN) * INPUT_ALIGN
@@ -102,6 +102,7 @@ def pad_input_channels(model) -> int:
         dq.input[0] = out
         model.graph.node.insert(list(model.graph.node).index(dq), pad)
         _pad_weight(conv, 1, padded, inits, prod)
+        _forget_shapes(model, {dq.output[0]})
         done += 1
     return done
 
