@@ -155,26 +155,27 @@ def _channel_set(start, c: int, inits, prod, cons, outputs: set[str]):
 
 def _from_producer(p, c, inits, prod, pad_out, inner) -> list[str]:
     if p.op_type == "Conv":
-        if _depthwise_channels(p, inits, prod) == c:
-            inner[p.name] = p
-            return [p.input[0]]
-        if g.attr(p, "group", 1) == 1 and _weight(p, inits, prod) is not None:
-            pad_out[p.name] = p
-            return []
-        raise _Abort(p.name)
+        return _edge_conv(p, c, inits, prod, pad_out, inner, onward=p.input[0])
     return _through(p, inits, prod)
 
 
 def _from_user(u, t, c, inits, prod, pad_in, inner) -> list[str]:
     if u.op_type == "Conv" and u.input[0] == t:
-        if _depthwise_channels(u, inits, prod) == c:
-            inner[u.name] = u
-            return [u.output[0]]
-        if g.attr(u, "group", 1) == 1 and _weight(u, inits, prod) is not None:
-            pad_in[u.name] = u
-            return []
-        raise _Abort(u.name)
+        return _edge_conv(u, c, inits, prod, pad_in, inner, onward=u.output[0])
     return _through(u, inits, prod) + [u.output[0]]
+
+
+def _edge_conv(conv, c, inits, prod, boundary, inner, onward: str) -> list[str]:
+    """A Conv that writes or reads the set: depthwise over the same ``c`` channels (inside the
+    set; the walk goes on to ``onward``), or a full convolution on constant weights (its weight
+    gets padded: recorded in ``boundary``); any other convolution stops the padding."""
+    if _depthwise_channels(conv, inits, prod) == c:
+        inner[conv.name] = conv
+        return [onward]
+    if g.attr(conv, "group", 1) == 1 and _weight(conv, inits, prod) is not None:
+        boundary[conv.name] = conv
+        return []
+    raise _Abort(conv.name)
 
 
 def _through(n, inits, prod) -> list[str]:

@@ -21,6 +21,14 @@ from exporters.simplify import simplify
 from tests.test_calibration import INPUT, PRE, SIZE, TinyNet, fast
 
 
+def _settled(net: nn.Module) -> nn.Module:
+    """``net`` in eval mode, with BatchNorm statistics from one random batch (not the identity)."""
+    with torch.no_grad():
+        net.train()
+        net(torch.randn(8, 3, SIZE, SIZE))
+    return net.eval()
+
+
 class SwishNet(nn.Module):
     """MobileNetV3's and EfficientNet's activations in miniature: hard-swish after a conv, a
     squeeze-excite block with a hard-sigmoid gate, and a SiLU (x · sigmoid(x)) block with a
@@ -37,10 +45,7 @@ class SwishNet(nn.Module):
         self.se2 = nn.Sequential(nn.Conv2d(32, 8, 1), nn.SiLU(), nn.Conv2d(8, 32, 1), nn.Sigmoid())
         self.head = nn.Sequential(nn.Conv2d(32, 48, 1), nn.BatchNorm2d(48), nn.ReLU())
         self.fc = nn.Linear(48, 10)
-        with torch.no_grad():
-            self.train()
-            self(torch.randn(8, 3, SIZE, SIZE))
-            self.eval()
+        _settled(self)
 
     def forward(self, x):
         x = self.dw(self.expand(self.stem(x)))
@@ -149,11 +154,7 @@ def _tiny_shufflenet() -> nn.Module:
     from edgekit.models.shufflenet_v2 import ShuffleNetV2, ShuffleNetV2Config
 
     torch.manual_seed(7)
-    net = ShuffleNetV2(ShuffleNetV2Config((2, 2, 1), (8, 16, 32, 64, 64)), num_classes=10)
-    with torch.no_grad():
-        net.train()
-        net(torch.randn(8, 3, SIZE, SIZE))
-    return net.eval()
+    return _settled(ShuffleNetV2(ShuffleNetV2Config((2, 2, 1), (8, 16, 32, 64, 64)), num_classes=10))
 
 
 def test_channel_shuffle_as_gather_is_exact(tmp_path):
@@ -204,10 +205,7 @@ def test_shufflenet_v1_shuffle_folds_into_its_neighbours(tmp_path):
 
     torch.manual_seed(11)
     net = ShuffleNetV1(ShuffleNetV1Config(groups=3, stage_repeats=(2, 1, 1), stage_channels=(12, 48, 96, 192)), 10)
-    with torch.no_grad():
-        net.train()
-        net(torch.randn(8, 3, SIZE, SIZE))
-    src, fs, art = _built(net.eval(), tmp_path)
+    src, fs, art = _built(_settled(net), tmp_path)
     m = load(art.path)
     assert fold_shuffles(m) == 3  # 4 units; the first one's 1×1 is not grouped, so it has no shuffle
     assert not [n for n in m.graph.node if n.op_type in ("Transpose", "Reshape")]
@@ -243,10 +241,7 @@ class OddChannelNet(nn.Module):
         self.se = nn.Sequential(nn.Conv2d(40, 8, 1), nn.ReLU(), nn.Conv2d(8, 40, 1), nn.Hardsigmoid())
         self.project = nn.Sequential(nn.Conv2d(40, 16, 1), nn.BatchNorm2d(16))
         self.fc = nn.Linear(16, 10)
-        with torch.no_grad():
-            self.train()
-            self(torch.randn(8, 3, SIZE, SIZE))
-            self.eval()
+        _settled(self)
 
     def forward(self, x):
         x = self.stem(x)
