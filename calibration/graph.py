@@ -91,6 +91,18 @@ def quantized_by_all_users(name: str, cons: dict[str, list[Any]]) -> bool:
     return bool(users) and all(u.op_type == "QuantizeLinear" for u in users)
 
 
+def per_tensor(node, op: str, inits: dict[str, Any]) -> bool:
+    """``node`` is a QuantizeLinear/DequantizeLinear (``op``) with one constant scale and zero point."""
+    return node.op_type == op and all(x in inits and to_array(inits[x]).size == 1 for x in node.input[1:3])
+
+
+def inferred_dims(model) -> dict[str, list[int]]:
+    """Each tensor's dimensions as ONNX shape inference gives them (0 where it does not know one)."""
+    inferred = onnx_mod().shape_inference.infer_shapes(model)
+    return {v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+            for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+
+
 def attr(node, name: str, default: Any = None) -> Any:
     helper = onnx_mod().helper
     for a in node.attribute:

@@ -26,9 +26,9 @@ Same calibration, same decisions, a different encoding:
 * data movement (concat, channel shuffle, split, max-pool) moves uint8, one scale per
   Concat carried through its moves (:mod:`calibration.ort_movement`);
 * a Gemm's float bias becomes int32 at input × weight scale, so the classifier runs as QGemm;
-* depthwise convolutions get zero channels up to a multiple of 16, and the RGB stem a fourth
-  zero channel, so ONNX Runtime runs them on its fast symmetric kernels (exact;
-  :mod:`calibration.ort_channels`);
+* average pools become depthwise convolutions (weights 1/k²), depthwise convolutions get zero
+  channels up to a multiple of 16, and the RGB stem a fourth zero channel, so ONNX Runtime
+  runs them on its fast symmetric kernels (same integers; :mod:`calibration.ort_channels`);
 * a squeeze-excite gate is expanded to its input's size before the multiply, so ONNX
   Runtime runs that QLinearMul on all threads, not as a one-thread broadcast
   (:mod:`calibration.ort_gates`);
@@ -47,7 +47,7 @@ import numpy as np
 from . import graph as g
 from .feeds import take
 from .ort_activations import integer_activations, swish_points
-from .ort_channels import pad_depthwise_channels, pad_input_channels
+from .ort_channels import pad_depthwise_channels, pad_input_channels, pools_as_depthwise
 from .ort_gates import full_size_gates
 from .ort_movement import (chain, concat_points, downstream_scale, fold_shuffles, pool_points,
                            read_dequantized, shuffle_to_gather)
@@ -124,6 +124,7 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
                "channel_shuffles_folded": folded, "channel_shuffles_to_gather": shuffles,
                "concat_qdq_added": len(concats), "movement_qdq_added": moved, "movement_qdq_rescaled": rescaled,
                "integer_activations": integer, "gemm_bias_int32": gemms,
+               "average_pools_as_depthwise": pools_as_depthwise(m),
                "depthwise_channel_sets_padded": pad_depthwise_channels(m),
                "input_channels_padded": pad_input_channels(m),
                "gates_full_size": full_size_gates(m),  # after the padding: it reads the padded shapes

@@ -33,7 +33,7 @@ TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 def full_size_gates(model) -> int:
     """Rewrite, in place, each per-channel gate multiply (see the module docstring).
     Returns how many."""
-    shapes = _static_shapes(model)
+    shapes = {t: d for t, d in g.inferred_dims(model).items() if d and all(x > 0 for x in d)}
     inits, prod, cons = g.initializers(model), g.producers(model), g.consumers(model)
     replace: dict[str, list] = {}
     for n in model.graph.node:
@@ -47,17 +47,6 @@ def full_size_gates(model) -> int:
     model.graph.node.extend(nodes)
     del model.graph.value_info[:]  # the new tensors' shapes differ; ONNX Runtime infers them
     return len(replace)
-
-
-def _static_shapes(model) -> dict[str, list[int]]:
-    onnx = g.onnx_mod()
-    inferred = onnx.shape_inference.infer_shapes(model)
-    out = {}
-    for v in list(inferred.graph.value_info) + list(inferred.graph.input):
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
-        if dims and all(d > 0 for d in dims):
-            out[v.name] = dims
-    return out
 
 
 def _gate_mul(n, shapes, inits, prod, cons):
@@ -75,15 +64,11 @@ def _gate_mul(n, shapes, inits, prod, cons):
         return None
     users = cons.get(n.output[0], [])
     dqs = [prod.get(a), prod.get(b)]
-    if len(users) != 1 or not _per_tensor(users[0], "QuantizeLinear", inits):
+    if len(users) != 1 or not g.per_tensor(users[0], "QuantizeLinear", inits):
         return None
-    if not all(d is not None and _per_tensor(d, "DequantizeLinear", inits) for d in dqs):
+    if not all(d is not None and g.per_tensor(d, "DequantizeLinear", inits) for d in dqs):
         return None
     return dqs[0], dqs[1], users[0], sa
-
-
-def _per_tensor(n, op: str, inits) -> bool:
-    return n.op_type == op and all(x in inits and g.to_array(inits[x]).size == 1 for x in n.input[1:3])
 
 
 def _rewrite(model, mul, x_dq, gate_dq, out_q, shape) -> list:
