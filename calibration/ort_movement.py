@@ -242,7 +242,8 @@ def read_dequantized(model) -> int:
 def pool_points(graph, prod, cons, dequantized: set[str], graph_outputs: set[str]) -> list[tuple[str, str]]:
     """(output, input) of each AveragePool/MaxPool that reads a dequantized tensor and whose
     output is not quantized: the output gets a pair on its input's scale (a pool's output
-    stays within its input's range), so ONNX Runtime pools on uint8 (QLinearAveragePool, a
+    stays within its input's range), so ONNX Runtime pools on uint8 (an average pool then
+    becomes a depthwise convolution, :func:`calibration.ort_channels.pools_as_depthwise`; a
     uint8 MaxPool) and what reads the output reads integers too (ShuffleNetV1's shortcut)."""
     points: list[tuple[str, str]] = []
     done: set[str] = set()
