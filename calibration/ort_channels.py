@@ -30,7 +30,8 @@ and 0.25 ms padded to 4, for a 0.04 ms uint8 ``Pad`` of the image (:func:`pad_in
 An average pool between DQ and Q runs as ONNX Runtime's QLinearAveragePool, which is slow: a
 3×3 stride-2 pool of a 28×28×240 uint8 tensor took 0.85 ms, the same pool as a depthwise
 QLinearConv with every weight 1/9 took 0.17 ms with the same integers out
-(:func:`pools_as_depthwise`; ShuffleNetV1's stride-2 shortcuts).
+(:func:`pools_as_depthwise`, for windows with an odd number of taps; ShuffleNetV1's stride-2
+shortcuts).
 """
 from __future__ import annotations
 
@@ -113,9 +114,12 @@ def pad_input_channels(model) -> int:
 
 
 def pools_as_depthwise(model) -> int:
-    """Rewrite, in place, each 2-D ``AveragePool`` between a per-tensor DQ and Q (padding
-    counted in the average, or no padding) as a depthwise ``Conv`` whose int8 weights are all
-    127 at scale 1 / (127 · k_h · k_w): the same sum and divisor. Returns how many."""
+    """Rewrite, in place, each 2-D ``AveragePool`` between a per-tensor DQ and Q on the same
+    scale (padding counted in the average, or no padding) whose window has an odd number of
+    taps as a depthwise ``Conv`` whose int8 weights are all 127 at scale 1 / (127 · k_h · k_w):
+    the same sum and divisor. An integer sum over an odd divisor is never a rounding tie, so
+    the integers out are the same; an even window (DenseNet's 2×2) can land on ties the two
+    kernels round differently, and stays a pool. Returns how many."""
     nh, helper = g.onnx_mod().numpy_helper, g.onnx_mod().helper
     inits, prod, cons = g.initializers(model), g.producers(model), g.consumers(model)
     channels = {t: d[1] for t, d in g.inferred_dims(model).items() if len(d) == 4 and d[1] > 0}
@@ -128,8 +132,8 @@ def pools_as_depthwise(model) -> int:
         if len(kernel) != 2 or g.attr(pool, "ceil_mode", 0) or g.attr(pool, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
                 or (any(pads) and not g.attr(pool, "count_include_pad", 0)) or g.attr(pool, "dilations", None):
             continue
-        if dq is None or not g.per_tensor(dq, "DequantizeLinear", inits) or not users \
-                or not all(g.per_tensor(u, "QuantizeLinear", inits) for u in users):
+        if kernel[0] * kernel[1] % 2 == 0 or dq is None or not g.per_tensor(dq, "DequantizeLinear", inits) \
+                or not users or not all(_same_step(u, dq, inits) for u in users):
             continue
         c = channels[pool.input[0]]
         base = g.safe_name(pool.name)
@@ -147,6 +151,12 @@ def pools_as_depthwise(model) -> int:
         model.graph.node.insert(at, wdq)
         done += 1
     return done
+
+
+def _same_step(q, dq, inits) -> bool:
+    """``q`` is a per-tensor QuantizeLinear with the same scale and zero point as ``dq``."""
+    return g.per_tensor(q, "QuantizeLinear", inits) and all(
+        np.array_equal(g.to_array(inits[a]), g.to_array(inits[b])) for a, b in zip(q.input[1:3], dq.input[1:3]))
 
 
 def _depthwise_channels(n, inits, prod) -> int | None:
