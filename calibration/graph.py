@@ -91,6 +91,18 @@ def quantized_by_all_users(name: str, cons: dict[str, list[Any]]) -> bool:
     return bool(users) and all(u.op_type == "QuantizeLinear" for u in users)
 
 
+def set_initializer(inits: dict[str, Any], name: str, value: np.ndarray) -> None:
+    """Replace the initializer ``name`` with ``value`` (its new contents, shape and dtype)."""
+    inits[name].CopyFrom(onnx_mod().numpy_helper.from_array(np.array(value, order="C"), name))  # keeps 0-d scalars 0-d
+
+
+def set_int_attr(node, name: str, value: int) -> None:
+    """Set an existing integer attribute (a Conv's ``group``) in place."""
+    for a in node.attribute:
+        if a.name == name:
+            a.i = value
+
+
 def per_tensor(node, op: str, inits: dict[str, Any]) -> bool:
     """``node`` is a QuantizeLinear/DequantizeLinear (``op``) with one constant scale and zero point."""
     return node.op_type == op and all(x in inits and to_array(inits[x]).size == 1 for x in node.input[1:3])

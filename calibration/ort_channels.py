@@ -75,7 +75,7 @@ def pad_depthwise_channels(model) -> int:
             _pad_weight(conv, 1, padded, inits, prod)
         for conv in inner:
             _pad_weight(conv, 0, padded, inits, prod)
-            _set_group(conv, padded)
+            g.set_int_attr(conv, "group", padded)
         _forget_shapes(model, tensors)
         done += 1
     return done
@@ -258,18 +258,19 @@ def _pad_weight(conv, axis: int, size: int, inits, prod) -> None:
     if axis != 0:
         return
     if dq is not None:
-        for i, fill in ((1, 1), (2, 0)):
-            if len(dq.input) > i and g.to_array(inits[dq.input[i]]).ndim == 1:
-                _pad(inits, dq.input[i], 0, size, fill)
-    if len(conv.input) > 2 and conv.input[2]:
-        b = conv.input[2]
-        bdq = prod.get(b)
-        if b in inits:
-            _pad(inits, b, 0, size, 0)
-        else:  # an int32 bias behind its own DequantizeLinear
-            for i, fill in ((0, 0), (1, 1), (2, 0)):
-                if len(bdq.input) > i and g.to_array(inits[bdq.input[i]]).ndim == 1:
-                    _pad(inits, bdq.input[i], 0, size, fill)
+        _pad_vectors(dq, ((1, 1), (2, 0)), size, inits)
+    b = conv.input[2] if len(conv.input) > 2 else ""
+    if b in inits:
+        _pad(inits, b, 0, size, 0)
+    elif b:  # an int32 bias behind its own DequantizeLinear
+        _pad_vectors(prod[b], ((0, 0), (1, 1), (2, 0)), size, inits)
+
+
+def _pad_vectors(dq, fills, size: int, inits) -> None:
+    """Pad the per-channel (1-D) inputs of ``dq`` to ``size``: input ``i`` with ``fill``."""
+    for i, fill in fills:
+        if len(dq.input) > i and g.to_array(inits[dq.input[i]]).ndim == 1:
+            _pad(inits, dq.input[i], 0, size, fill)
 
 
 def _pad(inits, name: str, axis: int, size: int, fill) -> None:
@@ -278,14 +279,7 @@ def _pad(inits, name: str, axis: int, size: int, fill) -> None:
         return  # shared with a node padded already
     widths = [(0, 0)] * a.ndim
     widths[axis] = (0, size - a.shape[axis])
-    inits[name].CopyFrom(g.onnx_mod().numpy_helper.from_array(
-        np.pad(a, widths, constant_values=np.asarray(fill, a.dtype)), name))
-
-
-def _set_group(conv, group: int) -> None:
-    for a in conv.attribute:
-        if a.name == "group":
-            a.i = group
+    g.set_initializer(inits, name, np.pad(a, widths, constant_values=np.asarray(fill, a.dtype)))
 
 
 def _forget_shapes(model, tensors: set[str]) -> None:

@@ -58,7 +58,6 @@ FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 
 def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 32) -> tuple[object, dict]:
     """A rewritten copy of the Q/DQ ``model`` and a summary of what changed."""
-    nh = g.onnx_mod().numpy_helper
     m = g.named_copy(model)
     folded = fold_shuffles(m)
     shuffles = shuffle_to_gather(m)
@@ -87,11 +86,11 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
             continue  # not the shared graph's symmetric per-tensor form: leave it
         scale = float(g.to_array(inits[sname]))
         if ranges[t][0] >= 0:
-            inits[sname].CopyFrom(nh.from_array(np.asarray(scale * 127 / U8_MAX, np.float32), sname))
-            inits[zname].CopyFrom(nh.from_array(np.asarray(0, np.uint8), zname))
+            g.set_initializer(inits, sname, np.asarray(scale * 127 / U8_MAX, np.float32))
+            g.set_initializer(inits, zname, np.asarray(0, np.uint8))
             unsigned += 1
         else:
-            inits[zname].CopyFrom(nh.from_array(np.asarray(128, np.uint8), zname))
+            g.set_initializer(inits, zname, np.asarray(128, np.uint8))
             shifted += 1
 
     chains = {c: sorted(chain(c, cons) - {c} - graph_outputs) for c in concats}  # before any rewiring
@@ -171,10 +170,9 @@ class _Pairs:
 
     def share(self, quantizers, names: tuple[str, str]) -> int:
         """Give existing Q nodes (and so their DQs) the values of ``names``."""
-        nh = g.onnx_mod().numpy_helper
         for q in quantizers:
             for own, shared in zip(q.input[1:3], names):
-                self.inits[own].CopyFrom(nh.from_array(g.to_array(self.inits[shared]), own))
+                g.set_initializer(self.inits, own, g.to_array(self.inits[shared]))
         return len(quantizers)
 
     def place(self) -> None:

@@ -102,15 +102,13 @@ def fold_shuffles(model) -> int:
         for name in [wdq.input[0], *(i for i in wdq.input[1:3] if _const(i, inits) is not None
                                      and _const(i, inits).ndim == 1), bias]:
             if name:
-                _set(inits, name, _const(name, inits)[inverse])
+                g.set_initializer(inits, name, _const(name, inits)[inverse])
         w = _const(pw_wdq.input[0], inits)
         groups = g.attr(pw, "group", 1)
         if groups > 1:
             w = _dense(w, groups)
-            for a in pw.attribute:
-                if a.name == "group":
-                    a.i = 1
-        _set(inits, pw_wdq.input[0], w[:, inverse])
+            g.set_int_attr(pw, "group", 1)
+        g.set_initializer(inits, pw_wdq.input[0], w[:, inverse])
         q.input[0] = first.input[0]
         drop |= {n.name for n in chain_nodes}
     kept = [n for n in model.graph.node if n.name not in drop]
@@ -158,10 +156,6 @@ def _dense(w: np.ndarray, groups: int) -> np.ndarray:
     for k in range(groups):
         dense[k * per_out:(k + 1) * per_out, k * per_in:(k + 1) * per_in] = w[k * per_out:(k + 1) * per_out]
     return dense
-
-
-def _set(inits, name: str, value: np.ndarray) -> None:
-    inits[name].CopyFrom(g.onnx_mod().numpy_helper.from_array(np.ascontiguousarray(value), name))
 
 
 def _shuffle(first, inits, cons):
