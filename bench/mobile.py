@@ -56,7 +56,7 @@ def _pipeline_export(model: str, target: str, precision: str, args, work: Path, 
 def latency(args, work: Path, console) -> list[dict]:
     import torch
 
-    from edgekit.bench.timing import synthetic_feed, time_runners
+    from edgekit.bench.timing import paired_ratio, synthetic_feed, time_runners
     from edgekit.targets import get_target
 
     rows = []
@@ -81,7 +81,7 @@ def latency(args, work: Path, console) -> list[dict]:
         row["latency"] = lat
         row["input_shape"] = list(next(iter(arts.values())).inputs[0].shape)
         if "executorch_fp32" in lat and "executorch_int8" in lat:
-            row["int8_speedup_vs_fp32"] = round(lat["executorch_fp32"]["p50_ms"] / lat["executorch_int8"]["p50_ms"], 3)
+            row["int8_speedup_vs_fp32"] = paired_ratio(lat, "executorch_fp32", "executorch_int8")["ratio"]
         console.info(f"{model}: " + ", ".join(f"{k} p50 {v['p50_ms']:.2f} ms" for k, v in lat.items()))
         rows.append(row)
     return rows

@@ -59,7 +59,7 @@ def _has_pretrained(model: str) -> bool:
 def bench_model(model: str, args, work: Path, console) -> dict:
     import torch
 
-    from edgekit.bench.timing import synthetic_feed, time_runners
+    from edgekit.bench.timing import paired_ratio, synthetic_feed, time_runners
     from edgekit.targets import get_target
     from edgekit.torch_runner import TorchRunner
 
@@ -94,12 +94,11 @@ def bench_model(model: str, args, work: Path, console) -> dict:
     row["runner"] = {k: r.name for k, r in runners.items()}
     row["input_shape"] = list(inputs[0].shape)
     row["speedup"] = {}
-    for route in args.routes:
-        i8 = lat[f"openvino_int8_{route}"]["p50_ms"]
-        row["speedup"][f"int8_{route}_vs_openvino_fp32"] = round(lat["openvino_fp32"]["p50_ms"] / i8, 3)
-        row["speedup"][f"int8_{route}_vs_torch_fp32"] = round(lat["torch_fp32"]["p50_ms"] / i8, 3)
-    row["speedup"]["openvino_fp32_vs_torch_fp32"] = round(lat["torch_fp32"]["p50_ms"] /
-                                                          lat["openvino_fp32"]["p50_ms"], 3)
+    for route in args.routes:  # speed-ups: medians of the per-round ratios (timing.paired_ratio)
+        i8 = f"openvino_int8_{route}"
+        row["speedup"][f"int8_{route}_vs_openvino_fp32"] = paired_ratio(lat, "openvino_fp32", i8)["ratio"]
+        row["speedup"][f"int8_{route}_vs_torch_fp32"] = paired_ratio(lat, "torch_fp32", i8)["ratio"]
+    row["speedup"]["openvino_fp32_vs_torch_fp32"] = paired_ratio(lat, "torch_fp32", "openvino_fp32")["ratio"]
     return row
 
 

@@ -212,6 +212,7 @@ def test_int8_rows_are_timed_interleaved_against_their_fp32_sibling(artifact):
     p = int8["paired"]
     assert p["fp32_p50_ms"] > 0 and p["int8_p50_ms"] > 0 and p["seconds_each"] == PAIRED_SECONDS
     assert 0.2 < p["ratio"] < 5  # the same model twice: no order-of-magnitude skew from interleaving
+    assert p["rounds"] == 10 and 0 <= p["rounds_int8_faster"] <= 10
     assert other.get("paired") is None and fp32.get("paired") is None
 
 
@@ -232,3 +233,19 @@ def test_artifact_rows_are_timed_interleaved_against_torch_eager(artifact):
     assert other.get("paired_baseline") is None
     rep = new_report("bench", [row], {"dev0": {"name": "dev0"}})
     assert rep["rows"][0]["speedup"] == pytest.approx(pb["speedup"])  # the pair, not the two p50s
+
+
+def test_paired_ratio_is_the_median_of_the_per_round_ratios():
+    """The machine slows to half speed for three rounds and a burst of load hits INT8 alone in
+    one more: inside every other round INT8 takes 0.8 of FP32's time, and that is the answer,
+    though the pooled p50s (shaped by the slow rounds) would say 1.25."""
+    from edgekit.bench.timing import paired_ratio
+
+    fp32 = [10.0] * 6 + [20.0] * 3 + [10.0]
+    int8 = [8.0] * 6 + [16.0] * 3 + [30.0]
+    times = {"fp32": {"p50_ms": 10.0, "round_p50_ms": fp32}, "int8": {"p50_ms": 12.5, "round_p50_ms": int8}}
+    assert paired_ratio(times, "int8", "fp32") == {"ratio": 0.8, "rounds": 10, "rounds_faster": 9}
+    assert paired_ratio(times, "fp32", "int8")["ratio"] == 1.25
+    for t in times.values():  # a result without per-round figures: the pooled p50s
+        del t["round_p50_ms"]
+    assert paired_ratio(times, "int8", "fp32") == {"ratio": 1.25, "rounds": 0, "rounds_faster": 0}

@@ -2,7 +2,8 @@
 
 After an INT8 build, the INT8 and FP32 artifacts are timed on the same runtime, in interleaved
 rounds (:func:`edgekit.bench.timing.time_runners`, so drift on a busy machine hits both alike),
-on the export's thread count and one held-out feed. Both figures go into the manifest; when
+on the export's thread count and one held-out feed; the speed-up is the median of the
+per-round ratios (:func:`edgekit.bench.timing.paired_ratio`). The figures go into the manifest; when
 INT8 is not faster the export warns (an INT8 artifact slower than its FP32 sibling defeats its
 purpose), otherwise it logs the figures. The guard only reports: it never fails an export.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..contracts import ExportContext
-from .timing import time_runners
+from .timing import paired_ratio, time_runners
 
 
 def int8_guard(ctx: ExportContext, fp32, int8, seconds: float, what: str, advice: str = "",
@@ -20,12 +21,15 @@ def int8_guard(ctx: ExportContext, fp32, int8, seconds: float, what: str, advice
     faster. ``what`` names the artifacts in the warning ("INT8 IR ... FP32 IR")."""
     feed = next(iter(ctx.heldout_feeds))
     t = time_runners({"fp32": fp32, "int8": int8}, feed, seconds=2 * seconds)
-    speedup = t["fp32"]["p50_ms"] / max(t["int8"]["p50_ms"], 1e-9)
+    paired = paired_ratio(t, "int8", "fp32")
+    speedup = 1.0 / max(paired["ratio"], 1e-9)
     out = {"runner": getattr(int8, "name", type(int8).__name__), "threads": ctx.request.threads, **(extra or {}),
            "fp32_p50_ms": t["fp32"]["p50_ms"], "int8_p50_ms": t["int8"]["p50_ms"],
            "fp32_p90_ms": t["fp32"]["p90_ms"], "int8_p90_ms": t["int8"]["p90_ms"],
-           "speedup": round(speedup, 3), "int8_faster": speedup > 1.0, "seconds_each": seconds}
-    msg = f"INT8 {t['int8']['p50_ms']:.2f} ms vs FP32 {t['fp32']['p50_ms']:.2f} ms p50 on {out['runner']} ({speedup:.2f}x)"
+           "speedup": round(speedup, 3), "int8_faster": speedup > 1.0, "seconds_each": seconds,
+           "rounds": paired["rounds"], "rounds_int8_faster": paired["rounds_faster"]}
+    msg = (f"INT8 {t['int8']['p50_ms']:.2f} ms vs FP32 {t['fp32']['p50_ms']:.2f} ms p50 on {out['runner']} "
+           f"({speedup:.2f}x, median of {paired['rounds']} paired rounds)")
     if speedup <= 1.0:
         ctx.warn(f"the INT8 {what} is not faster than the FP32 {what}: {msg}{advice}")
     else:

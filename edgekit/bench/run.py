@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import EdgekitError, UsageError
 from ..report.schema import PARITY_ONLY, make_row, manifest_parity
 from .device import runtime_versions
-from .timing import measure, synthetic_feed
+from .timing import measure, paired_ratio, synthetic_feed
 
 
 @dataclass
@@ -201,8 +201,9 @@ def pair_int8_with_fp32(rows: list[dict[str, Any]], settings: BenchSettings, log
         t = _pair(r, "paired", setup, "INT8-vs-FP32")
         if t is None:
             continue
-        r["paired"].update(fp32_p50_ms=t["fp32"]["p50_ms"], int8_p50_ms=t["int8"]["p50_ms"],
-                           ratio=round(t["int8"]["p50_ms"] / max(t["fp32"]["p50_ms"], 1e-9), 3))
+        ratio = paired_ratio(t, "int8", "fp32")
+        r["paired"].update(fp32_p50_ms=t["fp32"]["p50_ms"], int8_p50_ms=t["int8"]["p50_ms"], ratio=ratio["ratio"],
+                           rounds=ratio["rounds"], rounds_int8_faster=ratio["rounds_faster"])
         done += 1
         if log:
             log(f"{r['model']} {r['target']}: INT8/FP32 {r['paired']['ratio']:.2f}x (interleaved)")
@@ -236,8 +237,9 @@ def pair_with_baseline(rows: list[dict[str, Any]], references: dict[str, tuple],
         t = _pair(r, "paired_baseline", setup, "torch-eager")
         if t is None:
             continue
+        ratio = paired_ratio(t, "torch", "artifact")
         r["paired_baseline"].update(torch_p50_ms=t["torch"]["p50_ms"], p50_ms=t["artifact"]["p50_ms"],
-                                    speedup=round(t["torch"]["p50_ms"] / max(t["artifact"]["p50_ms"], 1e-9), 3))
+                                    speedup=ratio["ratio"], rounds=ratio["rounds"])
         done += 1
         if log:
             log(f"{r['model']} {r['target']} {r['precision']}: {r['paired_baseline']['speedup']:.2f}x torch eager "
@@ -262,7 +264,8 @@ def _pair(row: dict[str, Any], field: str, setup, what: str) -> dict[str, dict[s
     except Exception as exc:
         row.setdefault("warnings", []).append(f"interleaved {what} timing failed: {error_text(exc)}")
         return None
-    row[field] = {"seconds_each": PAIRED_SECONDS, "method": "interleaved rounds, one synthetic feed"}
+    row[field] = {"seconds_each": PAIRED_SECONDS,
+                  "method": "interleaved rounds, one synthetic feed; ratio: median of the per-round p50 ratios"}
     return t
 
 

@@ -246,23 +246,46 @@ def _run(runner: Any, feeds: list[dict], warmup: int, iters: int | None, seconds
 
 
 def time_runners(runners: Mapping[str, Any], feed: Mapping[str, np.ndarray], seconds: float = 1.5,
-                 warmup: int = 5, rounds: int = 10) -> dict[str, dict[str, float]]:
-    """p50/p90/mean/min latency (ms) of each *entered* runner on one feed.
+                 warmup: int = 5, rounds: int = 10) -> dict[str, dict[str, Any]]:
+    """p50/p90/mean/min latency (ms) of each *entered* runner on one feed, and its p50 in
+    each round (``round_p50_ms``).
 
     The runners are timed in interleaved rounds of :func:`measure` (``seconds`` in all,
     shared among rounds and runners) and the samples pooled, so that load from other
-    processes falls on all of them alike: a fair *comparison* on a busy machine. Used by
-    the INT8-vs-FP32 latency guards, the matrix's interleaved pairs and the bench scripts.
+    processes falls on all of them alike: a fair *comparison* on a busy machine. Compare two
+    of them with :func:`paired_ratio`. Used by the INT8-vs-FP32 latency guards, the
+    matrix's interleaved pairs and the bench scripts.
     """
     pooled: dict[str, list[float]] = {k: [] for k in runners}
+    per_round_p50: dict[str, list[float]] = {k: [] for k in runners}
     per_round = seconds / max(1, rounds) / max(1, len(runners))
     for rnd in range(max(1, rounds)):
         for k, r in runners.items():
             s = measure(r, feed, warmup=warmup if rnd == 0 else 1, seconds=per_round, opened=True, min_iters=1)
             pooled[k] += s.samples_ms
+            per_round_p50[k].append(round(float(np.median(s.samples_ms)), 4))
     out = {}
     for k, v in pooled.items():
         a = np.asarray(v)
         out[k] = {"p50_ms": round(float(np.percentile(a, 50)), 3), "p90_ms": round(float(np.percentile(a, 90)), 3),
-                  "mean_ms": round(float(a.mean()), 3), "min_ms": round(float(a.min()), 3), "iterations": int(a.size)}
+                  "mean_ms": round(float(a.mean()), 3), "min_ms": round(float(a.min()), 3), "iterations": int(a.size),
+                  "round_p50_ms": per_round_p50[k]}
     return out
+
+
+def paired_ratio(times: Mapping[str, Mapping[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """``a``'s latency over ``b``'s from one :func:`time_runners` result: the median, over
+    rounds, of the ratio of their p50s in the same round, and in how many rounds ``a`` was
+    the faster.
+
+    The machine's speed drifts between rounds (on a shared VM by ±10 % within a minute); a
+    ratio taken inside each round cancels that drift, and the median drops a round that a
+    burst of load hit on one side only. Pooled p50s mix rounds of different speed and read
+    a few percent either way from run to run. Falls back to the pooled p50s where the per-round
+    figures are missing."""
+    ra, rb = times[a].get("round_p50_ms") or [], times[b].get("round_p50_ms") or []
+    pairs = [(x, y) for x, y in zip(ra, rb) if x > 0 and y > 0]
+    if not pairs:
+        return {"ratio": round(times[a]["p50_ms"] / max(times[b]["p50_ms"], 1e-9), 3), "rounds": 0, "rounds_faster": 0}
+    return {"ratio": round(float(np.median([x / y for x, y in pairs])), 3), "rounds": len(pairs),
+            "rounds_faster": sum(x < y for x, y in pairs)}
