@@ -203,7 +203,7 @@ def test_a_reference_interpreter_is_no_device_latency():
 def test_interleaved_pair_decides_the_int8_check():
     """Rows measured apart say INT8 is slower; the interleaved pair says it is not (and the
     reverse): the pair wins, and the note shows its ratio."""
-    paired_fast = {"fp32_p50_ms": 2.0, "int8_p50_ms": 1.5, "ratio": 0.75}
+    paired_fast = {"fp32_p50_ms": 2.0, "int8_p50_ms": 1.5, "ratio": 0.75, "rounds": 10, "rounds_int8_faster": 7}
     paired_slow = {"fp32_p50_ms": 2.0, "int8_p50_ms": 2.4, "ratio": 1.2}
     rows = [make_row(model="m", target="onnx", precision="fp32", device_id="d", latency=_lat(2.0)),
             make_row(model="m", target="onnx", precision="int8", device_id="d", latency=_lat(3.0),
@@ -215,7 +215,8 @@ def test_interleaved_pair_decides_the_int8_check():
     assert [(c["model"], c["target"], c["interleaved"]) for c in rep["checks"]] == [("m", "openvino", True)]
     assert rep["checks"][0]["ratio"] == pytest.approx(1.2) and "(interleaved)" in rep["checks"][0]["message"]
     md = render_markdown(rep)
-    assert "INT8/FP32 0.75x interleaved" in md and "INT8 slower than FP32 (1.20x, interleaved)" in md
+    assert "INT8/FP32 0.75x interleaved, INT8 faster in 7/10 rounds" in md
+    assert "INT8 slower than FP32 (1.20x, interleaved)" in md
 
 
 def test_markdown_table(measured):

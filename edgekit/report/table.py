@@ -63,8 +63,9 @@ def _notes(row: dict[str, Any], limit: int = 160) -> str:
     paired = row.get("paired") or {}
     if "int8-slower-than-fp32" in (row.get("flags") or []):
         parts.append("⚠ INT8 slower than FP32" + (f" ({paired['ratio']:.2f}x, interleaved)" if paired else ""))
-    elif paired:
-        parts.append(f"INT8/FP32 {paired['ratio']:.2f}x interleaved")
+    elif paired:  # how many rounds INT8 won says how clear the margin is (bench.timing.paired_ratio)
+        won = f", INT8 faster in {paired['rounds_int8_faster']}/{paired['rounds']} rounds" if paired.get("rounds") else ""
+        parts.append(f"INT8/FP32 {paired['ratio']:.2f}x interleaved{won}")
     if "busy-machine" in (row.get("flags") or []):
         parts.append(f"⚠ busy machine (load {row['latency'].get('loadavg')})")
     parts += [n for n in row.get("notes") or []]
