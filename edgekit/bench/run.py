@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import EdgekitError, UsageError
 from ..report.schema import PARITY_ONLY, make_row, manifest_parity
 from .device import runtime_versions
-from .timing import measure, paired_ratio, synthetic_feed
+from .timing import measure, paired_ratio, synthetic_feed, time_runners
 
 
 @dataclass
@@ -278,8 +278,6 @@ def _opener(final, settings: BenchSettings):
 def _interleaved(openers: dict[str, Any], feed) -> dict[str, dict[str, float]]:
     """Open every runner, time them in interleaved rounds (PAIRED_SECONDS each), close them."""
     import contextlib
-
-    from .timing import time_runners
 
     with contextlib.ExitStack() as stack:
         runners = {k: stack.enter_context(make()) for k, make in openers.items()}

@@ -175,8 +175,8 @@ def finalize(report: dict[str, Any]) -> dict[str, Any]:
         # (its ratio is the median of per-round ratios, which can differ from the pooled p50s' quotient)
         paired = i8.get("paired") or {}
         a, b = (paired.get("int8_p50_ms"), paired.get("fp32_p50_ms")) if paired else (_p50(i8), _p50(f32))
-        how = f" (interleaved, median of {paired.get('rounds')} paired rounds)" if paired.get("rounds") else (
-            " (interleaved)" if paired else "")
+        rounds = f", median of {paired['rounds']} paired rounds" if paired.get("rounds") else ""
+        how = f" (interleaved{rounds})" if paired else ""
         ratio = paired.get("ratio") or (a / b if a and b else None)
         if ratio and ratio > 1.0:
             i8["flags"].append("int8-slower-than-fp32")
