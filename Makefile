@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edgekit export mobilenet_v3 --target onnx --out artifacts/demo-onnx
-	$(BIN)/edgekit export mobilenet_v3 --target onnx --fp16 --out artifacts/demo-onnx-fp16
+	$(BIN)/edgekit export mobilenet_v3 --target onnx --out artifacts/demo-onnx --force
+	$(BIN)/edgekit export mobilenet_v3 --target onnx --fp16 --out artifacts/demo-onnx-fp16 --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -13,16 +13,14 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator  # noqa: F401
 
-from .errors import ArtifactError, UsageError
+from .errors import ArtifactError, UsageError  # noqa: F401
 from .specs import InputSpec
 
 MANIFEST = "artifact.json"
@@ -180,37 +178,12 @@ def _json_default(o: Any):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-@contextlib.contextmanager
-def atomic_dir(dest: Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary folder beside ``dest``; on success rename it to ``dest``.
+def atomic_dir(dest: Path, overwrite: bool = True, log: Any = None):
+    """Context manager: a temporary folder beside ``dest``, renamed to ``dest`` on success.
 
-    On any exception (KeyboardInterrupt included) the temporary folder is removed and
-    ``dest`` is left as it was. An existing ``dest`` is replaced only if it is empty or
-    was itself written by edgekit (holds an ``artifact.json``).
+    ``dest`` must not exist, be empty, or hold only a previous edgekit artifact (replaced
+    only with ``overwrite``, i.e. ``--force``); see :mod:`edgekit.outdir` for the rules.
     """
-    dest = Path(dest).resolve()
-    if dest.exists():
-        if not dest.is_dir():
-            raise UsageError(f"output path {dest} exists and is not a folder")
-        if any(dest.iterdir()) and not (dest / MANIFEST).exists():
-            raise UsageError(f"output folder {dest} is not empty and was not written by edgekit",
-                             hint="choose another --out or empty it")
-        if not overwrite and (dest / MANIFEST).exists():
-            raise UsageError(f"{dest} already holds an artifact", hint="pass --force to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the artifact is an ordinary folder
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    from .outdir import atomic_dir as _atomic_dir
+
+    return _atomic_dir(dest, overwrite=overwrite, log=log)

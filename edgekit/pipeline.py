@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import Artifact, Manifest, atomic_dir
+from .outdir import claim
 from .compare import ROUNDING_FACTOR, Comparison, Tolerance, tolerance_for
 from .console import Console
 from .contracts import ExportContext, ExportRequest
@@ -155,13 +156,16 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     check_precision(request.precision)
     target = get_target(request.target)
     target.check(request)  # fail fast: missing backend, no GPU, unsupported precision
+    early = _default_out(request, target)
+    if early is not None:  # refuse a folder we may not write before any work (edgekit.outdir)
+        claim(early, request.force, console)
     res = resolve(request, console)
     stem = res.spec.name
     out = Path(request.out or Path("artifacts") / f"{stem}-{target.name}-{request.precision}")
     feeds = parity_feeds(res, request)
     floor = fp32_rounding_error(res.model, res.inputs, feeds.heldout) if request.parity else 0.0
     tol = tolerance_fn(res.spec, request, bool(res.weights.trained), floor)
-    with atomic_dir(out, overwrite=request.force) as work:
+    with atomic_dir(out, overwrite=request.force, log=console) as work:
         stages: list[Artifact] = []
         if target.source == "onnx" or not target.handles_precision(request):
             # a torch-fed target that reuses the shared calibration gets the Q/DQ stage too
@@ -206,6 +210,18 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
         manifest.write(work)
     manifest = Manifest.read(out)
     return ExportResult(out=Path(out).resolve(), manifest=manifest, comparisons=comps, latency=latency, lint=lint)
+
+
+def _default_out(request: ExportRequest, target) -> Path | None:
+    """--out, or the default folder when it is known without loading the model (zoo names)."""
+    from .models.registry import resolve_name
+    from .models.user import is_user_ref
+
+    if request.out:
+        return Path(request.out)
+    if is_user_ref(request.model):
+        return None  # the default name comes from the user's spec; atomic_dir checks it
+    return Path("artifacts") / f"{resolve_name(request.model)[0]}-{target.name}-{request.precision}"
 
 
 def _stability(res: Resolved, request: ExportRequest, reference, pairs, console: Console) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit import signals
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feed
 from edgekit.errors import ArtifactError, ExportError, require
@@ -74,6 +75,13 @@ def export_onnx(model, inputs: tuple[InputSpec, ...], path: Path, opset: int | N
                               output_names=list(output_names), dynamic_shapes=dynamic_shapes,
                               verbose=False)
     except Exception as exc:
+        # Ctrl-C/SIGTERM inside the exporter can come out wrapped, or as a later failure of a
+        # half-finished import (AttributeError: torch._dynamo has no 'exc'): an interrupt, not
+        # the model's traceability
+        signals.check()
+        interrupt = signals.interrupt_in(exc)
+        if interrupt is not None:
+            raise interrupt from None
         cause = exc.__cause__ or exc
         raise ExportError("onnx", f"torch.onnx.export failed: {first_line(exc)}"
                           + (f" (cause: {first_line(cause, 200)})" if cause is not exc else ""),

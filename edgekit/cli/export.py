@@ -21,6 +21,8 @@ def register(sub) -> None:
     prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="same as --precision fp16")
     prec.add_argument("--int8", dest="precision", action="store_const", const="int8", help="same as --precision int8")
     p.add_argument("--out", "-o", type=Path, help="artifact folder (default artifacts/MODEL-TARGET-PRECISION)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a previous edgekit artifact in --out (only the files its manifest lists)")
     p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch dimension")
     p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW, e.g. 1x3x224x224 (overrides --batch)")
@@ -91,7 +93,7 @@ def request_from_args(args: argparse.Namespace):
                          opset=args.opset, weights=args.weights, pretrained=args.pretrained, calib=args.calib,
                          calib_method=args.calib_method, simplify=args.simplify, simplifier=args.simplifier,
                          device=args.device, threads=args.threads, dry_run=args.dry_run, parity=args.parity,
-                         bench=args.bench, samples=args.samples, options=options,
+                         bench=args.bench, samples=args.samples, options=options, force=args.force,
                          tolerance=_tolerances(args.tol))
 
 

@@ -1,14 +1,17 @@
 """``edgekit`` entry point: parse, dispatch, and turn errors into one line + exit code.
 
 Exit codes (DESIGN.md §8): 0 success, 1 parity failure (artifact still written),
-2 usage / dependency / export error. Tracebacks only with ``--debug``.
+2 usage / dependency / export error (a model that calls ``sys.exit`` included),
+130 Ctrl-C, 143 SIGTERM. Tracebacks only with ``--debug``, which keeps the exit code.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import signal
 import sys
+import traceback
 
 COMMANDS = ("models", "targets", "export", "parity", "lint", "bench", "report", "matrix", "ci")
 
@@ -30,36 +33,82 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edgekit.errors import EdgekitError
+    """Run one command; returns its exit code. Called as the program (``argv`` None), an
+    interrupted run exits with its code at once (see :func:`_exit_now`)."""
+    from edgekit import signals
 
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("EDGEKIT_DEBUG") == "1"
     if debug:
         os.environ["EDGEKIT_DEBUG"] = "1"  # lets stages replay the output they capture
+    with signals.handled():
+        code = _run(argv, debug)
+        if signals.received() is not None and code not in (130, 143):
+            # a library swallowed the interrupt and the command ran to its end
+            print("interrupted: the command had finished; its output is complete", file=sys.stderr)
+            code = signals.exit_code(signals.received())
+    if as_program and code in (130, 143):
+        _exit_now(code)
+    return code
+
+
+def _run(argv: list[str], debug: bool) -> int:
+    from edgekit import signals
+    from edgekit.errors import EdgekitError, UsageError
+
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return int(args.func(args) or 0)
-    except EdgekitError as exc:
+        try:
+            return int(args.func(args) or 0)
+        except SystemExit as exc:  # argparse is done: this came from code the command ran (a model)
+            raise UsageError(f"your model code called sys.exit({exc.code!r}), so the command stopped with "
+                             "nothing written", hint="a model factory or forward must return or raise, "
+                             "not exit") from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
+        return _interrupted(signal.SIGTERM if isinstance(exc, signals.Terminated) else signal.SIGINT)
+    except SystemExit:
+        raise  # argparse: --help, --version, bad arguments
+    except Exception as exc:
+        if signals.interrupt_in(exc) is not None or signals.received() is not None:
+            # a library turned the interrupt into another error: still an interrupt, not the stage's fault
+            return _interrupted(signals.received() or signal.SIGINT)
         if debug:
-            raise
-        print(f"error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an edgekit bug or an unexpected backend failure
-        if debug:
-            raise
+            traceback.print_exc()
+        if isinstance(exc, EdgekitError):
+            print(f"error: {exc.message}", file=sys.stderr)
+            if exc.hint:
+                print(f"hint: {exc.hint}", file=sys.stderr)
+            return exc.exit_code
+        # an edgekit bug or an unexpected backend failure
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"error: unexpected {type(exc).__name__}: {first[:300]}", file=sys.stderr)
         print("hint: rerun with --debug for the traceback, and please report it", file=sys.stderr)
         return 2
+
+
+def _interrupted(signum: int) -> int:
+    from edgekit import signals
+
+    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    print(f"{what}: stopped; unfinished output was removed", file=sys.stderr)
+    return signals.exit_code(signum)
+
+
+def _exit_now(code: int) -> None:
+    """Exit with ``code`` after the exit handlers, skipping the interpreter's own finish:
+    when an interrupt passed through C++ code (pybind11 eval) CPython would otherwise
+    kill itself with SIGINT at exit, so the exit status would be -2, not 130."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

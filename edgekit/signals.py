@@ -1,0 +1,105 @@
+"""Ctrl-C and SIGTERM stop every command the same way, whatever was running when they came.
+
+The CLI installs :func:`handled` around a command: SIGINT raises ``KeyboardInterrupt``
+and SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``), so every cleanup path
+that runs for Ctrl-C (the partial artifact folder is removed) runs for SIGTERM too.
+The handler also records the signal, because library code sometimes turns an interrupt
+into something else (torch's exporter interrupted inside an import fails later with an
+``AttributeError``) or swallows it (an interrupt inside a ``__del__``): :func:`received`
+lets the CLI still report an interrupt, and :func:`check` lets the artifact commit
+refuse to complete after one. Exit codes: 130 for SIGINT, 143 for SIGTERM (128 + signal).
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same cleanup runs."""
+
+
+def _handler(signum, frame) -> None:
+    _received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _record_only(signum, frame) -> None:
+    _received.append(signum)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """Install the SIGINT/SIGTERM handlers for the duration (main thread only), then restore
+    the previous ones. A signal the parent set to be ignored stays ignored."""
+    if not _main_thread():
+        yield
+        return
+    _received.clear()
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s, h in previous.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, _handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a short critical section runs (removing a partial folder,
+    the final renames): a second Ctrl-C must not leave half a cleanup. A signal that came
+    meanwhile is raised when the section ends, unless an exception is already on its way."""
+    if not _main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    before = len(_received)
+    for s, h in previous.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, _record_only)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+    if len(_received) > before:
+        check()
+
+
+def received() -> int | None:
+    """The last signal the installed handlers saw, or None."""
+    return _received[-1] if _received else None
+
+
+def check() -> None:
+    """Raise the interrupt again if one was received (and swallowed by some library)."""
+    s = received()
+    if s is not None:
+        raise Terminated() if s == signal.SIGTERM else KeyboardInterrupt()
+
+
+def interrupt_in(exc: BaseException | None) -> BaseException | None:
+    """The KeyboardInterrupt in ``exc``'s cause/context chain, if any (libraries wrap it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def exit_code(signum: int | None) -> int:
+    return 143 if signum == signal.SIGTERM else 130
