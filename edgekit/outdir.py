@@ -31,7 +31,7 @@ from . import signals
 from .artifact import MANIFEST, SCHEMA, sha256_path
 from .errors import UsageError
 
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old|probe)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 _NOT_OURS = "edgekit writes only into a new folder, an empty one, or a previous edgekit artifact"
 
 
@@ -45,7 +45,7 @@ class _Quiet:
 
 def out_error(action: str, path: Path, exc: OSError) -> UsageError:
     """An OS error on the output folder, as the OS says it, with the path it concerns."""
-    where = exc.filename if exc.filename else path
+    where = path  # exc.filename may be edgekit's temporary name beside it: say the user's path
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.EBUSY, errno.EXDEV):
         hint = f"{path} looks like a mount point or another file system: choose a folder inside it as --out"
@@ -137,21 +137,40 @@ def claim(dest: Path, force: bool, log: Any = None) -> Path:
     try:
         dest = Path(dest).expanduser().resolve()
         clean_leftovers(dest, log)
-        if not dest.exists():
-            return dest
-        if not dest.is_dir():
-            raise UsageError(f"output path {dest} exists and is not a folder", hint="choose another --out")
-        if not any(dest.iterdir()):
-            return dest
-        if not (dest / MANIFEST).is_file():
-            raise UsageError(f"output folder {dest} is not empty and was not written by edgekit",
-                             hint=f"choose another --out: {_NOT_OURS}")
-        artifact_files(dest)
+        previous = dest.exists() and _check_existing(dest)
     except OSError as exc:
         raise out_error("use", dest, exc) from None
-    if not force:
+    if previous and not force:
         raise UsageError(f"{dest} already holds an edgekit artifact", hint="pass --force to replace it")
+    _probe(dest)
     return dest
+
+
+def _check_existing(dest: Path) -> bool:
+    """True if ``dest`` holds a previous artifact, False if it is an empty folder; else UsageError."""
+    if not dest.is_dir():
+        raise UsageError(f"output path {dest} exists and is not a folder", hint="choose another --out")
+    if not any(dest.iterdir()):
+        return False
+    if not (dest / MANIFEST).is_file():
+        raise UsageError(f"output folder {dest} is not empty and was not written by edgekit",
+                         hint=f"choose another --out: {_NOT_OURS}")
+    artifact_files(dest)
+    return True
+
+
+def _probe(dest: Path) -> None:
+    """Fail now, not after the work, if the folder that will hold ``dest`` cannot be written:
+    make and remove an empty folder in its nearest existing ancestor."""
+    at = dest.parent
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    try:
+        if not at.is_dir():
+            raise UsageError(f"cannot write {dest}: {at} is not a folder", hint="choose another --out")
+        os.rmdir(tempfile.mkdtemp(prefix=f".{dest.name}.probe-{os.getpid()}-", dir=at))
+    except OSError as exc:
+        raise out_error("write", dest, exc) from None
 
 
 def clean_leftovers(dest: Path, log: Any) -> None:
@@ -166,7 +185,7 @@ def clean_leftovers(dest: Path, log: Any) -> None:
         if not m or m["name"] != dest.name or p.is_symlink() or not p.is_dir() or _alive(int(m["pid"])):
             continue
         try:
-            if m["kind"] == "partial":
+            if m["kind"] in ("partial", "probe"):
                 with signals.deferred():
                     shutil.rmtree(p)
                 log.info(f"removed {p}: an unfinished export left it (process {m['pid']} is gone)")
@@ -215,6 +234,7 @@ def atomic_dir(dest: Path, overwrite: bool = True, log: Any = None) -> Iterator[
     """
     log = log or _Quiet()
     dest = claim(dest, overwrite, log)
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # parents we create
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-{os.getpid()}-", dir=dest.parent))
@@ -222,6 +242,7 @@ def atomic_dir(dest: Path, overwrite: bool = True, log: Any = None) -> Iterator[
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the artifact is an ordinary folder
     except OSError as exc:
+        _remove_empty(made)
         raise out_error("write", dest, exc) from None
     try:
         yield tmp
@@ -231,7 +252,17 @@ def atomic_dir(dest: Path, overwrite: bool = True, log: Any = None) -> Iterator[
     except BaseException:
         with signals.deferred():
             shutil.rmtree(tmp, ignore_errors=True)
+            _remove_empty(made)
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the parent folders this export created, innermost first, if still empty."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            return
 
 
 def _commit(tmp: Path, dest: Path, overwrite: bool, log: Any) -> None:

@@ -155,10 +155,10 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     console = console or Console()
     check_precision(request.precision)
     target = get_target(request.target)
-    target.check(request)  # fail fast: missing backend, no GPU, unsupported precision
     early = _default_out(request, target)
     if early is not None:  # refuse a folder we may not write before any work (edgekit.outdir)
         claim(early, request.force, console)
+    target.check(request)  # fail fast: missing backend, no GPU, unsupported precision
     res = resolve(request, console)
     stem = res.spec.name
     out = Path(request.out or Path("artifacts") / f"{stem}-{target.name}-{request.precision}")

@@ -1,0 +1,313 @@
+"""Issue 18: ``--out`` is owned, not taken; signals and exit codes.
+
+Table-driven bad output folders through the real CLI: each gives exit 2, one error line
+(plus a hint), no traceback, and leaves the folder byte for byte as it was. Signal tests
+kill a real ``edgekit export lenet5`` at seeded random moments and check what is left.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_edgekit
+from edgekit.artifact import MANIFEST, SCHEMA
+from edgekit.errors import UsageError
+from edgekit.outdir import atomic_dir, claim
+
+CHEAP = ("--no-bench", "--samples", "2")
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real CLI run from ``cwd`` (this checkout's edgekit, whatever the folder)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "edgekit.cli.main", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (the folder beside --out included) → sha256 or 'dir'."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def assert_one_line_error(proc, *needles: str, code: int = 2) -> None:
+    assert proc.returncode == code, proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    assert len(lines) in (1, 2) and lines[0].startswith("error: "), proc.stderr
+    assert len(lines) == 1 or lines[1].startswith("hint: "), proc.stderr
+    for n in needles:
+        assert n in proc.stderr, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    """A real lenet5 ONNX artifact, exported once; tests copy it."""
+    out = tmp_path_factory.mktemp("real") / "lenet5"
+    proc = run_edgekit("export", "lenet5", "--out", str(out), *CHEAP)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _foreign(p: Path) -> Path:  # the issue's reproduction: {} manifest, code, a folder
+    (p / "artifact.json").write_text("{}")
+    (p / "main.py").write_text("code\n")
+    (p / "src").mkdir()
+    (p / "src" / "lib.py").write_text("more code\n")
+    return p
+
+
+def _plain(p: Path) -> Path:
+    (p / "precious.txt").write_text("keep me")
+    return p
+
+
+def _file(p: Path) -> Path:
+    (p / "notes").write_text("a file, not a folder")
+    return p / "notes"
+
+
+def _edit_manifest(edit):
+    def make(p: Path, artifact: Path) -> Path:
+        dest = p / "prev"
+        shutil.copytree(artifact, dest)
+        m = json.loads((dest / MANIFEST).read_text())
+        edit(m, dest)
+        (dest / MANIFEST).write_text(json.dumps(m))
+        return dest
+    return make
+
+
+def _no_sha(m, dest):
+    m["stages"][0]["sha256"] = ""
+
+
+def _outside(m, dest):
+    (dest.parent / "elsewhere.onnx").write_bytes(b"not ours")
+    m["stages"][0]["path"] = "../elsewhere.onnx"
+
+
+def _wrong_schema(m, dest):
+    m["schema"] = "someone.else/1"
+
+
+def _with_notes(p: Path, artifact: Path) -> Path:
+    dest = p / "prev"
+    shutil.copytree(artifact, dest)
+    (dest / "NOTES.md").write_text("my notes")
+    return dest
+
+
+def _modified(p: Path, artifact: Path) -> Path:
+    dest = p / "prev"
+    shutil.copytree(artifact, dest)
+    (dest / "lenet5.onnx").write_bytes(b"edited by hand")
+    return dest
+
+
+def _copy(p: Path, artifact: Path) -> Path:
+    dest = p / "prev"
+    shutil.copytree(artifact, dest)
+    return dest
+
+
+# (id, folder maker, extra args, expected text in stderr)
+BAD_OUT = [
+    ("foreign-json-and-code", lambda p, a: _foreign(p), (), "is not a previous edgekit artifact"),
+    ("foreign-as-dot", lambda p, a: _foreign(p) and Path("."), (), "is not a previous edgekit artifact"),
+    ("not-empty-no-manifest", lambda p, a: _plain(p), ("--force",), "not empty and was not written by edgekit"),
+    ("out-is-a-file", lambda p, a: _file(p), ("--force",), "exists and is not a folder"),
+    ("artifact-without-force", _copy, (), "pass --force"),
+    ("stage-without-sha256", _edit_manifest(_no_sha), ("--force",), "has no path or no sha256"),
+    ("stage-outside-folder", _edit_manifest(_outside), ("--force",), "is outside the folder"),
+    ("foreign-schema", _edit_manifest(_wrong_schema), ("--force",), "edgekit's schema"),
+    ("unlisted-notes-with-force", _with_notes, ("--force",), "NOTES.md"),
+    ("modified-stage-with-force", _modified, ("--force",), "changed since edgekit wrote it"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_OUT, ids=[c[0] for c in BAD_OUT])
+def test_bad_out_refused_and_nothing_touched(case, artifact, tmp_path):
+    _, make, extra, needle = case
+    work = tmp_path / "work"
+    work.mkdir()
+    out = make(work, artifact)
+    before = snapshot(tmp_path)
+    proc = cli("export", "lenet5", "--out", str(out), *extra, *CHEAP, cwd=work)
+    assert_one_line_error(proc, needle)
+    assert snapshot(tmp_path) == before
+    assert "• export torch" not in proc.stderr  # refused before any work
+
+
+@pytest.mark.parametrize("where", ["/proc/edgekit-out", "/sys/edgekit-out", "/proc/1/edgekit/out"])
+def test_out_under_proc_or_sys_is_the_os_error_with_the_path(where):
+    proc = run_edgekit("export", "lenet5", "--out", where, *CHEAP)
+    assert_one_line_error(proc, f"cannot write {where}:")
+    assert "unexpected" not in proc.stderr and "please report" not in proc.stderr
+    assert not Path(where).exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_parent_is_the_os_error_with_the_path(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        proc = run_edgekit("export", "lenet5", "--out", str(ro / "x"), *CHEAP)
+    finally:
+        ro.chmod(0o755)
+    assert_one_line_error(proc, f"cannot write {ro / 'x'}:", "Permission denied")
+    assert list(ro.iterdir()) == []
+
+
+def test_force_replaces_only_what_the_manifest_lists(artifact, tmp_path):
+    dest = _copy(tmp_path, artifact)
+    old = json.loads((dest / MANIFEST).read_text())
+    (tmp_path / "beside.txt").write_text("a neighbour")
+    proc = run_edgekit("export", "lenet5", "--out", str(dest), "--force", *CHEAP)
+    assert proc.returncode == 0, proc.stderr
+    new = json.loads((dest / MANIFEST).read_text())
+    assert new["created"] >= old["created"] and new["schema"] == SCHEMA
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beside.txt", "prev"]  # no .partial/.old left
+    assert sorted(p.name for p in dest.iterdir()) == [MANIFEST, "lenet5.onnx", "lenet5.sim.onnx"]
+
+
+# --- in-process: the commit's renames, the leftovers of dead processes -------------------------
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_existing_empty_folder_is_fine(tmp_path):
+    dest = tmp_path / "empty"
+    dest.mkdir()
+    with atomic_dir(dest, overwrite=False) as work:
+        (work / "x.onnx").write_bytes(b"x")
+    assert [p.name for p in dest.iterdir()] == ["x.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_failed_final_rename_removes_the_partial_and_says_why(tmp_path, monkeypatch):
+    dest = tmp_path / "mnt"
+    dest.mkdir()  # an empty folder: in the issue, a mount point, which rename() cannot move
+    real = os.replace
+
+    def busy(src, dst):
+        if Path(src) == dest:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", busy)
+    with pytest.raises(UsageError) as exc:
+        with atomic_dir(dest, overwrite=False) as work:
+            (work / "m.onnx").write_bytes(b"complete")
+    assert f"cannot replace {dest}" in exc.value.message and "busy" in exc.value.message
+    assert "mount point" in exc.value.hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt"] and list(dest.iterdir()) == []
+
+
+def test_stale_partial_of_a_dead_process_is_removed_and_logged(tmp_path):
+    class Log:
+        lines: list[str] = []
+
+        def info(self, m):
+            self.lines.append(m)
+
+        warn = info
+
+    dead, alive = _dead_pid(), os.getppid()
+    stale = tmp_path / f".out.partial-{dead}-abc123"
+    live = tmp_path / f".out.partial-{alive}-def456"
+    other = tmp_path / f".other.partial-{dead}-abc123"
+    for p in (stale, live, other):
+        p.mkdir()
+        (p / "half.onnx").write_bytes(b"half")
+    log = Log()
+    claim(tmp_path / "out", force=False, log=log)
+    assert not stale.exists() and live.exists() and other.exists()
+    assert any(str(stale) in line and "removed" in line for line in log.lines)
+
+
+def test_artifact_caught_between_the_two_renames_is_restored(tmp_path):
+    from edgekit.artifact import Artifact, Manifest
+    from edgekit.specs import InputSpec
+
+    old = tmp_path / f".out.old-{_dead_pid()}-0a1b2c3d"
+    old.mkdir()
+    (old / "m.onnx").write_bytes(b"graph")
+    art = Artifact(path=old / "m.onnx", stage="onnx", format="onnx", precision="fp32", target="onnx",
+                   inputs=(InputSpec(),))
+    Manifest(model={"name": "m"}, request={}, stages=[art]).write(old)
+    with pytest.raises(UsageError, match="pass --force"):
+        claim(tmp_path / "out", force=False)
+    assert (tmp_path / "out" / "m.onnx").read_bytes() == b"graph" and not old.exists()
+
+
+# --- signals: kill a real export at seeded random moments --------------------------------------
+
+RNG = random.Random(18)
+# (signal, moment measured from: process start or the partial folder's appearance, delay in s)
+KILLS = [(signal.SIGINT, "start", round(RNG.uniform(1, 6), 2)),
+         (signal.SIGINT, "partial", round(RNG.uniform(0.0, 2), 2)),
+         (signal.SIGTERM, "start", round(RNG.uniform(1, 6), 2)),
+         (signal.SIGTERM, "partial", round(RNG.uniform(0.0, 2), 2)),
+         (signal.SIGKILL, "partial", round(RNG.uniform(0.0, 1), 2))]
+
+
+def _leftovers(parent: Path, name: str, kind: str = "") -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}.{kind}"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,anchor,delay", KILLS, ids=[f"{s.name}-{a}+{d}s" for s, a, d in KILLS])
+def test_killed_export_leaves_no_complete_looking_artifact(sig, anchor, delay, tmp_path):
+    out = tmp_path / "x"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "export", "lenet5", "--out", str(out), *CHEAP],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if anchor == "partial":
+            deadline = time.monotonic() + 300
+            while not _leftovers(tmp_path, "x", "partial-") and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+        time.sleep(delay)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode == 0:  # finished before the signal: then it must be a whole artifact
+        assert json.loads((out / MANIFEST).read_text())["schema"] == SCHEMA
+        assert _leftovers(tmp_path, "x") == []
+        return
+    assert not out.exists(), "an interrupted export left a complete-looking artifact"
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        stale = _leftovers(tmp_path, "x")
+    else:
+        assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
+        assert "Traceback" not in err and ("interrupted" in err or "terminated" in err), err
+        assert _leftovers(tmp_path, "x") == []
+        stale = []
+    again = run_edgekit("export", "lenet5", "--out", str(out), *CHEAP)
+    assert again.returncode == 0, again.stderr
+    assert (out / MANIFEST).is_file() and _leftovers(tmp_path, "x") == []
+    for name in stale:
+        assert f"removed {tmp_path / name}" in again.stderr
