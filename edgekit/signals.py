@@ -12,6 +12,7 @@ refuse to complete after one. Exit codes: 130 for SIGINT, 143 for SIGTERM (128 +
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Iterator
@@ -24,9 +25,29 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that the same cleanup runs."""
 
 
+_redeliveries: list[threading.Timer] = []
+
+
 def _handler(signum, frame) -> None:
     _received.append(signum)
+    if _in_import(frame):
+        # An exception raised inside an import that C++ started (``import torch`` runs Python
+        # modules from its extension's initialisation) aborts the process (SIGABRT, exit -6):
+        # deliver the signal again shortly, once the import is done.
+        t = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        t.daemon = True
+        _redeliveries.append(t)
+        t.start()
+        return
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _in_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _record_only(signum, frame) -> None:
@@ -52,6 +73,9 @@ def handled() -> Iterator[None]:
     try:
         yield
     finally:
+        for t in _redeliveries:
+            t.cancel()
+        _redeliveries.clear()
         for s, h in previous.items():
             signal.signal(s, signal.SIG_DFL if h is None else h)
 

@@ -311,3 +311,49 @@ def test_killed_export_leaves_no_complete_looking_artifact(sig, anchor, delay, t
     assert (out / MANIFEST).is_file() and _leftovers(tmp_path, "x") == []
     for name in stale:
         assert f"removed {tmp_path / name}" in again.stderr
+
+
+# --- exit codes: --debug, sys.exit in model code --------------------------------------------------
+
+def test_debug_keeps_the_exit_code_and_adds_the_traceback(tmp_path):
+    plain = run_edgekit("export", "mobilenet_v9", "--out", str(tmp_path / "x"))
+    debug = run_edgekit("--debug", "export", "mobilenet_v9", "--out", str(tmp_path / "x"))
+    assert plain.returncode == debug.returncode == 2
+    assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
+    assert "unknown model 'mobilenet_v9'" in debug.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+MODEL_EXITS = '''
+import sys
+import torch
+
+
+class Exits(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        sys.exit(0)
+
+
+def factory():
+    sys.exit(0)
+
+
+def forward():
+    return Exits()
+'''
+
+
+@pytest.mark.parametrize("where", ["factory", "forward"])
+def test_model_calling_sys_exit_is_an_error_not_success(where, tmp_path):
+    src = tmp_path / "exits.py"
+    src.write_text(MODEL_EXITS)
+    out = tmp_path / "out"
+    proc = run_edgekit("export", f"{src}:{where}", "--input-shape", "1x3x16x16", "--out", str(out), *CHEAP)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "sys.exit(0)" in proc.stderr or "SystemExit(0)" in proc.stderr, proc.stderr
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["exits.py"]
