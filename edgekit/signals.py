@@ -76,6 +76,7 @@ def handled() -> Iterator[None]:
         for t in _redeliveries:
             t.cancel()
         _redeliveries.clear()
+        _received.clear()  # a later library call in this process must not see this command's signal
         for s, h in previous.items():
             signal.signal(s, signal.SIG_DFL if h is None else h)
 
