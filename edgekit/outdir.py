@@ -89,8 +89,8 @@ def artifact_files(dest: Path) -> set[str]:
     if not isinstance(d, dict) or d.get("schema") != SCHEMA:
         raise UsageError(f"{problem}: {MANIFEST} does not have edgekit's schema ({SCHEMA})", hint=_NOT_OURS)
     stages = d.get("stages")
-    if not isinstance(stages, list) or not stages:
-        raise UsageError(f"{problem}: {MANIFEST} lists no stages", hint=_NOT_OURS)
+    if not isinstance(stages, list):  # empty is fine: a dry run of a torch-fed target
+        raise UsageError(f"{problem}: {MANIFEST} has no list of stages", hint=_NOT_OURS)
     root = dest.resolve()
     owned = {MANIFEST}
     for s in stages:
