@@ -357,3 +357,37 @@ def test_model_calling_sys_exit_is_an_error_not_success(where, tmp_path):
     assert "Traceback" not in proc.stderr
     assert "sys.exit(0)" in proc.stderr or "SystemExit(0)" in proc.stderr, proc.stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["exits.py"]
+
+
+def _raise_wrapped_interrupt(request, console=None):
+    """What torch's exporter does when Ctrl-C lands mid-import: a later, unrelated error."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        try:
+            raise AttributeError("module 'torch._dynamo' has no attribute 'exc'")
+        except AttributeError as exc:
+            from edgekit.errors import ExportError
+
+            raise ExportError("onnx", "torch.onnx.export failed", hint="the model must be traceable") from exc
+
+
+def _raise_unexpected(request, console=None):
+    raise RuntimeError("an edgekit bug")
+
+
+@pytest.mark.parametrize("fn,argv,code,needle", [
+    (_raise_wrapped_interrupt, [], 130, "interrupted (Ctrl-C)"),
+    (_raise_wrapped_interrupt, ["--debug"], 130, "interrupted (Ctrl-C)"),
+    (_raise_unexpected, [], 2, "unexpected RuntimeError"),
+    (_raise_unexpected, ["--debug"], 2, "Traceback"),
+])
+def test_exit_codes_in_process(fn, argv, code, needle, monkeypatch, capsys, tmp_path):
+    import edgekit.pipeline
+    from edgekit.cli.main import main
+
+    monkeypatch.setattr(edgekit.pipeline, "export", fn)
+    assert main([*argv, "export", "lenet5", "--out", str(tmp_path / "x")]) == code
+    err = capsys.readouterr().err
+    assert needle in err and "traceable" not in err
+    assert list(tmp_path.iterdir()) == []
