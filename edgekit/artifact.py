@@ -111,15 +111,20 @@ class Artifact:
         if not self.sha256:
             raise ArtifactError(f"{self.stage} artifact {self.path.name} has no sha256: it cannot be verified",
                                 hint="re-export it with edgekit")
-        if not self.path.exists():
-            raise ArtifactError(f"{self.stage} artifact is missing: {self.path}")
-        if root is not None:
-            top = Path(root).resolve()
-            for f in [self.path, *(sorted(self.path.rglob("*")) if self.path.is_dir() else [])]:
-                if not f.resolve().is_relative_to(top):
-                    raise ArtifactError(f"stage '{self.stage}': {f.name} leads outside the artifact folder "
-                                        "(a symlink)", hint="a manifest may only name files in its own folder")
-        if sha256_path(self.path) != self.sha256:
+        try:
+            if not self.path.exists():
+                raise ArtifactError(f"{self.stage} artifact is missing: {self.path}")
+            if root is not None:
+                top = Path(root).resolve()
+                for f in [self.path, *(sorted(self.path.rglob("*")) if self.path.is_dir() else [])]:
+                    if not f.resolve().is_relative_to(top):
+                        raise ArtifactError(f"stage '{self.stage}': {f.name} leads outside the artifact folder "
+                                            "(a symlink)", hint="a manifest may only name files in its own folder")
+            digest = sha256_path(self.path)
+        except OSError as exc:  # unreadable, a name too long, a symlink loop
+            raise ArtifactError(f"{self.stage} artifact {self.path.name} cannot be read: "
+                                f"{exc.strerror or exc}") from None
+        if digest != self.sha256:
             raise ArtifactError(f"{self.stage} artifact {self.path.name} changed since it was written (sha256 mismatch)",
                                 hint="re-export it")
 

@@ -103,7 +103,9 @@ def _tolerances(table: dict[str, Any], where: str) -> dict[str, dict[str, float]
                 raise ConfigError(f"{where}: unknown metric '{k}' in tolerance.{prec}"
                                   + (f" (did you mean '{close[0]}'?)" if close else ""),
                                   hint=f"metrics: {', '.join(TOLERANCE_KEYS)}")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{where}: tolerance.{prec}.{k} must be a number")
+            if not math.isfinite(v):
                 raise ConfigError(f"{where}: tolerance.{prec}.{k} must be a finite number, got {v!r}")
         out[prec] = {k: float(v) for k, v in metrics.items()}
     return out

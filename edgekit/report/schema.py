@@ -256,6 +256,8 @@ def _check_row(r: Any, where: str) -> None:
     for obj, keys in _NESTED_NUMBERS.items():
         d = r.get(obj) or {}
         for k in keys:
+            if obj.startswith("paired") and d and k not in d:  # a pair that ran has all its figures
+                raise ArtifactError(f"{where}: '{obj}' lacks '{k}'")
             v = d.get(k)
             if v is not None and not _is(v, _NUM) and not (k in _WORDS_OK and v in _FINITE_WORDS):
                 raise ArtifactError(f"{where}: '{obj}.{k}' must be a number or null, got {_type_name(v)}")
@@ -267,15 +269,16 @@ def _check_row(r: Any, where: str) -> None:
         raise ArtifactError(f"{where}: flag 'busy-machine' on a row without latency")
     yard = par.get("reference_stability")
     if yard is not None and not (isinstance(yard, dict) and all(
-            yard.get(k) is None or _is(yard[k], _NUM) for k in ("amplitude_steps", "top1", "cosine", "sqnr_db"))):
+            yard.get(k) is None or _is(yard[k], _NUM) for k in ("top1", "cosine", "sqnr_db"))
+            and _is(yard.get("amplitude_steps", 0.5), _NUM)):
         raise ArtifactError(f"{where}: 'parity.reference_stability' must be an object of numbers or null")
 
 
 def _check_device(fp: Any, where: str) -> None:
     if not isinstance(fp, dict):
         raise ArtifactError(f"{where} must be an object, got {_type_name(fp)}")
-    for k, types in (("name", (str, _NONE)), ("cpu", (dict, _NONE)), ("os", (dict, _NONE)),
-                     ("python", (dict, _NONE)), ("gpus", (list, _NONE)), ("runtimes", (dict, _NONE)),
+    for k, types in (("name", (str,)), ("cpu", (dict,)), ("os", (dict,)),
+                     ("python", (dict, _NONE)), ("gpus", (list,)), ("runtimes", (dict, _NONE)),
                      ("memory_gb", (*_NUM, _NONE))):
         if k in fp and not _is(fp[k], types):
             raise ArtifactError(f"{where}: '{k}' must be {_want(types)}, got {_type_name(fp[k])}")
@@ -307,7 +310,7 @@ def validate(report: Any, where: str = "report") -> dict[str, Any]:
     for key in ("checks", "sources"):
         if not all(isinstance(c, dict) for c in report.get(key) or []):
             raise ArtifactError(f"{where}: '{key}' must be a list of objects")
-    if not all(isinstance(c.get("message", ""), str) and isinstance(c.get("check", ""), str)
+    if not all(isinstance(c.get("message"), str) and isinstance(c.get("check"), str)
                for c in report.get("checks") or []):
         raise ArtifactError(f"{where}: every check needs a string 'check' and 'message'")
     for dev, fp in report["devices"].items():
