@@ -257,7 +257,8 @@ def check_manifest(d: Any, path: Path | str = MANIFEST) -> None:
         _field(where, d, key, types, False)
     for i, c in enumerate(d.get("parity", [])):
         if not isinstance(c, dict):
-            raise ArtifactError(f"{where}: parity[{i}] must be an object, got {_kind(c)}", hint="re-export the artifact")
+            raise ArtifactError(f"{where}: parity[{i}] must be an object, got {_kind(c)}",
+                                hint="re-export the artifact")
     stab = d.get("reports", {}).get("reference_stability")
     if stab is not None and not isinstance(stab, dict):
         raise ArtifactError(f"{where}: reports.reference_stability must be an object or null, got {_kind(stab)}")
@@ -272,6 +273,9 @@ def check_manifest(d: Any, path: Path | str = MANIFEST) -> None:
             _field(w, st, key, types, True)
         for key, types in _STAGE_OPTIONAL.items():
             _field(w, st, key, types, False)
+        for key in ("stage", "format", "precision", "target", "path", "sha256"):
+            if not st[key].isprintable():  # these reach messages: one line, no terminal escapes
+                raise ArtifactError(f"{w}: manifest field '{key}' holds control characters: {st[key]!r}")
         if not st["sha256"]:
             raise ArtifactError(f"{w}: stage '{st['stage']}' has an empty sha256, so it cannot be verified",
                                 hint="re-export the artifact")

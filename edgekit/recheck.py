@@ -16,7 +16,7 @@ from typing import Any
 from .artifact import Artifact, Manifest
 from .contracts import ExportRequest
 from .errors import ArtifactError, UsageError
-from .specs import InputSpec
+from .specs import PRECISIONS, InputSpec
 
 
 def _ref_file(ref: str) -> Path | None:
@@ -46,6 +46,18 @@ def _manifest_field(m: Manifest, table: str, key: str, types: tuple, what: str) 
     return v
 
 
+def _check_tolerance(tol: dict, where: str) -> None:
+    from .compare import Tolerance
+
+    known = Tolerance.__dataclass_fields__
+    for k, v in tol.items():
+        if k not in known:
+            raise ArtifactError(f"artifact.json: unknown metric {k!r} in {where}",
+                                hint=f"metrics: {', '.join(known)}")
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            raise ArtifactError(f"artifact.json: {where}.{k} must be a finite number, got {v!r}")
+
+
 def _model_for(m: Manifest, args, console) -> str:
     """The model to compare with: the zoo model the manifest names, or the user's --model."""
     from .models.user import is_user_ref
@@ -55,13 +67,16 @@ def _model_for(m: Manifest, args, console) -> str:
     if recorded is None and isinstance(name, str) and is_user_ref(name):
         recorded = name  # a manifest that hides a reference in 'name' is still a user model
     if recorded is not None:
-        if not isinstance(recorded, str) or not recorded:
-            raise ArtifactError("artifact.json: manifest field 'model.user_ref' must be a string")
+        if not isinstance(recorded, str) or not recorded or not recorded.isprintable():
+            raise ArtifactError(f"artifact.json: manifest field 'model.user_ref' must be a one-line string, "
+                                f"got {recorded!r}")
         if not args.model:
             raise UsageError(f"this artifact was made from a user model ({recorded}); pass --model {recorded} "
                              "to re-check it", hint="edgekit never imports a file because a manifest names it")
         return args.model
     name = _manifest_field(m, "model", "name", (str,), "a zoo model name")
+    if not name.isprintable():
+        raise ArtifactError(f"artifact.json: manifest field 'model.name' holds control characters: {name!r}")
     if args.model and args.model not in (name, m.model.get("alias")):
         console.warn(f"comparing with --model {args.model}; the artifact was exported from '{name}'")
     return args.model or name
@@ -93,9 +108,18 @@ def _request_from_manifest(m: Manifest, args, console) -> ExportRequest:
     for key in ("weights", "calib"):
         _manifest_field(m, "request", key, (str, type(None)), "a path or null")
     samples = _manifest_field(m, "request", "samples", (int, type(None)), "an integer or null")
+    if precision not in PRECISIONS:
+        raise ArtifactError(f"artifact.json: manifest field 'request.precision' is {precision!r}",
+                            hint=f"one of {', '.join(PRECISIONS)}")
     tol = _manifest_field(m, "request", "tolerance", (dict, type(None)), "an object or null") or {}
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in tol.values()):
-        raise ArtifactError("artifact.json: manifest field 'request.tolerance' must map metrics to finite numbers")
+    _check_tolerance(tol, "request.tolerance")
+    for i, st in enumerate(m.stages):
+        if st.precision not in PRECISIONS:
+            raise ArtifactError(f"artifact.json: stages[{i}].precision is {st.precision!r}",
+                                hint=f"one of {', '.join(PRECISIONS)}")
+        if not isinstance(st.meta.get("tolerance", {}), dict):
+            raise ArtifactError(f"artifact.json: stages[{i}].meta.tolerance must be an object")
+        _check_tolerance(st.meta.get("tolerance", {}), f"stages[{i}].meta.tolerance")
     weights = args.weights or (req.get("weights") and Path(req["weights"]))
     return ExportRequest(model=model, target=target, precision=precision,
                          input_shape=tuple(shape), weights=weights,

@@ -149,9 +149,14 @@ BAD_MANIFESTS = [
     ("inputs-shape-strings", _set("stages.0.inputs.0.shape", ["a", 3]), "list of positive integers"),
     ("input-shape-not-list", _set("model.input_shape", "1x1x32x32"), "'model.input_shape'"),
     ("target-number", _set("request.target", 5), "'request.target'"),
-    ("tolerance-nan", _set("request.tolerance", {"max_abs": "nan"}), "'request.tolerance'"),
+    ("tolerance-nan", _set("request.tolerance", {"max_abs": "nan"}), "request.tolerance.max_abs must be a finite"),
+    ("tolerance-unknown", _set("request.tolerance", {"__class__": 1}), "unknown metric '__class__'"),
+    ("precision-unknown", _set("request.precision", "int4"), "'request.precision' is 'int4'"),
+    ("stage-precision", _set("stages.1.precision", "fp64"), "stages[1].precision is 'fp64'"),
     ("user-ref", _set("model.user_ref", "net.py:factory"), "pass --model net.py:factory"),
     ("user-ref-in-name", _set("model.name", "os:system"), "pass --model os:system"),
+    ("stage-name-escape", _set("stages.0.stage", "onnx\n\x1b[2Jok"), "'stage' holds control characters"),
+    ("user-ref-newline", _set("model.user_ref", "a.py:f\nerror: fine"), "must be a one-line string"),
     ("wrong-schema", _set("schema", "edgekit.artifact/99"), "unknown manifest schema"),
 ]
 
@@ -382,6 +387,7 @@ def _read_and_plan(tmp: Path, data) -> None:
     """What `edgekit parity` does with a manifest before it builds anything."""
     import argparse
 
+    from edgekit.compare import tolerance_for
     from edgekit.console import Console
     from edgekit.recheck import _request_from_manifest
 
@@ -389,7 +395,9 @@ def _read_and_plan(tmp: Path, data) -> None:
     m = Manifest.read(tmp)
     m.verify()
     args = argparse.Namespace(model=None, weights=None, calib=None, samples=None, threads=None, device=None)
-    _request_from_manifest(m, args, Console(quiet=True))
+    req = _request_from_manifest(m, args, Console(quiet=True))
+    for stage in m.stages:  # the tolerances parity would build (pipeline.tolerance_fn)
+        tolerance_for(stage.precision, {**stage.meta.get("tolerance", {}), **req.tolerance})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -286,7 +286,8 @@ def _check_device(fp: Any, where: str) -> None:
     for k in ("usable_threads", "cores", "threads"):
         if cpu.get(k) is not None and not _is(cpu[k], _NUM):
             raise ArtifactError(f"{where}: 'cpu.{k}' must be a number or null, got {_type_name(cpu[k])}")
-    if cpu.get("isa") is not None and not (isinstance(cpu["isa"], list) and all(isinstance(x, str) for x in cpu["isa"])):
+    isa = cpu.get("isa")
+    if isa is not None and not (isinstance(isa, list) and all(isinstance(x, str) for x in isa)):
         raise ArtifactError(f"{where}: 'cpu.isa' must be a list of strings")
     if not all(isinstance(g, dict) for g in fp.get("gpus") or []):
         raise ArtifactError(f"{where}: 'gpus' must be a list of objects")
