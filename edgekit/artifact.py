@@ -93,20 +93,57 @@ class Artifact:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], root: Path | None = None) -> "Artifact":
+        """A stage from its manifest entry. With ``root`` (an artifact folder) the path must be
+        relative and resolve inside ``root``: a manifest names data, never a file elsewhere."""
         d = dict(d)
         d.pop("size_bytes", None)
         path = Path(d.pop("path"))
-        return cls(path=(root / path) if root else path,
-                   inputs=tuple(InputSpec.from_dict(i) for i in d.pop("inputs")),
+        if root is not None:
+            path = inside(root, path, f"stage '{d.get('stage')}'")
+        return cls(path=path, inputs=tuple(InputSpec.from_dict(i) for i in d.pop("inputs")),
                    outputs=tuple(d.pop("outputs")), **d)
 
-    def verify(self) -> None:
-        """Raise :class:`ArtifactError` if the file is missing or changed since it was written."""
-        if not self.path.exists():
-            raise ArtifactError(f"{self.stage} artifact is missing: {self.path}")
-        if self.sha256 and sha256_path(self.path) != self.sha256:
+    def verify(self, root: Path | None = None) -> None:
+        """Raise :class:`ArtifactError` if the file is missing, has no sha256, or changed since it
+        was written. With ``root``: also if any file of it resolves outside ``root`` (a symlink)."""
+        if not self.sha256:
+            raise ArtifactError(f"{self.stage} artifact {self.path.name} has no sha256: it cannot be verified",
+                                hint="re-export it with edgekit")
+        try:
+            if not self.path.exists():
+                raise ArtifactError(f"{self.stage} artifact is missing: {self.path}")
+            if root is not None:
+                top = Path(root).resolve()
+                for f in [self.path, *(sorted(self.path.rglob("*")) if self.path.is_dir() else [])]:
+                    if not f.resolve().is_relative_to(top):
+                        raise ArtifactError(f"stage '{self.stage}': {f.name} leads outside the artifact folder "
+                                            "(a symlink)", hint="a manifest may only name files in its own folder")
+            digest = sha256_path(self.path)
+        except OSError as exc:  # unreadable, a name too long, a symlink loop
+            raise ArtifactError(f"{self.stage} artifact {self.path.name} cannot be read: "
+                                f"{exc.strerror or exc}") from None
+        if digest != self.sha256:
             raise ArtifactError(f"{self.stage} artifact {self.path.name} changed since it was written (sha256 mismatch)",
                                 hint="re-export it")
+
+
+def inside(root: Path, rel: Path, what: str) -> Path:
+    """``root / rel`` when ``rel`` is relative and resolves (symlinks followed) inside ``root``;
+    otherwise an :class:`ArtifactError`."""
+    root = Path(root)
+    rel = Path(rel)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ArtifactError(f"{what}: path {str(rel)!r} is not inside the artifact folder",
+                            hint="a manifest may only name files in its own folder")
+    path = root / rel
+    if "\0" in str(rel):
+        raise ArtifactError(f"{what}: path {str(rel)!r} holds a NUL character")
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):  # outside root, or a symlink loop
+        raise ArtifactError(f"{what}: path {str(rel)!r} leads outside the artifact folder (a symlink)",
+                            hint="a manifest may only name files in its own folder") from None
+    return path
 
 
 @dataclass
@@ -122,10 +159,18 @@ class Manifest:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     tools: dict[str, str] = field(default_factory=tool_versions)
     schema: str = SCHEMA
+    root: Path | None = field(default=None, repr=False, compare=False)  # the folder it was read from
 
     @property
     def final(self) -> Artifact:
+        if not self.stages:
+            raise ArtifactError("this artifact has no stages (a --dry-run manifest?)", hint="re-export it")
         return self.stages[-1]
+
+    def verify(self) -> None:
+        """Verify every stage (sha256 present and matching, files inside the artifact folder)."""
+        for s in self.stages:
+            s.verify(self.root)
 
     def stage(self, name: str) -> Artifact:
         for s in self.stages:
@@ -154,16 +199,102 @@ class Manifest:
         if path.name != MANIFEST or not path.is_file():
             raise ArtifactError(f"no {MANIFEST} in {root}", hint="pass a folder written by 'edgekit export'")
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{path} is not a readable manifest: {exc}") from None
-        if d.get("schema") != SCHEMA:
-            raise ArtifactError(f"{path}: unknown manifest schema {d.get('schema')!r}", hint=f"expected {SCHEMA}")
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ArtifactError(f"{path} is not a readable manifest: {why}") from None
+        check_manifest(d, path)
         root = path.parent
         return cls(model=d["model"], request=d["request"],
-                   stages=[Artifact.from_dict(s, root) for s in d["stages"]],
-                   parity=d.get("parity", []), reports=d.get("reports", {}), command=d.get("command", ""),
-                   created=d.get("created", ""), tools=d.get("tools", {}), schema=d["schema"])
+                   stages=[Artifact.from_dict(st, root) for st in d["stages"]],
+                   parity=d.get("parity", []), reports=d.get("reports", {}), command=d.get("command") or "",
+                   created=d.get("created") or "", tools=d.get("tools", {}), schema=d["schema"], root=root)
+
+
+# The manifest's schema: what each field must be. A manifest is data from anywhere (an artifact
+# folder can be handed over by anyone), so it is checked whole before any field is used.
+_STR, _OPT_STR = (str,), (str, type(None))
+_STAGE_FIELDS = {"path": _STR, "stage": _STR, "format": _STR, "precision": _STR, "target": _STR,
+                 "inputs": (list,), "sha256": _STR}
+_STAGE_OPTIONAL = {"outputs": (list,), "parent": _OPT_STR, "meta": (dict,), "tools": (dict,),
+                   "size_bytes": (int, type(None))}
+_INPUT_FIELDS = {"name": _STR, "shape": (list,), "dtype": _STR, "layout": _STR, "dynamic_batch": (bool,)}
+_TOP_OPTIONAL = {"parity": (list,), "reports": (dict,), "command": _OPT_STR, "created": _OPT_STR,
+                 "tools": (dict,), "final": _OPT_STR}
+
+
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+def _field(where: str, d: dict, key: str, types: tuple, required: bool) -> None:
+    if key not in d:
+        if required:
+            raise ArtifactError(f"{where}: manifest field '{key}' is missing", hint="re-export the artifact")
+        return
+    v = d[key]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+        want = " or ".join(_kind(t()) if t is not type(None) else "null" for t in types)
+        raise ArtifactError(f"{where}: manifest field '{key}' must be {want}, got {_kind(v)}",
+                            hint="re-export the artifact")
+
+
+def check_manifest(d: Any, path: Path | str = MANIFEST) -> None:
+    """Raise a one-line :class:`ArtifactError` naming the first field of ``d`` (parsed
+    ``artifact.json``) that does not fit the schema."""
+    where = str(path)
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{where} is not an edgekit manifest (top level is {_kind(d)}, not an object)")
+    if d.get("schema") != SCHEMA:
+        raise ArtifactError(f"{where}: unknown manifest schema {d.get('schema')!r}", hint=f"expected {SCHEMA}")
+    for key in ("model", "request"):
+        _field(where, d, key, (dict,), True)
+    _field(where, d, "stages", (list,), True)
+    for key, types in _TOP_OPTIONAL.items():
+        _field(where, d, key, types, False)
+    for i, c in enumerate(d.get("parity", [])):
+        if not isinstance(c, dict):
+            raise ArtifactError(f"{where}: parity[{i}] must be an object, got {_kind(c)}",
+                                hint="re-export the artifact")
+    stab = d.get("reports", {}).get("reference_stability")
+    if stab is not None and not isinstance(stab, dict):
+        raise ArtifactError(f"{where}: reports.reference_stability must be an object or null, got {_kind(stab)}")
+    for i, st in enumerate(d["stages"]):
+        w = f"{where}: stages[{i}]"
+        if not isinstance(st, dict):
+            raise ArtifactError(f"{w} must be an object, got {_kind(st)}", hint="re-export the artifact")
+        unknown = sorted(set(st) - set(_STAGE_FIELDS) - set(_STAGE_OPTIONAL), key=str)
+        if unknown:
+            raise ArtifactError(f"{w}: unknown manifest field {unknown[0]!r}", hint="re-export the artifact")
+        for key, types in _STAGE_FIELDS.items():
+            _field(w, st, key, types, True)
+        for key, types in _STAGE_OPTIONAL.items():
+            _field(w, st, key, types, False)
+        for key in ("stage", "format", "precision", "target", "path", "sha256"):
+            if not st[key].isprintable():  # these reach messages: one line, no terminal escapes
+                raise ArtifactError(f"{w}: manifest field '{key}' holds control characters: {st[key]!r}")
+        if not st["sha256"]:
+            raise ArtifactError(f"{w}: stage '{st['stage']}' has an empty sha256, so it cannot be verified",
+                                hint="re-export the artifact")
+        if not st["path"]:
+            raise ArtifactError(f"{w}: manifest field 'path' is empty", hint="re-export the artifact")
+        if not all(isinstance(o, str) for o in st.get("outputs", [])):
+            raise ArtifactError(f"{w}: manifest field 'outputs' must be a list of strings")
+        for j, inp in enumerate(st["inputs"]):
+            wi = f"{w}.inputs[{j}]"
+            if not isinstance(inp, dict):
+                raise ArtifactError(f"{wi} must be an object, got {_kind(inp)}", hint="re-export the artifact")
+            unknown = sorted(set(inp) - set(_INPUT_FIELDS), key=str)
+            if unknown:
+                raise ArtifactError(f"{wi}: unknown manifest field {unknown[0]!r}", hint="re-export the artifact")
+            _field(wi, inp, "shape", (list,), True)
+            for key, types in _INPUT_FIELDS.items():
+                _field(wi, inp, key, types, False)
+            if not inp["shape"] or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                           for n in inp["shape"]):
+                raise ArtifactError(f"{wi}: manifest field 'shape' must be a list of positive integers",
+                                    hint="re-export the artifact")
 
 
 def _json_default(o: Any):

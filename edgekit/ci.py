@@ -10,6 +10,7 @@ passed, 1 a parity failure, 2 a configuration or export error.
 from __future__ import annotations
 
 import difflib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,9 @@ def _check_keys(table: dict[str, Any], allowed: dict[str, type], where: str) -> 
         ok = isinstance(value, typ) or (typ is float and isinstance(value, int) and not isinstance(value, bool))
         if not ok or (typ is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: '{key}' must be a {typ.__name__}, got {type(value).__name__}")
+        if typ in (int, float) and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{where}: '{key}' must be a finite number above 0, got {value!r}",
+                              hint="e.g. seconds = 1.0, threads = 2, samples = 32")
 
 
 def _tolerances(table: dict[str, Any], where: str) -> dict[str, dict[str, float]]:
@@ -101,6 +105,8 @@ def _tolerances(table: dict[str, Any], where: str) -> dict[str, dict[str, float]
                                   hint=f"metrics: {', '.join(TOLERANCE_KEYS)}")
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ConfigError(f"{where}: tolerance.{prec}.{k} must be a number")
+            if not math.isfinite(v):
+                raise ConfigError(f"{where}: tolerance.{prec}.{k} must be a finite number, got {v!r}")
         out[prec] = {k: float(v) for k, v in metrics.items()}
     return out
 
@@ -310,7 +316,13 @@ def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool =
                      stage=final.stage, format=final.format, artifact=str(result.out),
                      size_mb=round(final.size_bytes / 1e6, 3), parity=par,
                      status="ok" if result.passed else "parity-fail")
+        if row["status"] == "error":  # the artifact was built but could not be measured
+            case.error = f"{cell.name}: bench failed: {row.get('error')}"
+            console.warn(case.error)
         rows.append(row)
+    for case, row in zip(cases, rows):  # one of each per cell: every error row is a JUnit error
+        if row["status"] == "error" and case.error is None:
+            case.error = row.get("error") or f"{case.name}: error"
     junit = junit or cfg.out / "junit.xml"
     write_junit(cases, junit, suite=f"edgekit ci ({cfg.path.name})")
     report = new_report("ci", rows, {dev: fp}, {"config": str(cfg.path), "bench": cfg.bench,

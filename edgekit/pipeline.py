@@ -19,6 +19,7 @@ from .compare import ROUNDING_FACTOR, Comparison, Tolerance, tolerance_for
 from .console import Console
 from .contracts import ExportContext, ExportRequest
 from .errors import ExportError, UsageError
+from .recheck import user_ref_sha256
 from .specs import InputSpec, check_precision
 
 
@@ -199,7 +200,8 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
             stability = _stability(res, request, reference, pairs, console)
         latency = _latency(stages[-1], request, feeds, console) if (request.bench and stages) else None
         model_info = {**res.spec.summary(), "alias": res.alias, "weights": res.weights.to_dict(),
-                      "user_ref": res.user_ref, "input_shape": list(res.inputs[0].shape)}
+                      "user_ref": res.user_ref, "user_ref_sha256": user_ref_sha256(res.user_ref),
+                      "input_shape": list(res.inputs[0].shape)}
         manifest = Manifest(model=model_info, request=request.to_dict(), stages=stages,
                             parity=[c.to_dict() for c in comps],
                             reports={"lint": lint, "latency": latency, "warnings": console.warnings,

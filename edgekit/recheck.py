@@ -1,25 +1,131 @@
 """Re-check an artifact from its manifest: rebuild the reference model, verify every
-stage's sha256, re-run parity. Used by ``edgekit parity``."""
+stage's sha256, re-run parity. Used by ``edgekit parity``.
+
+A manifest is data: nothing it names is ever imported. A zoo model is rebuilt from the
+registry by name; a user model (``file.py:factory`` or ``package.module:factory``) is
+imported only when the user names it again with ``--model``, and the sha256 of its file,
+recorded at export, says whether the file changed since."""
 from __future__ import annotations
 
+import hashlib
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from .artifact import Artifact, Manifest
 from .contracts import ExportRequest
-from .errors import UsageError
-from .specs import InputSpec
+from .errors import ArtifactError, UsageError
+from .specs import PRECISIONS, InputSpec
 
 
-def _request_from_manifest(m: Manifest, args) -> ExportRequest:
+def _ref_file(ref: str) -> Path | None:
+    """The source file behind a user model reference: the ``.py`` it names, or the file of an
+    already imported module (never imports anything)."""
+    target, _, _ = ref.rpartition(":")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return Path(target)
+    f = getattr(sys.modules.get(target), "__file__", None)
+    return Path(f) if f else None
+
+
+def user_ref_sha256(ref: str | None) -> str | None:
+    """sha256 of a user model's source file (None for a zoo model or an unresolvable module)."""
+    f = _ref_file(ref) if ref else None
+    if f is None or not f.is_file():
+        return None
+    return hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def _manifest_field(m: Manifest, table: str, key: str, types: tuple, what: str) -> Any:
+    d = m.model if table == "model" else m.request
+    v = d.get(key)
+    if not isinstance(v, types) or isinstance(v, bool) and bool not in types:
+        raise ArtifactError(f"artifact.json: manifest field '{table}.{key}' must be {what}",
+                            hint="re-export the artifact")
+    return v
+
+
+def _check_tolerance(tol: dict, where: str) -> None:
+    from .compare import Tolerance
+
+    known = Tolerance.__dataclass_fields__
+    for k, v in tol.items():
+        if k not in known:
+            raise ArtifactError(f"artifact.json: unknown metric {k!r} in {where}",
+                                hint=f"metrics: {', '.join(known)}")
+        if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            raise ArtifactError(f"artifact.json: {where}.{k} must be a finite number, got {v!r}")
+
+
+def _model_for(m: Manifest, args, console) -> str:
+    """The model to compare with: the zoo model the manifest names, or the user's --model."""
+    from .models.user import is_user_ref
+
+    name = m.model.get("name")
+    recorded = m.model.get("user_ref")
+    if recorded is None and isinstance(name, str) and is_user_ref(name):
+        recorded = name  # a manifest that hides a reference in 'name' is still a user model
+    if recorded is not None:
+        if not isinstance(recorded, str) or not recorded or not recorded.isprintable():
+            raise ArtifactError(f"artifact.json: manifest field 'model.user_ref' must be a one-line string, "
+                                f"got {recorded!r}")
+        if not args.model:
+            raise UsageError(f"this artifact was made from a user model ({recorded}); pass --model {recorded} "
+                             "to re-check it", hint="edgekit never imports a file because a manifest names it")
+        return args.model
+    name = _manifest_field(m, "model", "name", (str,), "a zoo model name")
+    if not name.isprintable():
+        raise ArtifactError(f"artifact.json: manifest field 'model.name' holds control characters: {name!r}")
+    if args.model and args.model not in (name, m.model.get("alias")):
+        console.warn(f"comparing with --model {args.model}; the artifact was exported from '{name}'")
+    return args.model or name
+
+
+def _check_source(m: Manifest, ref: str, console) -> None:
+    """Warn when the user model's file differs from the one the artifact was exported from."""
+    recorded = m.model.get("user_ref_sha256")
+    if not isinstance(recorded, str) or not recorded:
+        console.warn(f"the manifest records no sha256 of the model file: cannot tell whether {ref} changed "
+                     "since the export")
+        return
+    now = user_ref_sha256(ref)
+    if now is None:
+        console.warn(f"cannot find the source file of {ref} to compare it with the one exported")
+    elif now != recorded:
+        console.warn(f"model file of {ref} changed since the artifact was exported (sha256 {now[:12]}, "
+                     f"was {recorded[:12]}): parity compares the artifact with the model as it is now")
+
+
+def _request_from_manifest(m: Manifest, args, console) -> ExportRequest:
     req = m.request
-    model = m.model.get("user_ref") or m.model["name"]
+    model = _model_for(m, args, console)
+    shape = _manifest_field(m, "model", "input_shape", (list,), "a list of positive integers")
+    if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
+        raise ArtifactError("artifact.json: manifest field 'model.input_shape' must be a list of positive integers")
+    target = _manifest_field(m, "request", "target", (str,), "a target name")
+    precision = _manifest_field(m, "request", "precision", (str,), "a precision name")
+    for key in ("weights", "calib"):
+        _manifest_field(m, "request", key, (str, type(None)), "a path or null")
+    samples = _manifest_field(m, "request", "samples", (int, type(None)), "an integer or null")
+    if precision not in PRECISIONS:
+        raise ArtifactError(f"artifact.json: manifest field 'request.precision' is {precision!r}",
+                            hint=f"one of {', '.join(PRECISIONS)}")
+    tol = _manifest_field(m, "request", "tolerance", (dict, type(None)), "an object or null") or {}
+    _check_tolerance(tol, "request.tolerance")
+    for i, st in enumerate(m.stages):
+        if st.precision not in PRECISIONS:
+            raise ArtifactError(f"artifact.json: stages[{i}].precision is {st.precision!r}",
+                                hint=f"one of {', '.join(PRECISIONS)}")
+        if not isinstance(st.meta.get("tolerance", {}), dict):
+            raise ArtifactError(f"artifact.json: stages[{i}].meta.tolerance must be an object")
+        _check_tolerance(st.meta.get("tolerance", {}), f"stages[{i}].meta.tolerance")
     weights = args.weights or (req.get("weights") and Path(req["weights"]))
-    return ExportRequest(model=model, target=req["target"], precision=req["precision"],
-                         input_shape=tuple(m.model["input_shape"]), weights=weights,
+    return ExportRequest(model=model, target=target, precision=precision,
+                         input_shape=tuple(shape), weights=weights,
                          pretrained=bool(req.get("pretrained")), calib=args.calib or req.get("calib"),
-                         samples=args.samples or req.get("samples"), dynamic_batch=bool(req.get("dynamic_batch")),
-                         tolerance=req.get("tolerance") or {}, threads=args.threads, device=args.device)
+                         samples=args.samples or samples, dynamic_batch=bool(req.get("dynamic_batch")),
+                         tolerance=tol, threads=args.threads, device=args.device)
 
 
 def _bare_onnx(args) -> tuple[Manifest, ExportRequest]:
@@ -51,10 +157,13 @@ def recheck(args, console) -> tuple[list, Any]:
         manifest, request = _bare_onnx(args)
     else:
         manifest = Manifest.read(path)
-        request = _request_from_manifest(manifest, args)
-    for s in manifest.stages:
-        s.verify()
+        if not manifest.stages:
+            raise ArtifactError(f"{path} has no stages to re-check (a --dry-run manifest?)", hint="re-export it")
+        request = _request_from_manifest(manifest, args, console)
+    manifest.verify()  # sha256 of every stage, and every stage inside the folder, before any work
     res = resolve(request, console)
+    if res.user_ref and manifest.root is not None:
+        _check_source(manifest, res.user_ref, console)
     feeds = parity_feeds(res, request)
     tol = tolerance_fn(res.spec, request, bool(res.weights.trained),
                        fp32_rounding_error(res.model, res.inputs, feeds.heldout))

@@ -10,7 +10,7 @@ def register(sub) -> None:
         "ci", help="run the parity checks of edgekit.toml and write JUnit XML",
         description="Export every model/target/precision named in the project file, compare each stage with "
                     "PyTorch, and write one JUnit testcase per cell (a parity failure names the model, target, "
-                    "stage and metric). Exit 0 all passed, 1 a parity failure, 2 a configuration or export "
+                    "stage and metric). Exit 0 all passed, 1 a parity failure, 2 a configuration, export or bench "
                     "error. Format: docs/ci.md.")
     p.add_argument("--config", "-c", type=Path, default=Path("edgekit.toml"),
                    help="project file (default ./edgekit.toml; a pyproject.toml with [tool.edgekit] works too)")

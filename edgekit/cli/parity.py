@@ -11,9 +11,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "parity", help="re-check an exported artifact against the PyTorch model",
         description="Re-run stage-by-stage parity for an artifact folder written by 'edgekit export' "
-                    "(every stage's sha256 is verified first), or for a single ONNX file given --model.")
+                    "(every stage's sha256 is verified first), or for a single ONNX file given --model. "
+                    "Nothing a manifest names is imported: an artifact made from your own model is re-checked "
+                    "only when you name that model again with --model.")
     p.add_argument("artifact", type=Path, help="artifact folder (with artifact.json) or an .onnx file")
-    p.add_argument("--model", help="zoo model the ONNX file was exported from (for a bare .onnx)")
+    p.add_argument("--model", help="the model to compare with: a zoo name (needed for a bare .onnx) or your "
+                                   "path/to/file.py:factory | package.module:factory (needed for an artifact made "
+                                   "from a user model; a changed file is reported)")
     p.add_argument("--weights", type=Path, help="checkpoint for --model")
     p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW for a bare .onnx")
     p.add_argument("--calib", type=Path, help="image folder for held-out samples (default: bundled photos)")

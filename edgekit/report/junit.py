@@ -18,7 +18,7 @@ class Case:
     classname: str
     seconds: float = 0.0
     failure: str | None = None        # parity failure: message
-    error: str | None = None          # export failure: message
+    error: str | None = None          # export or bench failure: message (outranks a failure)
     skipped: str | None = None
     details: str = ""                 # body text of failure / error
     properties: dict[str, str] = field(default_factory=dict)
@@ -28,9 +28,10 @@ class Case:
 def junit_xml(cases: list[Case], suite: str = "edgekit") -> str:
     root = ET.Element("testsuites", name=suite)
     ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)),
-                       failures=str(sum(c.failure is not None for c in cases)),
+                       failures=str(sum(c.failure is not None and c.error is None for c in cases)),
                        errors=str(sum(c.error is not None for c in cases)),
-                       skipped=str(sum(c.skipped is not None for c in cases)),
+                       skipped=str(sum(c.skipped is not None and c.error is None and c.failure is None
+                                       for c in cases)),
                        time=f"{sum(c.seconds for c in cases):.3f}",
                        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"), hostname=socket.gethostname())
     for c in cases:
@@ -39,10 +40,13 @@ def junit_xml(cases: list[Case], suite: str = "edgekit") -> str:
             props = ET.SubElement(tc, "properties")
             for k, v in c.properties.items():
                 ET.SubElement(props, "property", name=k, value=str(v))
-        if c.failure is not None:
+        # one outcome per testcase, the worst: an error (the cell could not be run or measured)
+        # outranks a parity failure, whose text then follows the error's
+        if c.error is not None:
+            body = (c.details or c.error) if c.failure is None else f"{c.error}\n\n{c.details or c.failure}"
+            ET.SubElement(tc, "error", message=c.error, type="ExportError").text = body
+        elif c.failure is not None:
             ET.SubElement(tc, "failure", message=c.failure, type="ParityFailure").text = c.details or c.failure
-        elif c.error is not None:
-            ET.SubElement(tc, "error", message=c.error, type="ExportError").text = c.details or c.error
         elif c.skipped is not None:
             ET.SubElement(tc, "skipped", message=c.skipped)
         if c.stdout:

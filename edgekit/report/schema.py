@@ -198,7 +198,104 @@ def device_ids(report: dict[str, Any]) -> list[str]:
     return seen + [d for d in report.get("devices", {}) if d not in seen]
 
 
+# What each row field must be: a report is data from any device, checked whole before any
+# view or merge reads it, so a wrong type is a one-line schema error naming the field.
+_NUM, _NONE = (int, float), type(None)
+_ROW_TYPES: dict[str, tuple] = {
+    "model": (str,), "target": (str,), "precision": (str,), "device_id": (str,), "status": (str,),
+    "versions": (dict,), "error": (str, _NONE), "baseline": (bool,), "reused": (bool,),
+    "stage": (str, _NONE), "runner": (str, _NONE), "artifact": (str, _NONE), "format": (str, _NONE),
+    "size_mb": (*_NUM, _NONE), "input_shape": (list, _NONE), "batch": (int, _NONE), "threads": (int, _NONE),
+    "device": (str, _NONE), "options": (dict,), "default_options": (bool,), "latency": (dict, _NONE),
+    "parity": (dict, _NONE), "speedup": (*_NUM, _NONE), "flags": (list,), "notes": (list,), "warnings": (list,),
+    "paired": (dict, _NONE), "paired_baseline": (dict, _NONE),
+}
+# numbers inside the row's objects that the views and finalize compute with ("inf"/"nan": JSON's
+# spelling of non-finite floats, see _clean)
+_NESTED_NUMBERS = {
+    "latency": ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "loadavg"),
+    "parity": ("max_abs", "cosine", "sqnr_db", "top1", "top5"),
+    "paired": ("ratio", "int8_p50_ms", "fp32_p50_ms", "rounds", "rounds_int8_faster"),
+    "paired_baseline": ("speedup", "torch_p50_ms", "p50_ms", "rounds"),
+}
+_FINITE_WORDS = ("inf", "-inf", "nan")
+_WORDS_OK = ("max_abs", "sqnr_db")  # the metrics that may be non-finite (identical outputs: SQNR inf)
+
+
+def _type_name(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number" if isinstance(v, (int, float)) else type(v).__name__)
+
+
+def _is(v: Any, types: tuple) -> bool:
+    return isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
+
+
+def _want(types: tuple) -> str:
+    names = {str: "a string", dict: "an object", list: "a list", bool: "a boolean", int: "an integer",
+             float: "a number", type(None): "null"}
+    return " or ".join(dict.fromkeys(names[t] for t in types if not (t is int and float in types)))
+
+
+def _check_row(r: Any, where: str) -> None:
+    if not isinstance(r, dict):
+        raise ArtifactError(f"{where} must be an object, got {_type_name(r)}")
+    missing = [k for k in ("model", "target", "precision", "device_id", "status") if k not in r]
+    if missing:
+        raise ArtifactError(f"{where} lacks {', '.join(missing)}")
+    for k, types in _ROW_TYPES.items():
+        if k in r and not _is(r[k], types):
+            raise ArtifactError(f"{where}: '{k}' must be {_want(types)}, got {_type_name(r[k])}")
+    if r["status"] not in STATUSES:
+        raise ArtifactError(f"{where}: bad status {r['status']!r}", hint=f"one of {', '.join(STATUSES)}")
+    if r.get("input_shape") is not None and not all(_is(n, (int,)) for n in r["input_shape"]):
+        raise ArtifactError(f"{where}: 'input_shape' must be a list of integers")
+    for k in ("flags", "notes", "warnings"):
+        if not all(isinstance(x, str) for x in r.get(k) or []):
+            raise ArtifactError(f"{where}: '{k}' must be a list of strings")
+    for obj, keys in _NESTED_NUMBERS.items():
+        d = r.get(obj) or {}
+        for k in keys:
+            if obj.startswith("paired") and d and k not in d:  # a pair that ran has all its figures
+                raise ArtifactError(f"{where}: '{obj}' lacks '{k}'")
+            v = d.get(k)
+            if v is not None and not _is(v, _NUM) and not (k in _WORDS_OK and v in _FINITE_WORDS):
+                raise ArtifactError(f"{where}: '{obj}.{k}' must be a number or null, got {_type_name(v)}")
+    par = r.get("parity") or {}
+    fails = par.get("failures")
+    if fails is not None and not (isinstance(fails, list) and all(isinstance(x, str) for x in fails)):
+        raise ArtifactError(f"{where}: 'parity.failures' must be a list of strings")
+    if "busy-machine" in r.get("flags", []) and not r.get("latency"):
+        raise ArtifactError(f"{where}: flag 'busy-machine' on a row without latency")
+    yard = par.get("reference_stability")
+    if yard is not None and not (isinstance(yard, dict) and all(
+            yard.get(k) is None or _is(yard[k], _NUM) for k in ("top1", "cosine", "sqnr_db"))
+            and _is(yard.get("amplitude_steps", 0.5), _NUM)):
+        raise ArtifactError(f"{where}: 'parity.reference_stability' must be an object of numbers or null")
+
+
+def _check_device(fp: Any, where: str) -> None:
+    if not isinstance(fp, dict):
+        raise ArtifactError(f"{where} must be an object, got {_type_name(fp)}")
+    for k, types in (("name", (str,)), ("cpu", (dict,)), ("os", (dict,)),
+                     ("python", (dict, _NONE)), ("gpus", (list,)), ("runtimes", (dict, _NONE)),
+                     ("memory_gb", (*_NUM, _NONE))):
+        if k in fp and not _is(fp[k], types):
+            raise ArtifactError(f"{where}: '{k}' must be {_want(types)}, got {_type_name(fp[k])}")
+    cpu = fp.get("cpu") or {}
+    for k in ("usable_threads", "cores", "threads"):
+        if cpu.get(k) is not None and not _is(cpu[k], _NUM):
+            raise ArtifactError(f"{where}: 'cpu.{k}' must be a number or null, got {_type_name(cpu[k])}")
+    isa = cpu.get("isa")
+    if isa is not None and not (isinstance(isa, list) and all(isinstance(x, str) for x in isa)):
+        raise ArtifactError(f"{where}: 'cpu.isa' must be a list of strings")
+    if not all(isinstance(g, dict) for g in fp.get("gpus") or []):
+        raise ArtifactError(f"{where}: 'gpus' must be a list of objects")
+
+
 def validate(report: Any, where: str = "report") -> dict[str, Any]:
+    """Check a parsed report JSON whole; fill every row's missing optional fields. Raises a
+    one-line :class:`ArtifactError` naming the first field that does not fit the schema."""
     if not isinstance(report, dict):
         raise ArtifactError(f"{where} is not an edgekit report (top level is not an object)")
     if report.get("schema") != SCHEMA:
@@ -207,17 +304,27 @@ def validate(report: Any, where: str = "report") -> dict[str, Any]:
     for key, typ in (("rows", list), ("devices", dict)):
         if not isinstance(report.get(key), typ):
             raise ArtifactError(f"{where}: '{key}' is missing or not a {typ.__name__}")
+    for key, types in (("kind", (str, _NONE)), ("created", (str, _NONE)), ("edgekit", (str, _NONE)),
+                       ("settings", (dict, _NONE)), ("checks", (list, _NONE)), ("sources", (list, _NONE))):
+        if key in report and not _is(report[key], types):
+            raise ArtifactError(f"{where}: '{key}' must be {_want(types)}, got {_type_name(report[key])}")
+    for key in ("checks", "sources"):
+        if not all(isinstance(c, dict) for c in report.get(key) or []):
+            raise ArtifactError(f"{where}: '{key}' must be a list of objects")
+    if not all(isinstance(c.get("message"), str) and isinstance(c.get("check"), str)
+               for c in report.get("checks") or []):
+        raise ArtifactError(f"{where}: every check needs a string 'check' and 'message'")
+    for dev, fp in report["devices"].items():
+        _check_device(fp, f"{where}: device {dev!r}")
     for i, r in enumerate(report["rows"]):
-        missing = [k for k in ("model", "target", "precision", "device_id", "status") if k not in r]
-        if missing:
-            raise ArtifactError(f"{where}: row {i} lacks {', '.join(missing)}")
+        _check_row(r, f"{where}: row {i}")
         if r["device_id"] not in report["devices"]:
             raise ArtifactError(f"{where}: row {i} names device {r['device_id']!r} with no fingerprint")
         for k, v in _ROW_DEFAULTS.items():
             r.setdefault(k, v.copy() if isinstance(v, (dict, list)) else v)
-    report.setdefault("checks", [])
-    report.setdefault("sources", [])
-    report.setdefault("settings", {})
+    for key, empty in (("checks", []), ("sources", []), ("settings", {})):
+        if report.get(key) is None:
+            report[key] = empty
     return report
 
 
@@ -226,9 +333,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"report not found: {path}")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path} is not readable JSON: {exc}") from None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or not UTF-8 (a binary file)
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArtifactError(f"{path} is not readable JSON: {why}") from None
     return validate(data, str(path))
 
 
