@@ -53,7 +53,9 @@ class Resolved:
 def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
     from .models import build
     from .models.registry import check_input_shape, get_spec, resolve_name
-    from .models.user import is_user_ref, load_user_spec
+    from .models.user import build_user_model, is_user_ref, load_user_spec
+    from .resources import check_memory
+    from .torch_runner import probe
 
     if is_user_ref(request.model):
         spec, alias, user_ref = load_user_spec(request.model, request.input_shape), None, request.model
@@ -62,13 +64,16 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
         spec, user_ref = get_spec(name), None
         if alias and console:
             console.info(f"model '{alias}' resolved to '{name}'")
+    check_request_numbers(request)
     shape = tuple(request.input_shape) if request.input_shape else (request.batch, *spec.input.shape[1:])
     if request.input_shape:
         check_input_shape(spec, shape)
-    if request.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {request.batch}")
-    model, weights = build(spec, weights=request.weights, pretrained=request.pretrained)
+    # before the model is built (its BatchNorm statistics decode photos at this size) and any feed is decoded
+    check_memory(shape, heldout_samples(request), what="--samples" if request.samples is not None else None)
+    model, weights = build_user_model(spec, request) if user_ref else \
+        build(spec, weights=request.weights, pretrained=request.pretrained)
     inputs = (InputSpec(spec.input.name, shape, spec.input.dtype, spec.input.layout, request.dynamic_batch),)
+    probe(model, inputs, spec.name, user=bool(user_ref), default_shape=None if user_ref else tuple(spec.input.shape))
     return Resolved(spec, alias, model, weights, inputs, user_ref)
 
 
@@ -89,11 +94,35 @@ def tolerance_fn(spec, request: ExportRequest, trained: bool, fp32_floor: float 
     return for_stage
 
 
+def check_request_numbers(request: ExportRequest) -> None:
+    """The numeric fields of a request (API, CI config or manifest alike), as the CLI checks them."""
+    from .specs import check_int, check_tolerances
+
+    check_int("--batch", request.batch, 1)
+    for flag, value in (("--samples", request.samples), ("--threads", request.threads), ("--opset", request.opset)):
+        if value is not None:
+            check_int(flag, value, 1)
+    request.tolerance = check_tolerances(request.tolerance)
+
+
+def heldout_samples(request: ExportRequest) -> int:
+    """Held-out parity samples: ``--samples``, else 200 at reduced precision, 32 at FP32."""
+    return request.samples if request.samples is not None else (200 if request.precision != "fp32" else 32)
+
+
+def stage_device(stage: Artifact, request: ExportRequest) -> str | None:
+    """``--device`` belongs to the requested target: its stages run there; the ONNX stages
+    that lead to another target's artifact run on ONNX Runtime's CPU as references."""
+    from .targets import get_target
+
+    return request.device if stage.target == get_target(request.target).name else None
+
+
 def parity_feeds(res: Resolved, request: ExportRequest):
     """Calibration and held-out feeds for a request (bundled photos unless --calib)."""
     from calibration.feeds import photo_feeds
 
-    n = request.samples or (200 if request.precision != "fp32" else 32)
+    n = heldout_samples(request)
     feed_input = replace(res.inputs[0], shape=(1, *res.inputs[0].shape[1:])) if request.dynamic_batch else res.inputs[0]
     return photo_feeds(res.spec.preprocess, feed_input, folder=request.calib, heldout=n)
 
@@ -186,7 +215,7 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
         comps: list[Comparison] = []
         stability = None
         if request.parity:
-            runners = [(s, get_target(s.target).open(s, device=request.device, threads=request.threads))
+            runners = [(s, get_target(s.target).open(s, device=stage_device(s, request), threads=request.threads))
                        for s in stages]
             with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
                 reference = TorchRunner(res.model, res.inputs, stages[0].outputs if stages else ("output",))
