@@ -65,6 +65,7 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
         if alias and console:
             console.info(f"model '{alias}' resolved to '{name}'")
     check_request_numbers(request)
+    check_opset(request)
     shape = tuple(request.input_shape) if request.input_shape else (request.batch, *spec.input.shape[1:])
     if request.input_shape:
         check_input_shape(spec, shape)
@@ -105,6 +106,22 @@ def check_request_numbers(request: ExportRequest) -> None:
     request.tolerance = check_tolerances(request.tolerance)
 
 
+def check_opset(request: ExportRequest) -> None:
+    """``--opset`` is for ONNX: refused where no ONNX is written, and outside the range the
+    installed exporter can write (before any work)."""
+    if request.opset is None:
+        return
+    from .targets import get_target
+
+    target = get_target(request.target)
+    if target.source != "onnx" and target.handles_precision(request):
+        raise UsageError(f"--opset applies to ONNX, and target '{target.name}' converts from PyTorch without it",
+                         hint="drop --opset")
+    from exporters.onnx import check_opset as check_onnx_opset
+
+    check_onnx_opset(request.opset)
+
+
 def heldout_samples(request: ExportRequest) -> int:
     """Held-out parity samples: ``--samples``, else 200 at reduced precision, 32 at FP32."""
     return request.samples if request.samples is not None else (200 if request.precision != "fp32" else 32)
@@ -118,13 +135,24 @@ def stage_device(stage: Artifact, request: ExportRequest) -> str | None:
     return request.device if stage.target == get_target(request.target).name else None
 
 
-def parity_feeds(res: Resolved, request: ExportRequest):
-    """Calibration and held-out feeds for a request (bundled photos unless --calib)."""
+def parity_feeds(res: Resolved, request: ExportRequest, console: Console | None = None):
+    """Calibration and held-out feeds for a request (bundled photos unless --calib). The one
+    warning about converted or skipped images goes to the console (and so the manifest)."""
+    import warnings
+
     from calibration.feeds import photo_feeds
 
     n = heldout_samples(request)
     feed_input = replace(res.inputs[0], shape=(1, *res.inputs[0].shape[1:])) if request.dynamic_batch else res.inputs[0]
-    return photo_feeds(res.spec.preprocess, feed_input, folder=request.calib, heldout=n)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        feeds = photo_feeds(res.spec.preprocess, feed_input, folder=request.calib, heldout=n)
+    for w in caught:
+        if console is not None:
+            console.warn(str(w.message))
+        else:
+            warnings.warn(str(w.message), stacklevel=2)
+    return feeds
 
 
 def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Path, stem: str,
@@ -187,7 +215,7 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     res = resolve(request, console)
     stem = res.spec.name
     out = Path(request.out or Path("artifacts") / f"{stem}-{target.name}-{request.precision}")
-    feeds = parity_feeds(res, request)
+    feeds = parity_feeds(res, request, console)
     floor = fp32_rounding_error(res.model, res.inputs, feeds.heldout) if request.parity else 0.0
     tol = tolerance_fn(res.spec, request, bool(res.weights.trained), floor)
     with atomic_dir(out, overwrite=request.force) as work:
@@ -256,7 +284,7 @@ def _latency(art: Artifact, request: ExportRequest, feeds, console: Console) -> 
     from .bench.timing import measure
     from .targets import get_target
 
-    runner = get_target(art.target).open(art, device=request.device, threads=request.threads)
+    runner = get_target(art.target).open(art, device=stage_device(art, request), threads=request.threads)
     feed = next(iter(feeds.heldout))
     with console.step(f"latency of {art.stage} ({runner.name})") as d:
         stats = measure(runner, [feed], warmup=5, seconds=1.0)

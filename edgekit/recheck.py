@@ -55,7 +55,7 @@ def recheck(args, console) -> tuple[list, Any]:
     for s in manifest.stages:
         s.verify()
     res = resolve(request, console)
-    feeds = parity_feeds(res, request)
+    feeds = parity_feeds(res, request, console)
     tol = tolerance_fn(res.spec, request, bool(res.weights.trained),
                        fp32_rounding_error(res.model, res.inputs, feeds.heldout))
     runners = [(s, get_target(s.target).open(s, device=stage_device(s, request), threads=request.threads))
