@@ -166,6 +166,19 @@ def test_device_sets_are_declared_per_target():
         assert t.devices() == ("CPU",)
 
 
+def test_bench_and_parity_refuse_a_device_the_artifact_cannot_use(tmp_path, capsys):
+    art = tmp_path / "art"
+    assert main(["-q", "export", "lenet5", "--no-parity", "--no-bench", "--out", str(art)]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in art.iterdir())
+    report = tmp_path / "bench.json"
+    _refused(capsys, ["bench", str(art), "--device", "GPU", "--iters", "2", "--json", str(report)],
+             "target 'onnx' cannot run on device 'GPU'")
+    assert not report.exists()
+    _refused(capsys, ["parity", str(art), "--device", "GPU", "--samples", "2"], "cannot run on device 'GPU'")
+    assert sorted(p.name for p in art.iterdir()) == before
+
+
 def test_reference_onnx_stages_of_another_target_run_on_cpu():
     from edgekit.artifact import Artifact
     from edgekit.contracts import ExportRequest

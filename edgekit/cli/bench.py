@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is not None and args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
     manifests = [(a, read_artifact(a)) for a in args.artifacts]  # every path is checked before any timing
+    if args.device is not None:  # honoured by every artifact's runtime, or refused before any timing
+        from edgekit.targets import get_target
+
+        for _, m in manifests:
+            get_target(m.final.target).check_device(args.device)
     settings = BenchSettings(threads=args.threads, batch=args.batch, warmup=args.warmup, iters=args.iters,
                              seconds=args.seconds, device=args.device)
     fp = fingerprint(args.label)
