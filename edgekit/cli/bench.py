@@ -11,8 +11,10 @@ MAX_BATCH = 4096
 
 
 def add_timing_args(p: argparse.ArgumentParser, seconds: float = 2.0, warmup: int = 10) -> None:
-    p.add_argument("--threads", type=int_option("--threads", 1, MAX_THREADS), help="runtime threads (default: each runtime's own default)")
-    p.add_argument("--warmup", type=int_option("--warmup", 0, 1_000_000), default=warmup, help=f"warm-up runs, the first included (default {warmup})")
+    p.add_argument("--threads", type=int_option("--threads", 1, MAX_THREADS),
+                   help="runtime threads (default: each runtime's own default)")
+    p.add_argument("--warmup", type=int_option("--warmup", 0, 1_000_000), default=warmup,
+                   help=f"warm-up runs, the first included (default {warmup})")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--iters", type=int_option("--iters", 1, 100_000_000),
                         help="timed runs (default: run for --seconds)")
@@ -29,7 +31,8 @@ def register(sub) -> None:
                     "inference calls and write a report (JSON is the source of truth; Markdown and HTML are "
                     "views). The method is in docs/bench.md. Exit 0, or 2 if an artifact could not run.")
     p.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT", help="artifact folder from 'edgekit export'")
-    p.add_argument("--batch", type=int_option("--batch", 1, MAX_BATCH), help="batch size (needs a dynamic-batch artifact unless it matches)")
+    p.add_argument("--batch", type=int_option("--batch", 1, MAX_BATCH),
+                   help="batch size (needs a dynamic-batch artifact unless it matches)")
     add_timing_args(p)
     p.add_argument("--torch", action="append", default=[], metavar="MODEL",
                    help="add a torch eager FP32 baseline row for MODEL (repeatable)")

@@ -40,7 +40,8 @@ def register(sub) -> None:
     p.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip the ONNX simplifier")
     p.add_argument("--simplifier", choices=("onnxsim", "onnxslim"), default="onnxsim")
     p.add_argument("--device", help="runtime device for the target (e.g. CPU, GPU, NPU for OpenVINO)")
-    p.add_argument("--threads", type=int_option("--threads", 1, MAX_THREADS), help="runtime threads for parity and latency")
+    p.add_argument("--threads", type=int_option("--threads", 1, MAX_THREADS),
+                   help="runtime threads for parity and latency")
     p.add_argument("--dry-run", action="store_true", help="run every stage up to the target build, then stop")
     p.add_argument("--no-parity", dest="parity", action="store_false", help="skip the parity check")
     p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the latency measurement")
@@ -65,7 +66,8 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
             if o.action:
                 kw["action"] = o.action
             else:
-                kw["type"] = o.type
+                # a count of calibration samples below 1 is refused like --samples
+                kw["type"] = int_option(o.flag, 1) if o.type is int and o.dest.endswith("samples") else o.type
                 if o.choices:
                     kw["choices"] = o.choices
             group.add_argument(o.flag, **kw)
