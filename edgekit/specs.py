@@ -104,8 +104,15 @@ def int_option(flag: str, lo: int = 1, hi: int | None = None):
 
 
 def check_int(flag: str, value: int, lo: int = 1, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{flag} expects an integer, got {value!r}")
+    """``value`` as an int in [lo, hi] (any integral type, numpy's included; not bool or float)."""
+    import operator
+
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise UsageError(f"{flag} expects an integer, got {_show(repr(value))}") from None
     if value < lo:
         raise UsageError(f"{flag} must be at least {lo}, got {value}")
     if hi is not None and value > hi:
