@@ -185,8 +185,8 @@ def test_reference_onnx_stages_of_another_target_run_on_cpu():
     from edgekit.pipeline import stage_device
 
     req = ExportRequest(model="lenet5", target="openvino", device="GPU")
-    onnx_stage = Artifact(path=__file__, stage="onnx", format="onnx", precision="fp32", target="onnx")
-    ir = Artifact(path=__file__, stage="openvino", format="openvino-ir", precision="fp32", target="openvino")
+    onnx_stage = Artifact(path=__file__, stage="onnx", format="onnx", precision="fp32", target="onnx", inputs=())
+    ir = Artifact(path=__file__, stage="openvino", format="openvino-ir", precision="fp32", target="openvino", inputs=())
     assert stage_device(onnx_stage, req) is None and stage_device(ir, req) == "GPU"
     assert stage_device(onnx_stage, ExportRequest(model="lenet5", device="CPU")) == "CPU"
 
