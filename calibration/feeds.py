@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit.errors import CalibrationError
 from edgekit.images import (  # noqa: F401  (re-exported: the feeds' public API)
-    IMAGE_SUFFIXES, PHOTOS_DIR, Sample, _bucket, bundled_photos, load_image, split_images)
+    IMAGE_SUFFIXES, PHOTOS_DIR, Sample, _bucket, bundled_photos, inspect_image, load_image, split_images)
 from edgekit.specs import InputSpec, Preprocess
 
 def find_images(folder: Path) -> list[Path]:
@@ -54,12 +54,13 @@ class ImageFeeds:
     Unreadable images are skipped with a warning and counted in ``skipped``.
     """
 
-    def __init__(self, samples: Sequence[Sample], pre: Preprocess, input: InputSpec, source: str = ""):
+    def __init__(self, samples: Sequence[Sample], pre: Preprocess, input: InputSpec, source: str = "",
+                 skipped: Sequence[str] = ()):
         self.samples = list(samples)
         self.pre = pre
         self.input = input
         self.source = source
-        self.skipped: list[str] = []
+        self.skipped: list[str] = list(skipped)  # files refused before decoding (check_images) or while
         self._cache: list[np.ndarray] | None = None
 
     @property
@@ -122,21 +123,57 @@ class FeedSet:
         return sorted(set(self.calib.skipped) | set(self.heldout.skipped))
 
 
+def check_images(paths: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """Headers of every image, read once: (usable paths, skipped paths). Wide images (16-bit
+    PNGs) are used after rescaling to 8 bits; unreadable, degenerate or oversized ones are
+    skipped. ONE warning names them all, so a folder of 16-bit scans is neither silently
+    clipped to white nor a wall of warnings."""
+    converted, skipped, ok = {}, {}, []
+    for p in paths:
+        verdict = inspect_image(p)
+        if verdict and verdict.startswith("skipped"):
+            skipped[p] = verdict.partition(": ")[2]
+            continue
+        if verdict:
+            converted.setdefault(verdict.partition(": ")[2], []).append(p)
+        ok.append(p)
+    parts = [f"converted {len(v)} {k} image(s) to 8-bit ({_names(v)})" for k, v in converted.items()]
+    if skipped:
+        parts.append(f"skipped {len(skipped)} ({_names(list(skipped), skipped)})")
+    if parts:
+        warnings.warn(f"calibration images: {'; '.join(parts)}", stacklevel=3)
+    return ok, [str(p) for p in skipped]
+
+
+def _names(paths: Sequence[Path], why: dict | None = None, limit: int = 8) -> str:
+    shown = [p.name + (f": {why[p]}" if why else "") for p in paths[:limit]]
+    return ", ".join(shown) + (f", +{len(paths) - limit} more" if len(paths) > limit else "")
+
+
 def photo_feeds(pre: Preprocess, input: InputSpec, folder: Path | None = None, heldout: int = 200,
                 calib: int = 256, seed: int = 0) -> FeedSet:
     """Split ``folder`` (or the bundled photos) into calibration and held-out images and
     expand each side with seeded crops to about ``calib`` / ``heldout`` samples."""
     bundled = folder is None
     paths = bundled_photos() if bundled else find_images(Path(folder))
-    cal_paths, held_paths = split_images(paths)
+    cal_paths, held_paths = split_images(paths)  # by name: a skipped file moves no other image
+    usable, bad = (paths, []) if bundled else check_images(paths)
+    if not usable:
+        raise CalibrationError(f"none of the {len(paths)} images in {folder} can be used",
+                               hint="see the warning above for why; use 8- or 16-bit PNG/JPEG photos")
+    keep = set(usable)
+    cal_paths, held_paths = [p for p in cal_paths if p in keep], [p for p in held_paths if p in keep]
+    if not cal_paths or not held_paths:  # every image of one side was refused: split what is left
+        cal_paths, held_paths = split_images(usable)
     if not held_paths:
-        raise CalibrationError(f"need at least 2 images to hold one out for parity, found {len(paths)}")
+        raise CalibrationError(f"need at least 2 images to hold one out for parity, found {len(usable)}"
+                               + (f" usable of {len(paths)}" if len(usable) < len(paths) else ""))
     per_held = max(1, -(-heldout // len(held_paths)))
     per_cal = max(1, -(-calib // len(cal_paths)))
     src = "bundled photos" if bundled else str(folder)
     return FeedSet(
         calib=ImageFeeds(crops(cal_paths, per_cal, seed)[:max(calib, len(cal_paths))], pre, input,
-                         f"{src}: {len(cal_paths)} calibration images"),
+                         f"{src}: {len(cal_paths)} calibration images", skipped=sorted(bad)),
         heldout=ImageFeeds(crops(held_paths, per_held, seed + 1)[:max(heldout, len(held_paths))], pre, input,
                            f"{src}: {len(held_paths)} held-out images"),
         bundled=bundled)

@@ -138,6 +138,27 @@ class Exporter:
         if request.precision not in self.precisions:
             raise UsageError(f"target '{self.name}' does not support {request.precision}",
                              hint=f"supported: {', '.join(self.precisions)}")
+        self.check_device(request.device)
+
+    def devices(self) -> tuple[str, ...]:
+        """The ``--device`` values this target's runner can honour on this machine (CPU for
+        targets whose runtime here runs on the CPU only)."""
+        return ("CPU",)
+
+    def check_device(self, device: str | None) -> str | None:
+        """Refuse (exit 2) a ``--device`` this target cannot run on, before any work: an option
+        is honoured or refused, never recorded and then ignored. Returns the device."""
+        from .errors import UsageError
+
+        if device is None:
+            return None
+        known = self.devices()
+        if str(device).strip().upper() not in {d.upper() for d in known}:
+            raise UsageError(f"target '{self.name}' cannot run on device '{device}' here; it runs on "
+                             f"{', '.join(known) or 'no device'}",
+                             hint="drop --device, or choose a target that runs on that device "
+                                  "(openvino: GPU/NPU, tensorrt: cuda)")
+        return device
 
     def handles_precision(self, request: ExportRequest) -> bool:
         """True when this target quantizes / converts precision itself (NNCF, CoreML,

@@ -47,13 +47,63 @@ class Sample:
     flip: bool = False
 
 
+# Pillow modes holding more than 8 bits per sample: 16-bit PNG/TIFF greyscale opens as I;16*
+# (or I), 32-bit integer and float images as I and F. Pillow's convert("L"/"RGB") clips
+# these at 255 (a 16-bit photo turns ~all white), so they are rescaled to 0-255 first.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+MIN_SIDE = 2  # pixels: below this an image carries no picture to calibrate on
+
+
+def to_8bit(im):
+    """A wide-range greyscale image (16-bit, 32-bit, float) as 8-bit ``L``, scaled by its bit
+    depth (16-bit: /257; 32-bit integer: by the 16-bit range when it fits, else its own max;
+    float: 0-1 taken as the full range); other modes unchanged."""
+    from PIL import Image
+
+    if im.mode not in WIDE_MODES:
+        return im
+    a = np.asarray(im).astype(np.float64)
+    if im.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    elif im.mode == "F":
+        scale = 255.0 if a.size and float(np.nanmax(a)) <= 1.0 else 255.0 / max(float(np.nanmax(a)), 1e-12)
+    else:  # "I": 16-bit PNGs open as I in newer Pillow; wider data is scaled by its own peak
+        peak = float(a.max()) if a.size else 0.0
+        scale = 255.0 / (65535.0 if peak <= 65535 else peak)
+    a = np.clip(np.nan_to_num(a * scale), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(a, "L")
+
+
+def inspect_image(path: Path) -> str | None:
+    """Read only the header: ``None`` for an ordinary 8-bit image, ``"converted: 16-bit"`` for a
+    wide one that :func:`to_8bit` rescales, ``"skipped: <why>"`` for one that cannot be used."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            mode = im.mode
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types (and DecompressionBombError)
+        text = str(exc).strip().replace(str(path), path.name)
+        text = text.splitlines()[0][:120] if text else ""
+        return f"skipped: {type(exc).__name__}" + (f" ({text})" if text else "")
+    if min(w, h) < MIN_SIDE:
+        return f"skipped: {w}x{h} pixels"
+    if w * h > (Image.MAX_IMAGE_PIXELS or float("inf")):
+        return f"skipped: {w}x{h} pixels is over Pillow's {Image.MAX_IMAGE_PIXELS} pixel limit"
+    if mode in WIDE_MODES:
+        return "converted: " + ("16-bit" if mode.startswith("I;16") or mode == "I" else
+                                "32-bit float" if mode == "F" else mode)
+    return None
+
+
 def load_image(sample: Sample | Path, pre: Preprocess, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode, crop, resize (short side), centre-crop and normalise → float32 (C, H, W)."""
     from PIL import Image
 
     sample = sample if isinstance(sample, Sample) else Sample(Path(sample))
     with Image.open(sample.path) as im:
-        im = im.convert("L" if pre.channels == 1 else "RGB")
+        im = to_8bit(im).convert("L" if pre.channels == 1 else "RGB")
         if sample.box is not None:
             w, h = im.size
             x0, y0, x1, y1 = sample.box

@@ -55,7 +55,9 @@ class Resolved:
 def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
     from .models import build
     from .models.registry import check_input_shape, get_spec, resolve_name
-    from .models.user import is_user_ref, load_user_spec
+    from .models.user import build_user_model, is_user_ref, load_user_spec
+    from .resources import check_memory
+    from .torch_runner import probe
 
     if is_user_ref(request.model):
         spec, alias, user_ref = load_user_spec(request.model, request.input_shape), None, request.model
@@ -64,13 +66,19 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
         spec, user_ref = get_spec(name), None
         if alias and console:
             console.info(f"model '{alias}' resolved to '{name}'")
+    check_request_numbers(request)
+    check_opset(request)
     shape = tuple(request.input_shape) if request.input_shape else (request.batch, *spec.input.shape[1:])
     if request.input_shape:
         check_input_shape(spec, shape)
-    if request.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {request.batch}")
-    model, weights = build(spec, weights=request.weights, pretrained=request.pretrained)
+    # before the model is built (its BatchNorm statistics decode photos at this size) and any feed is decoded
+    check_memory(shape, heldout_samples(request), what="--samples" if request.samples is not None else None)
+    model, weights = build_user_model(spec, request) if user_ref else \
+        build(spec, weights=request.weights, pretrained=request.pretrained)
     inputs = (InputSpec(spec.input.name, shape, spec.input.dtype, spec.input.layout, request.dynamic_batch),)
+    if user_ref or request.input_shape:  # a zoo model at its own shape is known to run (tests/test_zoo.py)
+        probe(model, inputs, spec.name, user=bool(user_ref),
+              default_shape=None if user_ref else tuple(spec.input.shape))
     return Resolved(spec, alias, model, weights, inputs, user_ref)
 
 
@@ -91,13 +99,64 @@ def tolerance_fn(spec, request: ExportRequest, trained: bool, fp32_floor: float 
     return for_stage
 
 
-def parity_feeds(res: Resolved, request: ExportRequest):
-    """Calibration and held-out feeds for a request (bundled photos unless --calib)."""
+def check_request_numbers(request: ExportRequest) -> None:
+    """The numeric fields of a request (API, CI config or manifest alike), as the CLI checks them."""
+    from .specs import check_int, check_tolerances
+
+    check_int("--batch", request.batch, 1)
+    for flag, value in (("--samples", request.samples), ("--threads", request.threads), ("--opset", request.opset)):
+        if value is not None:
+            check_int(flag, value, 1)
+    request.tolerance = check_tolerances(request.tolerance)
+
+
+def check_opset(request: ExportRequest) -> None:
+    """``--opset`` is for ONNX: refused where no ONNX is written, and outside the range the
+    installed exporter can write (before any work)."""
+    if request.opset is None:
+        return
+    from .targets import get_target
+
+    target = get_target(request.target)
+    if target.source != "onnx" and target.handles_precision(request):
+        raise UsageError(f"--opset applies to ONNX, and target '{target.name}' converts from PyTorch without it",
+                         hint="drop --opset")
+    from exporters.onnx import check_opset as check_onnx_opset
+
+    check_onnx_opset(request.opset)
+
+
+def heldout_samples(request: ExportRequest) -> int:
+    """Held-out parity samples: ``--samples``, else 200 at reduced precision, 32 at FP32."""
+    return request.samples if request.samples is not None else (200 if request.precision != "fp32" else 32)
+
+
+def stage_device(stage: Artifact, request: ExportRequest) -> str | None:
+    """``--device`` belongs to the requested target: its stages run there; the ONNX stages
+    that lead to another target's artifact run on ONNX Runtime's CPU as references."""
+    from .targets import get_target
+
+    return request.device if stage.target == get_target(request.target).name else None
+
+
+def parity_feeds(res: Resolved, request: ExportRequest, console: Console | None = None):
+    """Calibration and held-out feeds for a request (bundled photos unless --calib). The one
+    warning about converted or skipped images goes to the console (and so the manifest)."""
+    import warnings
+
     from calibration.feeds import photo_feeds
 
-    n = request.samples or (200 if request.precision != "fp32" else 32)
+    n = heldout_samples(request)
     feed_input = replace(res.inputs[0], shape=(1, *res.inputs[0].shape[1:])) if request.dynamic_batch else res.inputs[0]
-    return photo_feeds(res.spec.preprocess, feed_input, folder=request.calib, heldout=n)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        feeds = photo_feeds(res.spec.preprocess, feed_input, folder=request.calib, heldout=n)
+    for w in caught:
+        if console is not None:
+            console.warn(str(w.message))
+        else:
+            warnings.warn(str(w.message), stacklevel=2)
+    return feeds
 
 
 def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Path, stem: str,
@@ -163,7 +222,7 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     res = resolve(request, console)
     stem = res.spec.name
     out = Path(request.out or Path("artifacts") / f"{stem}-{target.name}-{request.precision}")
-    feeds = parity_feeds(res, request)
+    feeds = parity_feeds(res, request, console)
     floor = fp32_rounding_error(res.model, res.inputs, feeds.heldout) if request.parity else 0.0
     tol = tolerance_fn(res.spec, request, bool(res.weights.trained), floor)
     with atomic_dir(out, overwrite=request.force, log=console) as work:
@@ -191,7 +250,7 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
         comps: list[Comparison] = []
         stability = None
         if request.parity:
-            runners = [(s, get_target(s.target).open(s, device=request.device, threads=request.threads))
+            runners = [(s, get_target(s.target).open(s, device=stage_device(s, request), threads=request.threads))
                        for s in stages]
             with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
                 reference = TorchRunner(res.model, res.inputs, stages[0].outputs if stages else ("output",))
@@ -245,7 +304,7 @@ def _latency(art: Artifact, request: ExportRequest, feeds, console: Console) -> 
     from .bench.timing import measure
     from .targets import get_target
 
-    runner = get_target(art.target).open(art, device=request.device, threads=request.threads)
+    runner = get_target(art.target).open(art, device=stage_device(art, request), threads=request.threads)
     feed = next(iter(feeds.heldout))
     with console.step(f"latency of {art.stage} ({runner.name})") as d:
         stats = measure(runner, [feed], warmup=5, seconds=1.0)

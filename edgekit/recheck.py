@@ -148,7 +148,7 @@ def _bare_onnx(args) -> tuple[Manifest, ExportRequest]:
 
 def recheck(args, console) -> tuple[list, Any]:
     from .parity import run_parity
-    from .pipeline import parity_feeds, resolve, tolerance_fn
+    from .pipeline import parity_feeds, resolve, stage_device, tolerance_fn
     from .targets import get_target
     from .torch_runner import TorchRunner, fp32_rounding_error
 
@@ -164,10 +164,10 @@ def recheck(args, console) -> tuple[list, Any]:
     res = resolve(request, console)
     if res.user_ref and manifest.root is not None:
         _check_source(manifest, res.user_ref, console)
-    feeds = parity_feeds(res, request)
+    feeds = parity_feeds(res, request, console)
     tol = tolerance_fn(res.spec, request, bool(res.weights.trained),
                        fp32_rounding_error(res.model, res.inputs, feeds.heldout))
-    runners = [(s, get_target(s.target).open(s, device=request.device, threads=request.threads))
+    runners = [(s, get_target(s.target).open(s, device=stage_device(s, request), threads=request.threads))
                for s in manifest.stages]
     with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples"):
         comps = run_parity(TorchRunner(res.model, res.inputs, manifest.stages[0].outputs), runners,

@@ -59,3 +59,65 @@ def fp32_rounding_error(model: nn.Module, inputs: tuple[InputSpec, ...], feeds, 
             worst = max([worst] + [float((x.double() - y).abs().max()) for x, y in zip(a, b)
                                    if isinstance(x, torch.Tensor)])
     return worst
+
+
+def probe(model: nn.Module, inputs: tuple[InputSpec, ...], name: str, user: bool = False,
+          default_shape: tuple[int, ...] | None = None) -> None:
+    """One forward pass on zeros at the requested input shape (batch 1), before any export
+    work: a model that cannot run on that input is a usage error that says so, and what a
+    user's code raises or exits with is blamed on it, not reported as an edgekit bug."""
+    from .errors import UsageError
+
+    def run(shapes) -> BaseException | None:
+        args = [torch.zeros((1, *s[1:]), dtype=getattr(torch, i.dtype, torch.float32))
+                for i, s in zip(inputs, shapes)]
+        try:
+            with torch.inference_mode():
+                model.eval()(*args)
+        except KeyboardInterrupt:
+            raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the model's own failure, reported below
+            return exc
+        return None
+
+    exc = run([i.shape for i in inputs])
+    if exc is None:
+        return
+    if user:
+        from .models.user import blame
+
+        raise blame(exc) from exc
+    if isinstance(exc, SystemExit):  # pragma: no cover - zoo models do not exit
+        raise exc
+    shape = inputs[0].shape
+    text = str(exc).strip()
+    first = text.splitlines()[0][:240] if text else type(exc).__name__
+    hint = None
+    smallest = _smallest_side(run, inputs, default_shape) if default_shape else None
+    if smallest:
+        hint = (f"the smallest square input {name} runs on is {smallest}x{smallest}: --input-shape "
+                f"{'x'.join(str(d) for d in (*shape[:2], smallest, smallest))} (its default is "
+                f"{'x'.join(map(str, default_shape))})")
+    elif default_shape:
+        hint = f"its default input is {'x'.join(map(str, default_shape))}"
+    raise UsageError(f"{name} cannot run on input {'x'.join(map(str, shape))}: {first}", hint=hint) from exc
+
+
+def _smallest_side(run, inputs, default_shape, probes: int = 8) -> int | None:
+    """The smallest square side (between the failing one and the default) the model runs on, by
+    bisection with at most ``probes`` forward passes; None when the failure is not about size."""
+    shape = inputs[0].shape
+    if len(shape) != 4 or len(default_shape) != 4:
+        return None
+    lo, hi = max(shape[2:]), min(default_shape[2:])  # lo fails (as far as we know), hi should run
+    if lo >= hi or run([(1, shape[1], hi, hi)]) is not None:
+        return None
+    for _ in range(probes):
+        if hi - lo <= 1:
+            break
+        mid = (lo + hi) // 2
+        if run([(1, shape[1], mid, mid)]) is None:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -184,14 +184,27 @@ class CoreMLTarget(Exporter):
             ctx.warn(f"Core ML INT8 gate failed ({'; '.join(comp.failures)}): try --int8-mode w8, keep FP16, "
                      "or calibrate on your own images (--calib DIR)")
 
+    def devices(self) -> tuple[str, ...]:
+        """The Core ML runtime (macOS) takes compute units (CPU, GPU, NE as short names); the
+        MIL interpreter that runs elsewhere is NumPy on the CPU."""
+        from .coreml_runner import coreml_runtime_available
+
+        return (*COMPUTE_UNITS, *DEVICE_UNITS) if coreml_runtime_available()[0] else ("CPU",)
+
     def open(self, artifact: Artifact, device: str | None = None, **options: Any):
         from .coreml_runner import open_runner
 
-        units = options.get("compute_units") or (device if device and device.upper() in COMPUTE_UNITS else None)
+        device = self.check_device(device)
+        device = DEVICE_UNITS.get(device.upper(), device.upper()) if device else None
+        units = options.get("compute_units") or (device if device in COMPUTE_UNITS else None)
         return open_runner(artifact.path, artifact.inputs, artifact.outputs,
                            compute_units=units or artifact.meta.get("compute_units") or "ALL",
                            image=artifact.meta.get("image_input"), runner=options.get("runner", "auto"),
                            threads=options.get("threads"))
+
+
+# --device short names for Core ML compute units
+DEVICE_UNITS = {"CPU": "CPU_ONLY", "GPU": "CPU_AND_GPU", "NE": "CPU_AND_NE", "ANE": "CPU_AND_NE"}
 
 
 def uses_edgekit_weights(request: ExportRequest) -> bool:

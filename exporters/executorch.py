@@ -295,4 +295,5 @@ class ExecuTorchTarget(Exporter):
                      f"or calibrate on your own images (--calib DIR)")
 
     def open(self, artifact: Artifact, device: str | None = None, **options: Any) -> ExecuTorchRunner:
+        self.check_device(device)  # XNNPACK on the CPU
         return ExecuTorchRunner(artifact.path, artifact.inputs, artifact.outputs, threads=options.get("threads"))

@@ -155,5 +155,6 @@ class NcnnTarget(Exporter):
         return art
 
     def open(self, artifact: Artifact, device: str | None = None, **options: Any) -> NcnnRunner:
+        self.check_device(device)  # the ncnn runner here runs on the CPU (no Vulkan)
         return NcnnRunner(artifact.path, artifact.inputs, artifact.outputs, precision=artifact.precision,
                           threads=options.get("threads"), output_shapes=artifact.meta.get("output_shapes"))

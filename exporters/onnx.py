@@ -25,10 +25,35 @@ import numpy as np
 from edgekit import signals
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feed
-from edgekit.errors import ArtifactError, ExportError, require
+from edgekit.errors import ArtifactError, ExportError, UsageError, require
 from edgekit.specs import InputSpec
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 18   # the dynamo exporter's own opset (torch 2.13: TORCHLIB_OPSET)
+MIN_OPSET = 7        # the oldest the ONNX version converter adapts to
+
+
+def supported_opsets() -> range:
+    """Opsets ``--opset`` may ask for: up to the installed ``onnx``'s newest. Below
+    DEFAULT_OPSET the file is version-converted, which works only when every operator of the
+    model has an adapter; the written file is checked either way."""
+    onnx = require("onnx", "onnx")
+    return range(MIN_OPSET, int(onnx.defs.onnx_opset_version()) + 1)
+
+
+def check_opset(opset: int | None) -> None:
+    """Refuse an opset outside :func:`supported_opsets` before any work (exit 2)."""
+    if opset is None:
+        return
+    ok = supported_opsets()
+    if opset not in ok:
+        raise UsageError(f"ONNX opset {opset} is not supported: edgekit writes opsets {ok.start}-{ok.stop - 1}",
+                         hint=f"use --opset {DEFAULT_OPSET} (the exporter's own; {ok.start}-{DEFAULT_OPSET - 1} only "
+                              "where every operator converts)")
+
+
+def file_opset(model) -> int:
+    """The default-domain opset an ONNX model declares."""
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
 
 
@@ -89,13 +114,38 @@ def export_onnx(model, inputs: tuple[InputSpec, ...], path: Path, opset: int | N
                                "flow); rerun with --debug for the full trace") from exc
     seconds = time.perf_counter() - t0
     m = onnx.load(str(path))
+    written = file_opset(m)
+    if written != opset:  # the exporter fell back to its own opset when conversion failed
+        m = _convert_opset(m, opset, written, path)
     outs = tuple(o.name for o in m.graph.output)
     specs = tuple(InputSpec(i.name, i.shape, i.dtype, i.layout, dynamic_batch) for i in inputs)
     return Artifact(path=path, stage="onnx", format="onnx", precision="fp32", target="onnx", inputs=specs,
-                    outputs=outs, meta={"opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
+                    outputs=outs, meta={"opset": file_opset(m), "exporter": "torch.onnx.export(dynamo=True)",
                                         "export_seconds": round(seconds, 2), "nodes": len(m.graph.node),
                                         "node_counts": node_counts(m), "dynamic_batch": dynamic_batch},
                     tools=tool_versions(*ONNX_PACKAGES))
+
+
+def _convert_opset(m, opset: int, written: int, path: Path):
+    """Convert ``m`` to ``opset`` with the ONNX version converter and rewrite ``path``, or
+    refuse (exit 2): the file must carry the opset the user asked for, and the manifest the
+    opset the file carries."""
+    onnx = require("onnx", "onnx")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = onnx.version_converter.convert_version(m, opset)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError/ValueError/...
+        why = re.sub(r"^.*Assertion `false` failed:\s*", "", first_line(exc, 300)).replace("$", "")[:160]
+        raise UsageError(f"--opset {opset}: the model converts no lower than the exporter's opset {written} "
+                         f"(ONNX version converter: {why})",
+                         hint=f"use --opset {written} or newer (up to {supported_opsets().stop - 1})") from None
+    if file_opset(converted) != opset:
+        raise UsageError(f"--opset {opset}: the converted file declares opset {file_opset(converted)}",
+                         hint=f"use --opset {written}")
+    onnx.save(converted, str(path))
+    return converted
 
 
 @contextlib.contextmanager
@@ -232,5 +282,19 @@ class OnnxTarget(Exporter):
 
         return build(ctx, workdir)
 
+    def devices(self) -> tuple[str, ...]:
+        return ("CPU", "CUDA", "GPU") if "CUDAExecutionProvider" in ort_providers() else ("CPU",)
+
     def open(self, artifact: Artifact, device: str | None = None, **options: Any) -> OrtRunner:
-        return OrtRunner(artifact.path, artifact.inputs, None, threads=options.get("threads"))
+        device = (self.check_device(device) or "CPU").upper()
+        if device == "CPU":
+            return OrtRunner(artifact.path, artifact.inputs, None, threads=options.get("threads"))
+        return OrtRunner(artifact.path, artifact.inputs, None, threads=options.get("threads"),
+                         providers=["CUDAExecutionProvider"], name="onnxruntime-cuda")
+
+
+def ort_providers() -> list[str]:
+    try:
+        return list(require("onnxruntime", "onnx").get_available_providers())
+    except Exception:  # noqa: BLE001 - not installed: CPU only (check() names the missing package)
+        return []

@@ -155,6 +155,10 @@ class OpenVinoTarget(Exporter):
                         inputs=src.inputs, outputs=src.outputs, parent=src.sha256, meta=meta,
                         tools=tool_versions(*self.packages))
 
+    def check_device(self, device: str | None) -> str | None:
+        # GPU matches GPU.0, AUTO/HETERO/MULTI need their parts present; names the available ones
+        return resolve_device(device) if device is not None else None
+
     def open(self, artifact: Artifact, device: str | None = None, **options: Any) -> OpenVinoRunner:
         runtime = artifact.meta.get("runtime", {}) if artifact.format == "openvino-ir" else {}
         return OpenVinoRunner(ir_xml(artifact.path) if artifact.path.is_dir() else artifact.path,

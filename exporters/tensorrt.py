@@ -290,6 +290,11 @@ class TensorRTTarget(Exporter):
             ctx.warn(f"could not write the TensorRT timing cache {path}: {exc}")
 
     # -- run ---------------------------------------------------------------------------------
+    def check_device(self, device: str | None) -> str | None:
+        if device is not None:
+            device_index(device)  # 'cuda', 'cuda:N', 'gpu', 'N'; anything else (CPU) is a usage error
+        return device
+
     def open(self, artifact: Artifact, device: str | None = None, **options: Any) -> TensorRTRunner:
         if artifact.format != "tensorrt-engine":
             raise UsageError(f"{artifact.path.name} is {artifact.format}, not a TensorRT engine")

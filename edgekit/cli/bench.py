@@ -4,13 +4,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edgekit.specs import float_option, int_option
+
+MAX_THREADS = 1024
+MAX_BATCH = 4096
+
 
 def add_timing_args(p: argparse.ArgumentParser, seconds: float = 2.0, warmup: int = 10) -> None:
-    p.add_argument("--threads", type=int, help="runtime threads (default: each runtime's own default)")
-    p.add_argument("--warmup", type=int, default=warmup, help=f"warm-up runs, the first included (default {warmup})")
+    p.add_argument("--threads", type=int_option("--threads", 1, MAX_THREADS),
+                   help="runtime threads (default: each runtime's own default)")
+    p.add_argument("--warmup", type=int_option("--warmup", 0, 1_000_000), default=warmup,
+                   help=f"warm-up runs, the first included (default {warmup})")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--iters", type=int, help="timed runs (default: run for --seconds)")
-    budget.add_argument("--seconds", type=float, default=seconds,
+    budget.add_argument("--iters", type=int_option("--iters", 1, 100_000_000),
+                        help="timed runs (default: run for --seconds)")
+    budget.add_argument("--seconds", type=float_option("--seconds", 0.0, 86_400.0, lo_open=True), default=seconds,
                         help=f"time budget of the timed runs (default {seconds:g})")
     p.add_argument("--device", help="runtime device passed to the target's runner (e.g. GPU for OpenVINO)")
     p.add_argument("--label", help="name of this device in reports (default: CPU, threads, OS)")
@@ -23,7 +31,8 @@ def register(sub) -> None:
                     "inference calls and write a report (JSON is the source of truth; Markdown and HTML are "
                     "views). The method is in docs/bench.md. Exit 0, or 2 if an artifact could not run.")
     p.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT", help="artifact folder from 'edgekit export'")
-    p.add_argument("--batch", type=int, help="batch size (needs a dynamic-batch artifact unless it matches)")
+    p.add_argument("--batch", type=int_option("--batch", 1, MAX_BATCH),
+                   help="batch size (needs a dynamic-batch artifact unless it matches)")
     add_timing_args(p)
     p.add_argument("--torch", action="append", default=[], metavar="MODEL",
                    help="add a torch eager FP32 baseline row for MODEL (repeatable)")
@@ -52,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch is not None and args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
     manifests = [(a, read_artifact(a)) for a in args.artifacts]  # every path is checked before any timing
+    if args.device is not None:  # honoured by every artifact's runtime, or refused before any timing
+        from edgekit.targets import get_target
+
+        for _, m in manifests:
+            get_target(m.final.target).check_device(args.device)
     settings = BenchSettings(threads=args.threads, batch=args.batch, warmup=args.warmup, iters=args.iters,
                              seconds=args.seconds, device=args.device)
     fp = fingerprint(args.label)

@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.specs import parse_shape
+from edgekit.specs import int_option, parse_shape, parse_tolerances
+
+MAX_BATCH = 4096
+MAX_THREADS = 1024
 
 
 def register(sub) -> None:
@@ -23,20 +26,24 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", type=Path, help="artifact folder (default artifacts/MODEL-TARGET-PRECISION)")
     p.add_argument("--force", action="store_true",
                    help="replace a previous edgekit artifact in --out (only the files its manifest lists)")
-    p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    p.add_argument("--batch", type=int_option("--batch", 1, MAX_BATCH), default=1,
+                   help="static batch size (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch dimension")
     p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW, e.g. 1x3x224x224 (overrides --batch)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=int_option("--opset", 1), help="ONNX opset (default 18; the written file is "
+                   "checked to carry the opset asked for)")
     p.add_argument("--weights", type=Path, help="state-dict checkpoint (loaded with weights_only=True)")
     p.add_argument("--pretrained", action="store_true", help="use the pretrained weights that ship in a package")
     p.add_argument("--calib", type=Path, help="folder of images for INT8 calibration and held-out parity")
     p.add_argument("--calib-method", choices=("mse", "minmax", "percentile", "entropy"),
                    help="INT8 activation range method (default mse)")
-    p.add_argument("--samples", type=int, help="held-out parity samples (default 200 for fp16/int8, 32 for fp32)")
+    p.add_argument("--samples", type=int_option("--samples", 1),
+                   help="held-out parity samples (default 200 for fp16/int8, 32 for fp32; checked against memory)")
     p.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip the ONNX simplifier")
     p.add_argument("--simplifier", choices=("onnxsim", "onnxslim"), default="onnxsim")
     p.add_argument("--device", help="runtime device for the target (e.g. CPU, GPU, NPU for OpenVINO)")
-    p.add_argument("--threads", type=int, help="runtime threads for parity and latency")
+    p.add_argument("--threads", type=int_option("--threads", 1, MAX_THREADS),
+                   help="runtime threads for parity and latency")
     p.add_argument("--dry-run", action="store_true", help="run every stage up to the target build, then stop")
     p.add_argument("--no-parity", dest="parity", action="store_false", help="skip the parity check")
     p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the latency measurement")
@@ -61,25 +68,15 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
             if o.action:
                 kw["action"] = o.action
             else:
-                kw["type"] = o.type
+                # a count of calibration samples below 1 is refused like --samples
+                kw["type"] = int_option(o.flag, 1) if o.type is int and o.dest.endswith("samples") else o.type
                 if o.choices:
                     kw["choices"] = o.choices
             group.add_argument(o.flag, **kw)
 
 
 def _tolerances(items: list[str]) -> dict[str, float]:
-    from edgekit.errors import UsageError
-
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        if key not in ("max_abs", "cosine", "sqnr_db", "top1"):
-            raise UsageError(f"unknown tolerance '{key}'", hint="use max_abs, cosine, sqnr_db or top1")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise UsageError(f"--tol {item}: '{value}' is not a number") from None
-    return out
+    return parse_tolerances(items)
 
 
 def request_from_args(args: argparse.Namespace):

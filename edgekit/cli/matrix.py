@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.specs import parse_shape
+from edgekit.specs import int_option, parse_shape
 
 
 def _csv(text: str) -> list[str]:
@@ -27,10 +27,10 @@ def register(sub) -> None:
                    help="comma-separated targets, or 'all' for every target that can run here (default)")
     p.add_argument("--precisions", type=_csv, default=["fp32", "int8"], help="comma-separated (default fp32,int8)")
     p.add_argument("--out", "-o", type=Path, default=Path("matrix"), help="output folder (default ./matrix)")
-    p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
+    p.add_argument("--batch", type=int_option("--batch", 1, 4096), default=1, help="static batch size (default 1)")
     p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW for every model (default: each model's own)")
     p.add_argument("--calib", type=Path, help="folder of images for INT8 calibration and held-out parity")
-    p.add_argument("--samples", type=int, help="held-out parity samples per cell")
+    p.add_argument("--samples", type=int_option("--samples", 1), help="held-out parity samples per cell")
     p.add_argument("--pretrained", action="store_true", help="use the pretrained weights that ship in a package")
     p.add_argument("--no-reuse", dest="reuse", action="store_false", help="rebuild every cell")
     add_timing_args(p, seconds=1.0, warmup=5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.specs import parse_shape
+from edgekit.specs import int_option, parse_shape
 
 
 def register(sub) -> None:
@@ -21,8 +21,8 @@ def register(sub) -> None:
     p.add_argument("--weights", type=Path, help="checkpoint for --model")
     p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW for a bare .onnx")
     p.add_argument("--calib", type=Path, help="image folder for held-out samples (default: bundled photos)")
-    p.add_argument("--samples", type=int, help="held-out samples (default as at export)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--samples", type=int_option("--samples", 1), help="held-out samples (default as at export)")
+    p.add_argument("--threads", type=int_option("--threads", 1, 1024))
     p.add_argument("--device")
     p.add_argument("--localize", action="store_true",
                    help="compare intermediate activations of the float and the final ONNX stage, name the "
