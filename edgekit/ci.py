@@ -230,6 +230,9 @@ def failure_message(cell: Cell, comparisons) -> str:
     parts = []
     for c in comparisons:
         for f in c.failures:
+            if f.startswith("fidelity vs "):  # runtime fidelity (edgekit/verdict.py): names its reference
+                parts.append(f"stage '{c.stage}' ({c.runner}) {f}")
+                continue
             out, _, metric = f.partition(": ")
             parts.append(f"stage '{c.stage}' ({c.runner}), output '{out}': {metric}" if metric
                          else f"stage '{c.stage}' ({c.runner}): {f}")
