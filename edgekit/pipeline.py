@@ -81,8 +81,8 @@ def tolerance_fn(spec, request: ExportRequest, trained: bool, fp32_floor: float 
     def for_stage(art: Artifact) -> Tolerance:
         p = art.precision
         # the stage may carry its own looser thresholds (e.g. a TensorRT engine built with --tf32)
-        tol = quantization_tolerance(p, trained, {**spec.tolerance.get(p, {}), **art.meta.get("tolerance", {}),
-                                                  **request.tolerance})
+        tol = quantization_tolerance(p, trained, {**spec.tolerance.get(p, {}), **art.meta.get("tolerance", {})},
+                                     request.tolerance)
         if p == "fp32" and fp32_floor > 0 and "max_abs" not in request.tolerance:
             tol = replace(tol, max_abs_floor=ROUNDING_FACTOR * fp32_floor)
         return tol
