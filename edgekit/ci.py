@@ -296,6 +296,12 @@ def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool =
         for k in ("max_abs", "cosine", "sqnr_db", "top1"):
             if par and par.get(k) is not None:
                 props[f"{par['stage']}.{k}"] = str(par[k])
+        if par and par.get("quantization"):  # the two references (edgekit/verdict.py)
+            props["quantization"] = str(par["quantization"])
+        if par and par.get("fidelity"):
+            f = par["fidelity"]
+            props.update({"fidelity.stage": str(f["stage"]), "fidelity.sqnr_db": str(f["sqnr_db"]),
+                          "fidelity.floor_db": str(f["floor_db"]), "fidelity.passed": str(f["passed"]).lower()})
         if stability:  # the yardstick for top-1 figures (edgekit.stability)
             from .stability import describe
 
