@@ -191,3 +191,27 @@ def test_perturbed_scale_in_the_target_artifact_fails_fidelity_and_names_the_sta
     assert c.stage == "ort" and c.failures and all(f.startswith("fidelity vs qdq (onnxruntime)") for f in c.failures)
     assert c.fidelity.primary().sqnr_db < good.primary().sqnr_db - 10
     assert "FAIL" in verdict.fidelity_verdict(c)
+
+
+def test_a_rewrite_that_costs_more_than_half_a_db_is_rejected_on_trained_weights(swish_stages, tmp_path):
+    from types import SimpleNamespace
+
+    from exporters.onnx_int8 import rewrite_cost
+
+    src, fs, qdq, ort = swish_stages
+    ctx = SimpleNamespace(fp32_source=src, heldout_feeds=fs.heldout, trained=True,
+                          request=SimpleNamespace(weights=None, pretrained=True))
+    ok = rewrite_cost(ctx, qdq.path, ort.path)
+    assert not ok["rejected"] and ok["cost_db"] <= verdict.REWRITE_MAX_COST_DB, ok
+    m = onnx.load(ort.path)  # a rewrite that loses accuracy: the classifier input's scale off by 10%
+    inits = {i.name: i for i in m.graph.initializer}
+    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits
+          and numpy_helper.to_array(inits[n.input[1]]).size == 1 and n.input[0] not in inits][-1]
+    scale = numpy_helper.to_array(inits[dq.input[1]])
+    inits[dq.input[1]].CopyFrom(numpy_helper.from_array((scale * 1.1).astype(scale.dtype), dq.input[1]))
+    worse = tmp_path / "worse.onnx"
+    onnx.save(m, worse)
+    bad = rewrite_cost(ctx, qdq.path, worse)
+    assert bad["rejected"] and bad["cost_db"] > 10 and "at most 0.5 dB" in bad["reason"], bad
+    ctx.trained = False  # untrained: the cost is reported, the rewrite is delivered
+    assert rewrite_cost(ctx, qdq.path, worse)["rejected"] is False
