@@ -215,3 +215,22 @@ def test_a_rewrite_that_costs_more_than_half_a_db_is_rejected_on_trained_weights
     assert bad["rejected"] and bad["cost_db"] > 10 and "at most 0.5 dB" in bad["reason"], bad
     ctx.trained = False  # untrained: the cost is reported, the rewrite is delivered
     assert rewrite_cost(ctx, qdq.path, worse)["rejected"] is False
+
+
+def test_reports_carry_both_columns():
+    from edgekit.report.schema import parity_summary
+    from edgekit.report.table import fidelity_cell, quant_cell
+
+    ref = _logits()
+    shared = Comparison("qdq", "onnxruntime", "int8", verdict.quantization_tolerance("int8", False),
+                        fidelity_role="reference")
+    shared.add({"o": ref}, {"o": ref + 0.1})
+    ort = Comparison("ort", "onnxruntime", "int8", verdict.quantization_tolerance("int8", False))
+    ort.add({"o": ref}, {"o": ref + 0.1})
+    ort.fidelity = Comparison("ort", "onnxruntime", "int8", verdict.fidelity_tolerance("int8", True, 20.0),
+                              reference="qdq (onnxruntime)")
+    ort.fidelity.add({"o": ref}, {"o": ref * 1.01})  # 40 dB
+    par = parity_summary([shared.to_dict(), ort.to_dict()], "ort")
+    assert par["quantization"].startswith("not assessed") and quant_cell(par) == "not assessed"
+    assert par["fidelity"]["stage"] == "ort" and par["fidelity"]["floor_db"] == 14.0 and par["fidelity"]["passed"]
+    assert fidelity_cell(par) == "PASS 40.0 dB"
