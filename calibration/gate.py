@@ -12,25 +12,30 @@ from typing import Iterable
 
 import numpy as np
 
-from edgekit.compare import Comparison, Tolerance
+from edgekit.compare import DEFAULT_TOLERANCES, Comparison, Tolerance
+from edgekit.verdict import quantization_tolerance
 
-DEFAULT_TOP1 = 0.98
-DEFAULT_COSINE = 0.995
+# The policy's INT8 defaults (edgekit/verdict.py, edgekit/compare.py): one source for both.
+DEFAULT_TOP1 = DEFAULT_TOLERANCES["int8"].top1
+DEFAULT_COSINE = DEFAULT_TOLERANCES["int8"].cosine
 
 
-def gate_tolerance(gate_top1: bool = True, top1: float = DEFAULT_TOP1, cosine: float = DEFAULT_COSINE,
+def gate_tolerance(gate_top1: bool = True, top1: float | None = None, cosine: float | None = None,
                    sqnr_db: float | None = None) -> Tolerance:
-    """The default gate: top-1 agreement ≥ 98% (only with trained weights) and cosine ≥ 0.995."""
-    return Tolerance(cosine=cosine, top1=top1 if gate_top1 else None, sqnr_db=sqnr_db)
+    """The policy's INT8 gate for trained weights (edgekit.verdict.quantization_tolerance), with
+    top-1 dropped when ``gate_top1`` is False. The pipeline passes its own tolerance, which for
+    untrained weights is 'not assessed' (the calibration then always passes its gate)."""
+    return without_top1(quantization_tolerance("int8", True, {"top1": top1, "cosine": cosine, "sqnr_db": sqnr_db}),
+                        gate_top1)
 
 
 def without_top1(tol: Tolerance, gate_top1: bool) -> Tolerance:
-    """``tol`` with top-1 reported but not gated when the weights are untrained."""
+    """``tol`` with top-1 (and confident top-1) reported but not gated."""
     if gate_top1 or tol.top1 is None:
         return tol
     from dataclasses import replace
 
-    return replace(tol, top1=None)
+    return replace(tol, top1=None, confident_top1=None)
 
 
 def run_outputs(path: Path, feeds: Iterable[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -59,11 +64,14 @@ def summary(c: Comparison) -> dict:
     sq = p.sqnr_db
     return {"passed": c.passed, "top1": p.top1, "top5": p.top5, "cosine": round(p.cosine, 6),
             "sqnr_db": None if not np.isfinite(sq) else round(sq, 2), "samples": p.rows or p.samples,
-            "near_ties": p.near_ties, "near_tie_misses": p.near_tie_misses, "failures": c.failures}
+            "near_ties": p.near_ties, "near_tie_misses": p.near_tie_misses, "failures": c.failures,
+            "confident": p.confident, "confident_top1": p.confident_top1, "assessed": c.tolerance.assessed}
 
 
 def describe(c: Comparison) -> str:
     p = c.primary()
+    if not c.tolerance.assessed:
+        return f"cosine {p.cosine:.5f}, SQNR {p.sqnr_db:.1f} dB (accuracy not assessed: {c.tolerance.assessed_note})"
     top1 = f"top-1 {p.top1:.1%}, " if p.top1 is not None else ""
     misses = p.rows - p.top1_hits
     if p.top1 is not None and misses:

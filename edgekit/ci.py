@@ -236,6 +236,9 @@ def failure_message(cell: Cell, comparisons) -> str:
     parts = []
     for c in comparisons:
         for f in c.failures:
+            if f.startswith("fidelity vs "):  # runtime fidelity (edgekit/verdict.py): names its reference
+                parts.append(f"stage '{c.stage}' ({c.runner}) {f}")
+                continue
             out, _, metric = f.partition(": ")
             parts.append(f"stage '{c.stage}' ({c.runner}), output '{out}': {metric}" if metric
                          else f"stage '{c.stage}' ({c.runner}): {f}")
@@ -299,6 +302,12 @@ def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool =
         for k in ("max_abs", "cosine", "sqnr_db", "top1"):
             if par and par.get(k) is not None:
                 props[f"{par['stage']}.{k}"] = str(par[k])
+        if par and par.get("quantization"):  # the two references (edgekit/verdict.py)
+            props["quantization"] = str(par["quantization"])
+        if par and par.get("fidelity"):
+            f = par["fidelity"]
+            props.update({"fidelity.stage": str(f["stage"]), "fidelity.sqnr_db": str(f["sqnr_db"]),
+                          "fidelity.floor_db": str(f["floor_db"]), "fidelity.passed": str(f["passed"]).lower()})
         if stability:  # the yardstick for top-1 figures (edgekit.stability)
             from .stability import describe
 

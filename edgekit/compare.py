@@ -25,6 +25,15 @@ class Tolerance:
     # FP32 only: the reference's own rounding error (torch FP32 vs FP64 on the same feeds, see
     # torch_runner.fp32_rounding_error) times ROUNDING_FACTOR; max_abs is never held below it
     max_abs_floor: float | None = None
+    # Reduced precision, trained weights (edgekit/verdict.py): with a measured yardstick (FP32 vs
+    # itself under ±½ pixel step of input noise) top-1 must reach min(top1, yardstick − top1_margin),
+    # and confident_top1 on the rows whose reference top-1/top-2 margin is >= CONFIDENT_MARGIN.
+    top1_margin: float | None = None
+    confident_top1: float | None = None
+    # False: quantization accuracy is reported, not judged (untrained weights); only non-finite
+    # outputs fail. ``assessed_note`` says why.
+    assessed: bool = True
+    assessed_note: str = ""
 
     def merged(self, **overrides: Any) -> "Tolerance":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -42,8 +51,9 @@ ROUNDING_FACTOR = 4.0
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, cosine=0.99999, sqnr_db=60.0),
-    "fp16": Tolerance(cosine=0.999, sqnr_db=25.0, top1=0.98),
-    "int8": Tolerance(cosine=0.99, top1=0.98),
+    # reduced precision: the policy's numbers (edgekit/verdict.py applies them; docs/calibration.md)
+    "fp16": Tolerance(cosine=0.999, sqnr_db=25.0, top1=0.98, top1_margin=0.01, confident_top1=0.99),
+    "int8": Tolerance(cosine=0.99, top1=0.98, top1_margin=0.01, confident_top1=0.99),
 }
 
 
@@ -76,6 +86,7 @@ def cosine(ref: np.ndarray, test: np.ndarray) -> float:
 
 
 NEAR_TIE_MARGIN = 0.05
+CONFIDENT_MARGIN = 0.2  # reference softmax top-1 minus top-2 at or above this: a confident sample
 
 
 def top2_margin(ref: np.ndarray) -> np.ndarray:
@@ -124,6 +135,8 @@ class OutputScore:
     classifier: bool = False
     near_ties: int = 0         # rows whose reference top-1/top-2 probability margin < NEAR_TIE_MARGIN
     near_tie_misses: int = 0   # top-1 disagreements among those rows
+    confident: int = 0         # rows whose reference top-1/top-2 margin >= CONFIDENT_MARGIN
+    confident_hits: int = 0    # top-1 agreements among those rows
 
     def add(self, ref: np.ndarray, test: np.ndarray) -> None:
         ref = np.asarray(ref)
@@ -149,9 +162,14 @@ class OutputScore:
             self.top1_hits += h
             self.rows += n
             self.top5_hits += topk_agreement(ref, test, 5)[0]
-            ties = top2_margin(ref) < NEAR_TIE_MARGIN
+            margin = top2_margin(ref)
+            agree = ref.reshape(ref.shape[0], -1).argmax(1) == test.reshape(test.shape[0], -1).argmax(1)
+            ties = margin < NEAR_TIE_MARGIN
             self.near_ties += int(ties.sum())
-            self.near_tie_misses += int((ties & (ref.argmax(1) != test.argmax(1))).sum())
+            self.near_tie_misses += int((ties & ~agree).sum())
+            sure = margin >= CONFIDENT_MARGIN
+            self.confident += int(sure.sum())
+            self.confident_hits += int((sure & agree).sum())
 
     @property
     def cosine(self) -> float:
@@ -175,6 +193,19 @@ class OutputScore:
     def top5(self) -> float | None:
         return self.top5_hits / self.rows if self.rows else None
 
+    @property
+    def confident_top1(self) -> float | None:
+        return self.confident_hits / self.confident if self.confident else None
+
+    @staticmethod
+    def top1_floor(tol: Tolerance, yardstick: float | None) -> float | None:
+        """The top-1 agreement ``tol`` asks for, given the reference's measured stability."""
+        if tol.top1 is None:
+            return None
+        if yardstick is None or tol.top1_margin is None:
+            return tol.top1
+        return min(tol.top1, yardstick - tol.top1_margin)
+
     def max_abs_limit(self, tol: Tolerance) -> float | None:
         """float32 rounding is relative: the absolute threshold holds for outputs whose peak
         magnitude is at most 10 (typical logits) and grows in proportion above that."""
@@ -182,10 +213,12 @@ class OutputScore:
             return None
         return max(tol.max_abs * max(1.0, self.ref_peak / 10.0), tol.max_abs_floor or 0.0)
 
-    def failures(self, tol: Tolerance) -> list[str]:
+    def failures(self, tol: Tolerance, yardstick: float | None = None) -> list[str]:
         out = []
         if self.nonfinite:
             out.append(f"{self.nonfinite} non-finite values")
+        if not tol.assessed:
+            return out
         limit = self.max_abs_limit(tol)
         if limit is not None and self.max_abs > limit:
             out.append(f"max_abs {self.max_abs:.3g} > {limit:.3g}")
@@ -193,12 +226,20 @@ class OutputScore:
             out.append(f"cosine {self.cosine:.6f} < {tol.cosine}")
         if tol.sqnr_db is not None and self.sqnr_db < tol.sqnr_db:
             out.append(f"sqnr {self.sqnr_db:.1f} dB < {tol.sqnr_db} dB")
-        if tol.top1 is not None and self.top1 is not None and self.top1 < tol.top1:
+        floor = self.top1_floor(tol, yardstick)
+        if floor is not None and self.top1 is not None and self.top1 < floor - 1e-9:
             misses = self.rows - self.top1_hits
             context = (f" ({self.near_tie_misses} of {misses} disagreements on near-ties: {self.near_ties} of "
                        f"{self.rows} samples have a reference top-1/top-2 margin < {NEAR_TIE_MARGIN})"
                        if self.near_ties else "")
-            out.append(f"top1 {self.top1:.1%} < {tol.top1:.0%}{context}")
+            bar = (f"{floor:.1%} (yardstick {yardstick:.1%} − {tol.top1_margin:.0%})" if floor != tol.top1
+                   else f"{tol.top1:.0%}")
+            out.append(f"top1 {self.top1:.1%} < {bar}{context}")
+        if tol.confident_top1 is not None and tol.top1 is not None and self.confident_top1 is not None \
+                and self.confident_top1 < tol.confident_top1 - 1e-9:
+            out.append(f"top1 on confident samples {self.confident_top1:.1%} < {tol.confident_top1:.0%} "
+                       f"({self.confident_hits} of {self.confident} with a reference top-1/top-2 margin "
+                       f">= {CONFIDENT_MARGIN})")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,12 +247,18 @@ class OutputScore:
         return {"output": self.name, "max_abs": self.max_abs, "max_rel": self.max_rel, "ref_peak": self.ref_peak,
                 "cosine": self.cosine, "sqnr_db": f(self.sqnr_db), "top1": self.top1, "top5": self.top5,
                 "rows": self.rows, "samples": self.samples, "nonfinite": self.nonfinite,
-                "near_ties": self.near_ties, "near_tie_misses": self.near_tie_misses}
+                "near_ties": self.near_ties, "near_tie_misses": self.near_tie_misses,
+                "confident": self.confident, "confident_top1": self.confident_top1}
 
 
 @dataclass
 class Comparison:
-    """One stage against the reference over every feed. Truthy when every output passes."""
+    """One stage against the reference over every feed. Truthy when every output passes.
+
+    ``yardstick_top1``: the reference's own top-1 stability (edgekit/stability.py), which sets the
+    top-1 floor of a reduced-precision stage with trained weights. ``fidelity``: the same stage
+    against the shared Q/DQ (or FP16) graph executed by ONNX Runtime (edgekit/verdict.py), gated
+    for any weights; a failing fidelity fails the stage."""
 
     stage: str
     runner: str
@@ -220,6 +267,10 @@ class Comparison:
     outputs: dict[str, OutputScore] = field(default_factory=dict)
     inputs_source: str = ""
     note: str = ""
+    yardstick_top1: float | None = None
+    fidelity: "Comparison | None" = None
+    reference: str = "torch fp32"
+    fidelity_role: str = ""  # e.g. 'reference' for the shared graph itself
 
     def add(self, ref: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> None:
         ref_names, test_names = list(ref), list(test)
@@ -230,8 +281,21 @@ class Comparison:
             self.outputs.setdefault(rname, OutputScore(rname)).add(ref[rname], test[tname])
 
     @property
+    def quantization_failures(self) -> list[str]:
+        """Failures against the reference (for reduced precision: the quantization error)."""
+        return [f"{name}: {msg}" for name, s in self.outputs.items()
+                for msg in s.failures(self.tolerance, self.yardstick_top1)]
+
+    @property
     def failures(self) -> list[str]:
-        return [f"{name}: {msg}" for name, s in self.outputs.items() for msg in s.failures(self.tolerance)]
+        out = self.quantization_failures
+        if self.fidelity is not None:
+            out += [f"fidelity vs {self.fidelity.reference}: {m}" for m in self.fidelity.quantization_failures]
+        return out
+
+    @property
+    def assessed(self) -> bool:
+        return self.tolerance.assessed
 
     @property
     def passed(self) -> bool:
@@ -244,7 +308,19 @@ class Comparison:
         return next(iter(self.outputs.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "runner": self.runner, "precision": self.precision,
-                "passed": self.passed, "failures": self.failures, "tolerance": self.tolerance.to_dict(),
-                "inputs": self.inputs_source, "note": self.note,
-                "outputs": [s.to_dict() for s in self.outputs.values()]}
+        d = {"stage": self.stage, "runner": self.runner, "precision": self.precision,
+             "passed": self.passed, "failures": self.failures, "tolerance": self.tolerance.to_dict(),
+             "inputs": self.inputs_source, "note": self.note,
+             "outputs": [s.to_dict() for s in self.outputs.values()],
+             "reference": self.reference, "assessed": self.tolerance.assessed,
+             "quantization": ("not assessed: " + self.tolerance.assessed_note) if not self.tolerance.assessed
+             else ("PASS" if self.outputs and not self.quantization_failures else "FAIL"),
+             "yardstick_top1": self.yardstick_top1}
+        if self.fidelity_role:
+            d["fidelity_role"] = self.fidelity_role
+        if self.fidelity is not None:
+            f = self.fidelity
+            d["fidelity"] = {"reference": f.reference, "runner": f.runner, "passed": f.passed,
+                             "failures": f.quantization_failures, "tolerance": f.tolerance.to_dict(),
+                             "note": f.note, "outputs": [s.to_dict() for s in f.outputs.values()]}
+        return d

@@ -175,6 +175,11 @@ def _result_text(row: dict[str, Any]) -> str:
     p50 = (row.get("latency") or {}).get("p50_ms")
     tail = f"p50 {p50:.3g} ms" if p50 else ""
     tail += " (reused)" if row.get("reused") else ""
+    par = row.get("parity") or {}
+    if row.get("precision") != "fp32" and par:  # the two references (edgekit/verdict.py)
+        from .report.table import fidelity_cell, quant_cell
+
+        tail += f" [vs FP32 {quant_cell(par)}, fidelity {fidelity_cell(par)}]"
     return ("PARITY FAIL " if row["status"] == "parity-fail" else "ok ") + tail
 
 

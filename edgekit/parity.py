@@ -20,14 +20,48 @@ def reference_outputs(reference: Runner, feeds: Feeds) -> list[tuple[dict[str, n
         return [(dict(f), reference.infer(f)) for f in feeds]
 
 
-def compare_stage(stage: Artifact, runner: Runner, pairs, tolerance: Tolerance, source: str = "") -> Comparison:
+def compare_stage(stage: Artifact, runner: Runner, pairs, tolerance: Tolerance, source: str = "",
+                  keep: list | None = None) -> Comparison:
+    """``stage`` against the reference outputs in ``pairs``; ``keep``, when given, receives the
+    stage's own outputs (for the fidelity comparison)."""
     comp = Comparison(stage=stage.stage, runner=runner.name, precision=stage.precision, tolerance=tolerance,
                       inputs_source=source)
     with runner:
         comp.runner = runner.name
         for feed, ref in pairs:
-            comp.add(ref, runner.infer(feed))
+            out = runner.infer(feed)
+            comp.add(ref, out)
+            if keep is not None:
+                keep.append(out)
     return comp
+
+
+def shared_graph(stages: Sequence[Artifact]) -> Artifact | None:
+    """The shared reduced-precision graph (the Q/DQ or FP16 ONNX every ONNX-fed target reads)."""
+    from .verdict import is_shared_graph
+
+    return next((s for s in stages if is_shared_graph(s)), None)
+
+
+def add_fidelity(comps: Sequence[Comparison], stages: Sequence[Artifact], outputs: Sequence[list],
+                 shared: Artifact, runner_name: str = "onnxruntime") -> None:
+    """Runtime fidelity: every reduced-precision stage other than ``shared`` against ``shared``'s
+    outputs (ONNX Runtime), with the policy's floor (edgekit.verdict.fidelity_for)."""
+    from .verdict import fidelity_for
+
+    i_ref = next(i for i, s in enumerate(stages) if s is shared)
+    ref_outs, ref_comp = outputs[i_ref], comps[i_ref]
+    ref_comp.fidelity_role = "reference"
+    for comp, art, outs in zip(comps, stages, outputs):
+        if art is shared or art.precision == "fp32":
+            continue
+        tol, note = fidelity_for(art, ref_comp)
+        f = Comparison(stage=art.stage, runner=comp.runner, precision=art.precision, tolerance=tol,
+                       inputs_source=comp.inputs_source, note=note,
+                       reference=f"{shared.stage} ({runner_name})")
+        for ref, out in zip(ref_outs, outs):
+            f.add(ref, out)
+        comp.fidelity = f
 
 
 def run_parity(reference: Runner, stages: Sequence[tuple[Artifact, Runner]], feeds: Feeds,
@@ -36,15 +70,25 @@ def run_parity(reference: Runner, stages: Sequence[tuple[Artifact, Runner]], fee
     """Every stage against the reference; ``pairs`` (from :func:`reference_outputs` on ``feeds``)
     when the caller already has the reference's outputs."""
     pairs = reference_outputs(reference, feeds) if pairs is None else pairs
-    out = []
+    out, kept = [], []
+    shared = shared_graph([a for a, _ in stages])
     for art, runner in stages:
         if progress:
             progress(f"  parity: {art.stage} ({runner.name}) on {len(pairs)} feeds")
-        out.append(compare_stage(art, runner, pairs, tolerance(art), source))
+        keep: list | None = [] if shared is not None and art.precision != "fp32" else None
+        out.append(compare_stage(art, runner, pairs, tolerance(art), source, keep))
+        kept.append(keep)
+    if shared is not None:
+        add_fidelity(out, [a for a, _ in stages], kept, shared)
     return out
 
 
 def parity_table(comparisons: Sequence[Comparison | dict]) -> str:
+    """One row per stage: its figures against PyTorch FP32, the quantization verdict (against
+    FP32, 'not assessed' for untrained weights), the runtime fidelity (against the shared graph
+    run by ONNX Runtime) and the stage's overall verdict."""
+    from .verdict import fidelity_verdict, quantization_verdict
+
     rows = []
     for c in comparisons:
         d = c.to_dict() if isinstance(c, Comparison) else c
@@ -52,6 +96,7 @@ def parity_table(comparisons: Sequence[Comparison | dict]) -> str:
         rows.append([d["stage"], d["runner"], d["precision"], fmt_num(o.get("max_abs")),
                      fmt_num(o.get("cosine"), "cos"), fmt_num(o.get("sqnr_db"), "db"),
                      fmt_num(o.get("top1"), "pct"), fmt_num(o.get("top5"), "pct"), o.get("rows") or o.get("samples"),
+                     quantization_verdict(d) if d["precision"] != "fp32" else "-", fidelity_verdict(d),
                      "PASS" if d["passed"] else "FAIL: " + "; ".join(d["failures"])])
     return format_table(["stage", "runner", "precision", "max_abs", "cosine", "sqnr_db", "top1", "top5", "n",
-                         "verdict"], rows)
+                         "vs fp32", "fidelity", "verdict"], rows)

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import Artifact, Manifest, atomic_dir
+from .compare import ROUNDING_FACTOR, Comparison, Tolerance
 from .outdir import claim
-from .compare import ROUNDING_FACTOR, Comparison, Tolerance, tolerance_for
 from .console import Console
 from .contracts import ExportContext, ExportRequest
 from .errors import ExportError, UsageError
 from .recheck import user_ref_sha256
 from .specs import InputSpec, check_precision
+from .verdict import apply_yardstick, gate_tolerance, quantization_tolerance
 
 
 @dataclass
@@ -83,17 +84,17 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
 
 
 def tolerance_fn(spec, request: ExportRequest, trained: bool, fp32_floor: float = 0.0):
-    """Stage → Tolerance: by the stage's precision, the model's overrides, the user's; FP32
-    max-abs never below ``ROUNDING_FACTOR`` × the reference's own FP32 rounding error."""
+    """Stage → Tolerance (the policy of edgekit/verdict.py): by the stage's precision, the model's
+    overrides, the user's; reduced precision on untrained weights is not assessed; FP32 max-abs
+    never below ``ROUNDING_FACTOR`` × the reference's own FP32 rounding error."""
 
     def for_stage(art: Artifact) -> Tolerance:
         p = art.precision
         # the stage may carry its own looser thresholds (e.g. a TensorRT engine built with --tf32)
-        tol = tolerance_for(p, {**spec.tolerance.get(p, {}), **art.meta.get("tolerance", {}), **request.tolerance})
+        tol = quantization_tolerance(p, trained, {**spec.tolerance.get(p, {}), **art.meta.get("tolerance", {})},
+                                     request.tolerance)
         if p == "fp32" and fp32_floor > 0 and "max_abs" not in request.tolerance:
             tol = replace(tol, max_abs_floor=ROUNDING_FACTOR * fp32_floor)
-        if p != "fp32" and not trained and tol.top1 is not None:
-            tol = replace(tol, top1=None)  # untrained logits: top-1 ties are noise, gate on cosine/SQNR
         return tol
 
     return for_stage
@@ -162,8 +163,9 @@ def parity_feeds(res: Resolved, request: ExportRequest, console: Console | None 
 def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Path, stem: str,
                  console: Console) -> list[Artifact]:
     from exporters.onnx import export_onnx
+    from exporters.onnx_hygiene import pruned
 
-    stages = []
+    stages = _Clean(pruned)
     with console.step("export torch → ONNX") as d:
         stages.append(export_onnx(res.model, res.inputs, work / f"{stem}.onnx", opset=request.opset,
                                   dynamic_batch=request.dynamic_batch))
@@ -175,7 +177,7 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
             stages.append(simplify(stages[-1], work / f"{stem}.sim.onnx", request.simplifier))
             d["summary"] = f"{stages[-1].meta['nodes_before']} → {stages[-1].meta['nodes']} nodes"
     if target.handles_precision(request):
-        return stages
+        return list(stages)
     if request.precision == "fp16":
         from calibration.fp16 import convert_fp16
 
@@ -185,8 +187,8 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
     elif request.precision == "int8":
         from calibration.quantize import Int8Options, quantize_int8
 
-        gate = tolerance_for("int8", {**res.spec.tolerance.get("int8", {}), **request.tolerance})
         trained = bool(res.weights.trained)
+        gate = gate_tolerance(res.spec, request, "int8", trained)
         # The float fallback ranks layers by how much INT8 hurts *these* weights: on
         # deterministic-init weights that says nothing about the trained model, and its float
         # layers would make the artifact's latency unlike the trained model's (the OpenVINO NNCF
@@ -202,9 +204,22 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
             stages.append(quantize_int8(stages[-1], work / f"{stem}.int8.onnx", feeds.calib, feeds.heldout, opts,
                                         log=console.info))
             lay, gate = stages[-1].meta.get('layers', {}), stages[-1].meta.get('gate', {})
-            d["summary"] = (f"{lay.get('int8_convs', '?')}/{lay.get('convs', '?')} convs INT8, gate "
-                            f"{'passed' if gate.get('passed') else 'FAILED'}")
-    return stages
+            verdict = ("not assessed (untrained weights)" if not trained
+                       else "passed" if gate.get("passed") else "FAILED")
+            d["summary"] = f"{lay.get('int8_convs', '?')}/{lay.get('convs', '?')} convs INT8, gate {verdict}"
+    return list(stages)
+
+
+class _Clean(list):
+    """The stage list of :func:`_onnx_stages`: every ONNX appended is pruned first (no unused
+    initializer or dangling node in a delivered ONNX, exporters/onnx_hygiene.py)."""
+
+    def __init__(self, prune):
+        super().__init__()
+        self._prune = prune
+
+    def append(self, art) -> None:
+        super().append(self._prune(art) if art.format == "onnx" else art)
 
 
 def export(request: ExportRequest, console: Console | None = None) -> ExportResult:
@@ -257,6 +272,7 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
                 pairs = reference_outputs(reference, feeds.heldout)
                 comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
             stability = _stability(res, request, reference, pairs, console)
+            apply_yardstick(comps, stability)
         latency = _latency(stages[-1], request, feeds, console) if (request.bench and stages) else None
         model_info = {**res.spec.summary(), "alias": res.alias, "weights": res.weights.to_dict(),
                       "user_ref": res.user_ref, "user_ref_sha256": user_ref_sha256(res.user_ref),

@@ -172,6 +172,9 @@ def recheck(args, console) -> tuple[list, Any]:
     with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples"):
         comps = run_parity(TorchRunner(res.model, res.inputs, manifest.stages[0].outputs), runners,
                            feeds.heldout, tol, feeds.heldout.source)
+    from .verdict import apply_yardstick
+
+    apply_yardstick(comps, (manifest.reports or {}).get("reference_stability"))  # the export's measured yardstick
     localization = None
     if args.localize:
         onnx_stages = [s for s in manifest.stages if s.format == "onnx"]

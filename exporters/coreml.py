@@ -11,14 +11,14 @@
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgekit.artifact import Artifact, tool_versions
-from edgekit.compare import Comparison, Tolerance, tolerance_for
+from edgekit import verdict
+from edgekit.compare import Comparison, Tolerance
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feeds, Option
 from edgekit.errors import EdgekitError, ExportError, UsageError, require
 
@@ -167,9 +167,7 @@ class CoreMLTarget(Exporter):
 
     def _gate(self, ctx: ExportContext, art: Artifact) -> None:
         trained = weights_trained(ctx)
-        tol = tolerance_for("int8", {**ctx.spec.tolerance.get("int8", {}), **ctx.request.tolerance})
-        if not trained:
-            tol = replace(tol, top1=None)  # untrained logits: top-1 ties are noise
+        tol = verdict.gate_tolerance(ctx.spec, ctx.request, "int8", trained)  # the one policy
         comp = compare(ctx.model, art, self.open(art, device=ctx.request.device), ctx.heldout_feeds, tol)
         p = comp.primary()
         art.meta["gate"] = {"passed": comp.passed, "failures": comp.failures, "trained_weights": trained,
@@ -177,7 +175,10 @@ class CoreMLTarget(Exporter):
                             "rows": p.rows or p.samples, "top1": p.top1, "top5": p.top5, "cosine": p.cosine,
                             "sqnr_db": p.sqnr_db if np.isfinite(p.sqnr_db) else None, "max_abs": p.max_abs}
         top1 = f"top-1 {p.top1:.1%}, " if p.top1 is not None and trained else ""
-        if comp.passed:
+        if not tol.assessed:
+            ctx.log(f"INT8 accuracy not assessed ({tol.assessed_note}): cosine {p.cosine:.4f} vs FP32 on "
+                    f"{p.rows or p.samples} held-out samples ({comp.runner})")
+        elif comp.passed:
             ctx.log(f"INT8 gate passed on {p.rows or p.samples} held-out samples ({comp.runner}): {top1}"
                     f"cosine {p.cosine:.4f}")
         else:
@@ -216,7 +217,7 @@ def weights_trained(ctx: ExportContext) -> bool:
     explicit = getattr(ctx, "trained", None)
     if explicit is not None:
         return bool(explicit)
-    return bool(ctx.request.weights) or bool(getattr(ctx.request, "pretrained", False))
+    return verdict.trained_weights(ctx.request)
 
 
 def compare(model, art: Artifact, runner, feeds: Feeds, tol: Tolerance) -> Comparison:

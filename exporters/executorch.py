@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.artifact import Artifact, tool_versions
-from edgekit.compare import Comparison, Tolerance, tolerance_for
+from edgekit import verdict
+from edgekit.compare import Comparison, Tolerance
 from edgekit.console import quiet_logs
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feeds, Option
 from edgekit.errors import ExportError, require
@@ -164,20 +165,16 @@ def delegation(gm) -> dict[str, Any]:
 
 
 def gate_tolerance(ctx: ExportContext, trained: bool) -> Tolerance:
-    """The pipeline's INT8 tolerance: model overrides, then the user's; no top-1 without trained weights."""
-    tol = tolerance_for("int8", {**ctx.spec.tolerance.get("int8", {}), **ctx.request.tolerance})
-    if not trained:
-        from dataclasses import replace
-
-        tol = replace(tol, top1=None)
-    return tol
+    """The policy's INT8 tolerance (edgekit/verdict.py): model overrides, then the user's; not
+    assessed without trained weights."""
+    return verdict.gate_tolerance(ctx.spec, ctx.request, "int8", trained)
 
 
 def weights_trained(ctx: ExportContext) -> bool:
     explicit = getattr(ctx, "trained", None)
     if explicit is not None:
         return bool(explicit)
-    return bool(ctx.request.weights) or bool(getattr(ctx.request, "pretrained", False))
+    return verdict.trained_weights(ctx.request)
 
 
 def int8_gate(model, art: Artifact, heldout: Feeds, tol: Tolerance, threads: int | None = None) -> Comparison:
@@ -288,7 +285,10 @@ class ExecuTorchTarget(Exporter):
                             "sqnr_db": p.sqnr_db if np.isfinite(p.sqnr_db) else None, "max_abs": p.max_abs,
                             "runner": comp.runner}
         top1 = f"top-1 {p.top1:.1%}, " if p.top1 is not None and trained else ""
-        if comp.passed:
+        if not tol.assessed:
+            ctx.log(f"INT8 accuracy not assessed ({tol.assessed_note}): cosine {p.cosine:.4f} vs FP32 on "
+                    f"{p.rows or p.samples} held-out samples")
+        elif comp.passed:
             ctx.log(f"INT8 gate passed on {p.rows or p.samples} held-out samples: {top1}cosine {p.cosine:.4f}")
         else:
             ctx.warn(f"ExecuTorch INT8 gate failed ({'; '.join(comp.failures)}): keep FP32 for this model "

@@ -14,6 +14,7 @@ x86 CPU MobileNetV3-Large gains 1.1×, EfficientNet-B0's SiLU keeps it at 0.9×)
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -38,16 +39,64 @@ def build(ctx: ExportContext, workdir: Path) -> Artifact:
     path = Path(workdir) / f"{ctx.stem}.ort.int8.onnx"
     t0 = time.perf_counter()
     form = build_ort_int8(qdq.path, path, ctx.calib_feeds)
+    from .onnx_hygiene import prune
+
+    form = {**form, "hygiene": prune(path)} if isinstance(form, dict) else form
+    cost = rewrite_cost(ctx, qdq.path, path)
     meta = {"form": "onnxruntime QDQ (uint8 activations, int8 per-channel weights, quantized conv and "
                     "activation outputs)",
             "derived_from": qdq.path.name, "rewrite": form, "seconds": round(time.perf_counter() - t0, 2),
             "node_counts": node_counts(path), "float_layers": qdq.meta.get("float_layers", []),
             "calibration_gate": qdq.meta.get("gate", {}).get("after")}
+    if cost is not None:
+        meta["rewrite_cost"] = cost
+        if cost["rejected"]:
+            # item 2 of issue 19: a rewrite that costs accuracy is not delivered
+            shutil.copyfile(qdq.path, path)
+            meta.update({"form": "the shared Q/DQ graph (the ONNX Runtime rewrite was not delivered)",
+                         "fidelity_kind": "runtime", "rewrite_rejected": cost["reason"]})
+            ctx.warn(f"ONNX Runtime INT8 form not delivered: {cost['reason']}; {path.name} holds the shared "
+                     f"Q/DQ graph (slower on ONNX Runtime's CPU kernels, see the latency guard)")
     art = Artifact(path=path, stage="ort", format="onnx", precision="int8", target="onnx", inputs=qdq.inputs,
                    outputs=qdq.outputs, parent=qdq.sha256, meta=meta, tools=tool_versions(*ONNX_PACKAGES))
     if ctx.fp32_source is not None:
         meta["latency_guard"] = latency_guard(ctx, ctx.fp32_source, art, OrtRunner)
     return art
+
+
+def rewrite_cost(ctx: ExportContext, qdq: Path, form: Path) -> dict | None:
+    """SQNR against the FP32 ONNX of the shared graph and of the rewrite on the held-out feeds;
+    with trained weights the rewrite is rejected when it costs more than
+    ``edgekit.verdict.REWRITE_MAX_COST_DB``. None without an FP32 source or held-out feeds."""
+    import numpy as np
+
+    from edgekit import verdict
+    from edgekit.compare import OutputScore
+
+    from .onnx import OrtRunner
+
+    if ctx.fp32_source is None or ctx.heldout_feeds is None:
+        return None
+    feeds = list(ctx.heldout_feeds)
+    outs = {}
+    for key, p in (("fp32", ctx.fp32_source.path), ("qdq", qdq), ("ort", form)):
+        with OrtRunner(Path(p), ctx.fp32_source.inputs) as r:
+            outs[key] = [next(iter(r.infer(f).values())) for f in feeds]
+    sq = {}
+    for key in ("qdq", "ort"):
+        s = OutputScore("output")
+        for ref, out in zip(outs["fp32"], outs[key]):
+            s.add(ref, out)
+        sq[key] = s.sqnr_db
+    cost = sq["qdq"] - sq["ort"]
+    trained = bool(getattr(ctx, "trained", None)) if getattr(ctx, "trained", None) is not None \
+        else verdict.trained_weights(ctx.request)
+    rejected = bool(trained and np.isfinite(cost) and cost > verdict.REWRITE_MAX_COST_DB)
+    reason = (f"it costs {cost:.2f} dB SQNR against FP32 ({sq['ort']:.2f} dB, the shared graph {sq['qdq']:.2f} dB; "
+              f"at most {verdict.REWRITE_MAX_COST_DB} dB allowed on trained weights)")
+    return {"sqnr_db_shared": round(float(sq["qdq"]), 3), "sqnr_db_rewrite": round(float(sq["ort"]), 3),
+            "cost_db": round(float(cost), 3), "limit_db": verdict.REWRITE_MAX_COST_DB, "trained_weights": trained,
+            "rejected": rejected, "reason": reason, "samples": len(feeds)}
 
 
 def latency_guard(ctx: ExportContext, fp32: Artifact, int8: Artifact, runner_cls) -> dict:

@@ -26,7 +26,8 @@ from typing import Any
 
 from edgekit.artifact import Artifact
 from edgekit.bench.guard import int8_guard
-from edgekit.compare import Tolerance, tolerance_for
+from edgekit import verdict
+from edgekit.compare import Tolerance
 from edgekit.contracts import ExportContext
 from edgekit.errors import require
 
@@ -39,13 +40,9 @@ GUARD_SECONDS = 1.5
 def int8_tolerance(ctx: ExportContext) -> tuple[Tolerance, bool]:
     """(gate tolerance, trained weights): the tolerance the pipeline gives the calibration
     package's INT8 gate (the INT8 parity tolerance with the model's and the user's overrides).
-    Untrained (deterministic-init) weights are gated on cosine only: their top-1 ties are noise."""
-    from calibration.gate import without_top1
-
-    request = ctx.request
-    trained = bool(getattr(request, "pretrained", False) or request.weights)
-    overrides = {**ctx.spec.tolerance.get("int8", {}), **(request.tolerance or {})}
-    return without_top1(tolerance_for("int8", overrides), trained), trained
+    Untrained (deterministic-init) weights: not assessed (the one policy, edgekit/verdict.py)."""
+    trained = verdict.trained_weights(ctx.request)
+    return verdict.gate_tolerance(ctx.spec, ctx.request, "int8", trained), trained
 
 
 def gate_summary(comp) -> dict[str, Any]:
@@ -61,11 +58,14 @@ def build_int8(ctx: ExportContext, model, src: Artifact, route: str, runtime: di
     opts = ctx.request.options or {}
     heldout = list(ctx.heldout_feeds)
     meta: dict[str, Any] = {"route": route, "route_reason": _reason(ctx), "gate_tolerance": tol.to_dict(),
-                            "gate_metric": "top-1 agreement and cosine vs FP32" if tol.top1 is not None
-                            else "cosine vs FP32 (weights not trained: top-1 ties are noise)",
+                            "gate_metric": "top-1 agreement and cosine vs FP32" if tol.assessed
+                            else f"not assessed: {tol.assessed_note}",
                             "gate_samples": len(heldout)}
     t0 = time.perf_counter()
     if route == "nncf":
+        if not trained and opts.get("ov_max_fp_fraction"):
+            # the user forces the fallback on untrained weights: let it judge cosine/SQNR
+            tol = replace(tol, assessed=True, top1=None, confident_top1=None)
         fp32_model = model
         recipe = replace(nq.RECIPE, subset_size=opts.get("nncf_subset_size") or nq.RECIPE.subset_size,
                          fast_bias_correction=bool(opts.get("nncf_fast_bias_correction")))

@@ -49,7 +49,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", md_table(*main_table(report)), ""]
     lines.append("Latency is per inference call at the batch shown by the input shape; speed-up is torch eager "
                  "FP32 p50 on the same device divided by the row's p50. Parity columns describe the final stage "
-                 "against PyTorch on held-out images.")
+                 "against PyTorch on held-out images; 'vs FP32' is the quantization-error verdict (not assessed "
+                 "for untrained weights), 'fidelity' the lowest SQNR of a reduced-precision stage against the "
+                 "shared Q/DQ or FP16 graph run by ONNX Runtime (docs/calibration.md).")
     checks = report.get("checks") or []
     lines += ["", "## Checks", ""]
     lines += [f"- ⚠ {c['message']}" for c in checks]

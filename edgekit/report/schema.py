@@ -93,8 +93,28 @@ def parity_summary(parity: list[dict[str, Any]] | None, final_stage: str | None 
             "max_abs": out.get("max_abs"), "cosine": out.get("cosine"), "sqnr_db": out.get("sqnr_db"),
             "top1": out.get("top1"), "top5": out.get("top5"), "samples": out.get("samples"),
             "inputs": final.get("inputs"),
+            # the two references (edgekit/verdict.py): quantization error vs FP32, runtime fidelity
+            # vs the shared graph run by ONNX Runtime (the worst reduced-precision stage's)
+            "quantization": final.get("quantization"),
+            "fidelity": _fidelity_summary(parity),
             "reference_stability": {k: stability.get(k) for k in ("amplitude_steps", "top1", "cosine", "sqnr_db")}
             if stability else None}
+
+
+def _fidelity_summary(parity: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The lowest fidelity SQNR among the stages that have one, whether all passed, and who failed."""
+    rows = [(c.get("stage"), c["fidelity"]) for c in parity if c.get("fidelity")]
+    if not rows:
+        return None
+
+    def sq(f):
+        v = ((f.get("outputs") or [{}])[0]).get("sqnr_db")
+        return float("inf") if v in (None, "inf") else float(v)
+
+    stage, worst = min(rows, key=lambda r: sq(r[1]))
+    return {"stage": stage, "reference": worst.get("reference"), "sqnr_db": (worst.get("outputs") or [{}])[0].get("sqnr_db"),
+            "floor_db": (worst.get("tolerance") or {}).get("sqnr_db"), "passed": all(f.get("passed") for _, f in rows),
+            "failing_stages": [s for s, f in rows if not f.get("passed")]}
 
 
 def manifest_parity(manifest) -> dict[str, Any] | None:

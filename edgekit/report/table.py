@@ -76,7 +76,25 @@ def _notes(row: dict[str, Any], limit: int = 160) -> str:
 
 
 SINGLE_HEADERS = ["Model", "Target", "Precision", "Status", "Size (MB)", "max abs", "cosine", "top-1",
-                  "p50 (ms)", "p90 (ms)", "Speed-up", "Notes"]
+                  "vs FP32", "fidelity", "p50 (ms)", "p90 (ms)", "Speed-up", "Notes"]
+
+
+def quant_cell(par: dict[str, Any]) -> str:
+    """The quantization-error verdict of the final stage: PASS, FAIL, 'not assessed' or —."""
+    q = par.get("quantization")
+    if not q:
+        return "—"
+    return "not assessed" if str(q).startswith("not assessed") else q
+
+
+def fidelity_cell(par: dict[str, Any]) -> str:
+    """Runtime fidelity against the shared graph (lowest stage SQNR): 'PASS 41.2 dB' or —."""
+    f = par.get("fidelity")
+    if not f:
+        return "—"
+    sq = f.get("sqnr_db")
+    sq = "∞" if sq in (None, "inf") else f"{float(sq):.1f}"
+    return f"{'PASS' if f.get('passed') else 'FAIL'} {sq} dB"
 
 
 def single_device_table(report: dict[str, Any], notes_limit: int = 160) -> tuple[list[str], list[list[str]]]:
@@ -87,6 +105,7 @@ def single_device_table(report: dict[str, Any], notes_limit: int = 160) -> tuple
         rows.append([r["model"], r["target"], r["precision"], STATUS_TEXT.get(r["status"], r["status"]),
                      "—" if r.get("size_mb") is None else f"{r['size_mb']:.1f}",
                      num(par.get("max_abs")), cos(par.get("cosine")), pct(par.get("top1")),
+                     quant_cell(par), fidelity_cell(par),
                      ms(lat.get("p50_ms")), ms(lat.get("p90_ms")), speed(r.get("speedup")),
                      _notes(r, notes_limit)])
     return SINGLE_HEADERS, rows
@@ -103,7 +122,7 @@ def per_device_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]
     lines: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for r in report["rows"]:
         lines.setdefault(cell_key(r), {}).setdefault(r["device_id"], []).append(r)
-    headers = ["Model", "Target", "Precision", "Input", "Size (MB)", "cosine", "top-1",
+    headers = ["Model", "Target", "Precision", "Input", "Size (MB)", "cosine", "top-1", "vs FP32", "fidelity",
                *[f"{device_name(report, d)} p50 ms" for d in devs]]
     rows = []
     for (model, target, precision, shape), by_dev in lines.items():
@@ -132,7 +151,7 @@ def per_device_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]
             cells.append(cell)
         rows.append([model, target, precision, "x".join(map(str, shape)) if shape else "—",
                      "—" if first.get("size_mb") is None else f"{first['size_mb']:.1f}",
-                     cos(par.get("cosine")), pct(par.get("top1")), *cells])
+                     cos(par.get("cosine")), pct(par.get("top1")), quant_cell(par), fidelity_cell(par), *cells])
     return headers, rows
 
 
