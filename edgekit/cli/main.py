@@ -40,14 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("EDGEKIT_DEBUG") == "1"
+    before = os.environ.get("EDGEKIT_DEBUG")
     if debug:
         os.environ["EDGEKIT_DEBUG"] = "1"  # lets stages replay the output they capture
-    with signals.handled():
-        code = _run(argv, debug)
-        if signals.received() is not None and code not in (130, 143):
-            # a library swallowed the interrupt and the command ran to its end
-            print("interrupted: the command had finished; its output is complete", file=sys.stderr)
-            code = signals.exit_code(signals.received())
+    try:
+        with signals.handled():
+            code = _run(argv, debug)
+            if signals.received() is not None and code not in (130, 143):
+                # a library swallowed the interrupt and the command ran to its end
+                print("interrupted: the command had finished; its output is complete", file=sys.stderr)
+                code = signals.exit_code(signals.received())
+    finally:  # one in-process call's --debug must not leak into the next (tests, API callers)
+        if before is None:
+            os.environ.pop("EDGEKIT_DEBUG", None)
+        else:
+            os.environ["EDGEKIT_DEBUG"] = before
     if as_program and code in (130, 143):
         _exit_now(code)
     return code
