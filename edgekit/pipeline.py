@@ -193,6 +193,10 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
                 pairs = reference_outputs(reference, feeds.heldout)
                 comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
             stability = _stability(res, request, reference, pairs, console)
+            if request.arch:
+                from .arm.compare import hook as arm_hook
+
+                comps += arm_hook(stages, pairs, tol, request, console, feeds.heldout.source)
         latency = _latency(stages[-1], request, feeds, console) if (request.bench and stages) else None
         model_info = {**res.spec.summary(), "alias": res.alias, "weights": res.weights.to_dict(),
                       "user_ref": res.user_ref, "input_shape": list(res.inputs[0].shape)}
