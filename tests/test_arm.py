@@ -97,7 +97,17 @@ def test_kernel_family_follows_the_emulated_features():
     assert "no dot-product" in kernels("onnxruntime", ["fp", "asimd"])
     assert "UDOT/SDOT" in kernels("onnxruntime", ["fp", "asimd", "asimddp"])
     assert "i8mm" in kernels("onnxruntime", ["asimd", "asimddp", "i8mm"])
-    assert "neondot" in kernels("executorch", ["asimd", "asimddp"])
+    assert "asimddp" in kernels("ncnn", ["asimd", "asimddp"])
+
+
+def test_executorch_says_in_one_line_why_not():
+    from edgekit.arm.job import runtime_for
+    from edgekit.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        runtime_for("pte")
+    assert "\n" not in err.value.message and "CUDA build" in err.value.message
+    assert runtime_for("onnx") == "onnxruntime" and runtime_for("ncnn") == "ncnn"
 
 
 def test_arch_option_reaches_the_request():

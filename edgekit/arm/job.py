@@ -21,7 +21,11 @@ from . import chroot as ch
 from .prereq import require
 from .setup import Userland
 
-RUNTIME_BY_FORMAT = {"onnx": "onnxruntime", "pte": "executorch", "ncnn": "ncnn"}
+RUNTIME_BY_FORMAT = {"onnx": "onnxruntime", "ncnn": "ncnn"}
+UNSUPPORTED = {
+    "pte": "ExecuTorch's Python runtime loads libtorch, and PyPI's only aarch64 torch wheel is the CUDA build "
+           "(427 MB plus ~3 GB of CUDA wheels it requires); the CPU aarch64 torch is on download.pytorch.org only",
+}
 SCRIPT_SOURCE = Path(__file__).with_name("runner_script.py")
 
 
@@ -47,6 +51,9 @@ def runtime_for(fmt: str) -> str:
     try:
         return RUNTIME_BY_FORMAT[fmt]
     except KeyError:
+        if fmt in UNSUPPORTED:
+            raise UsageError(f"no aarch64 runner for '{fmt}' artifacts: {UNSUPPORTED[fmt]}",
+                             hint="check the ONNX stage instead: 'edgekit export ... --target onnx --arch aarch64'")
         raise UsageError(f"no aarch64 runner for '{fmt}' artifacts",
                          hint=f"--arch aarch64 runs {', '.join(sorted(RUNTIME_BY_FORMAT))} artifacts") from None
 

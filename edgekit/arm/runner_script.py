@@ -3,7 +3,7 @@
 Standalone on purpose: it imports only the standard library, NumPy and the runtime named in
 the job, never edgekit. Usage: ``python run.py JOBDIR``. JOBDIR holds ``job.json``::
 
-    {"runtime": "onnxruntime" | "executorch" | "ncnn", "threads": 1, "inputs": [names],
+    {"runtime": "onnxruntime" | "ncnn", "threads": 1, "inputs": [names],
      "feeds": N, "models": [{"key": "m0", "path": "m0.onnx", "precision": "int8",
                              "output_shapes": [[1, 1000]]}]}
 
@@ -48,9 +48,6 @@ def kernels(runtime, feats):
         q = "UMMLA/SMMLA (i8mm)" if "i8mm" in f else "UDOT/SDOT (dot-product)" if "asimddp" in f else \
             "NEON widening multiply-add (no dot-product)"
         return f"MLAS INT8 GEMM/conv: {q}; FP16 vector: {'yes' if 'asimdhp' in f else 'no'}"
-    if runtime == "executorch":  # XNNPACK qs8/qu8 microkernels by cpuinfo
-        q = "neoni8mm" if "i8mm" in f else "neondot" if "asimddp" in f else "neon-mlal"
-        return f"XNNPACK INT8 microkernels: {q}; FP16 arithmetic: {'yes' if 'asimdhp' in f else 'no'}"
     if runtime == "ncnn":
         q = "i8mm" if "i8mm" in f else "asimddp" if "asimddp" in f else "plain NEON"
         return f"ncnn INT8 kernels: {q}; fp16 arithmetic available: {'yes' if 'asimdhp' in f else 'no'}"
@@ -79,25 +76,6 @@ def run_onnxruntime(job, model, feeds):
         feed = {i.name: np.asarray(a, dtype=types.get(i.type, np.float32)) for i, a in zip(ins, arrays)}
         outs.append([np.asarray(o, dtype=np.float32) for o in sess.run(names, feed)])
     return names, outs, ort.__version__
-
-
-def run_executorch(job, model, feeds):
-    import torch
-    from executorch import version as et_version
-    from executorch.runtime import Runtime
-
-    torch.set_num_threads(job.get("threads") or 1)
-    method = Runtime.get().load_program(model["path"]).load_method("forward")
-    outs = []
-    for arrays in feeds:
-        n = arrays[0].shape[0]
-        rows = [method.execute([torch.from_numpy(np.ascontiguousarray(a[r:r + 1], dtype=np.float32))
-                                for a in arrays]) for r in range(n)]
-        rows = [[np.array(o.detach().numpy(), dtype=np.float32, copy=True) for o in row] for row in rows]
-        outs.append([np.concatenate([row[k] for row in rows]) for k in range(len(rows[0]))])
-    count = len(outs[0]) if outs else 1
-    names = ["output"] if count == 1 else [f"output{k}" for k in range(count)]
-    return names, outs, getattr(et_version, "__version__", "?")
 
 
 def run_ncnn(job, model, feeds):
@@ -146,7 +124,7 @@ def run_ncnn(job, model, feeds):
     return out_blobs, outs, getattr(ncnn, "__version__", "?")
 
 
-RUNNERS = {"onnxruntime": run_onnxruntime, "executorch": run_executorch, "ncnn": run_ncnn}
+RUNNERS = {"onnxruntime": run_onnxruntime, "ncnn": run_ncnn}
 
 
 def main(folder):

@@ -31,15 +31,11 @@ from .prereq import Host, register_binfmt, require
 MIRROR = "http://deb.debian.org/debian"
 INCLUDE = "python3,python3-venv,python3-pip,ca-certificates"
 # runtime -> the PyPI distributions pinned to the host's versions (numpy is always pinned).
-# ExecuTorch's runtime module imports torch, so it comes with a torch pinned to the host's; its
-# other requirements are the exporter's, not the runtime's, hence --no-deps plus this list.
+# ExecuTorch is not here: see UNSUPPORTED in .job.
 RUNTIMES: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime",),
     "ncnn": ("ncnn",),
-    "executorch": ("executorch", "torch"),
 }
-NO_DEPS = {"executorch": ("typing_extensions", "sympy", "mpmath", "filelock", "networkx", "jinja2", "fsspec",
-                          "flatbuffers", "packaging")}
 CA_IN_ROOT = "etc/ssl/certs/ca-certificates.crt"
 
 
@@ -207,16 +203,8 @@ def _build_venv(root: Path, venv: str, pins: dict[str, str], step, logfile: Path
     env = {"PIP_CERT": f"/{CA_IN_ROOT}", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_CACHE_DIR": "1"}
     with step(f"venv {venv} + pip install {_pins_text(pins)} (under emulation)") as d:
         ch.run(root, ["/usr/bin/python3", "-m", "venv", venv], log=logfile)
-        no_deps = {p for r, extra in NO_DEPS.items() if r in pins for p in (*RUNTIMES[r],)}
-        normal = [f"{k}=={v}" for k, v in pins.items() if k not in no_deps]
-        ch.run(root, [f"{venv}/bin/python", "-m", "pip", "install", "--only-binary=:all:", *normal],
-               env=env, log=logfile)
-        if no_deps:
-            extra = sorted({p for r in NO_DEPS if r in pins for p in NO_DEPS[r]})
-            ch.run(root, [f"{venv}/bin/python", "-m", "pip", "install", "--only-binary=:all:", *extra], env=env,
-                   log=logfile)
-            ch.run(root, [f"{venv}/bin/python", "-m", "pip", "install", "--only-binary=:all:", "--no-deps",
-                          *[f"{k}=={pins[k]}" for k in sorted(no_deps)]], env=env, log=logfile)
+        ch.run(root, [f"{venv}/bin/python", "-m", "pip", "install", "--only-binary=:all:",
+                      *[f"{k}=={v}" for k, v in sorted(pins.items())]], env=env, log=logfile)
         d["summary"] = f"{_du_mb(root / venv.lstrip('/'))} MB"
 
 

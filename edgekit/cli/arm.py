@@ -24,8 +24,8 @@ def register(sub) -> None:
     asub = p.add_subparsers(dest="arm_command", metavar="SUBCOMMAND")
     s = asub.add_parser("setup", help="build the userland once (idempotent; later runs are instant)")
     s.add_argument("--runtime", dest="runtimes", action="append", metavar="NAME",
-                   help="runtime(s) to install, pinned to the host's version: onnxruntime (default), ncnn, "
-                        "executorch (brings torch); repeat or comma-separate")
+                   help="runtime(s) to install, pinned to the host's version: onnxruntime (default), ncnn; "
+                        "repeat or comma-separate")
     s.set_defaults(func=run_setup)
     i = asub.add_parser("info", help="show the userland, and the CPU features each emulated core reports")
     i.add_argument("--arm-cpu", dest="arm_cpus", action="append", metavar="CPU",
