@@ -172,18 +172,19 @@ def test_fp32_is_identical_across_instruction_sets(tmp_path):
 
 
 @needs_userland
-def test_int8_fidelity_is_reported_per_emulated_core(tmp_path):
-    result = _export(tmp_path, "int8", ("cortex-a53", "cortex-a76"))
+def test_int8_fidelity_is_reported_on_a_core_without_dot_product(tmp_path):
+    """Cortex-A53 (no dot-product: ONNX Runtime's widening-NEON INT8 kernels; the FP32 test above runs
+    Cortex-A76 with UDOT/SDOT). One core only: CI time; bench/arm_matrix.py runs the full matrix."""
+    result = _export(tmp_path, "int8", ("cortex-a53",))
     rows = _rows(result)
-    for cpu, kernel in (("cortex-a53", "no dot-product"), ("cortex-a76", "UDOT/SDOT")):
-        for stage in ("qdq", "ort"):
-            fid = rows[(f"{stage} x86↔aarch64", cpu)]
-            o = fid.primary()
-            print(f"\nINT8 {stage} x86↔aarch64 on {cpu}: SQNR {o.sqnr_db:.1f} dB, cosine {o.cosine:.5f}, "
-                  f"top-1 {o.top1:.0%}")
-            assert o.samples == CROPS and np.isfinite(o.cosine) and o.nonfinite == 0
-            assert o.cosine >= 0.99 and o.sqnr_db >= 20.0, fid.failures  # the fidelity floor (arm/compare.py)
-            assert kernel in fid.note
-    a53 = rows[("ort x86↔aarch64", "cortex-a53")].primary()
-    a76 = rows[("ort x86↔aarch64", "cortex-a76")].primary()
-    assert a53.samples == a76.samples == CROPS
+    for stage in ("qdq", "ort"):
+        fid = rows[(f"{stage} x86↔aarch64", "cortex-a53")]
+        o = fid.primary()
+        print(f"\nINT8 {stage} x86↔aarch64 on cortex-a53 ({FOCUS} 64 px, {CROPS} crops): SQNR {o.sqnr_db:.1f} dB, "
+              f"cosine {o.cosine:.5f}, top-1 {o.top1:.0%}")
+        assert o.samples == CROPS and o.nonfinite == 0
+        assert o.cosine >= 0.99 and o.sqnr_db >= 20.0, fid.failures  # the fidelity floor (arm/compare.py)
+        assert "no dot-product" in fid.note and "asimddp" not in fid.note
+        assert rows[(f"{stage}@aarch64", "cortex-a53")].primary().samples == CROPS
+    fp32 = rows[("simplified x86↔aarch64", "cortex-a53")]  # the graph it was quantized from, same run
+    assert fp32.precision == "fp32" and fp32.primary().max_abs <= 1e-4 and fp32.passed

@@ -1,7 +1,7 @@
 """The x86-vs-aarch64 rows of the parity table.
 
 For each emulated core, the artifact's final stage (and, for ONNX INT8, the shared Q/DQ graph
-before it: both are deliverable ONNX forms) runs in its own runtime inside the userland. Two
+before it and the FP32 graph it was quantized from) runs in its own runtime inside the userland. Two
 rows per stage and core:
 
 * ``STAGE@aarch64``: against PyTorch FP32, with the stage's own tolerance, like every stage;
@@ -45,11 +45,13 @@ def parse_cpus(values: Sequence[str] | str | None) -> tuple[str, ...]:
 
 
 def arm_stages(stages: Sequence[Artifact]) -> list[Artifact]:
+    """The final stage; for ONNX INT8 also the shared Q/DQ graph and the FP32 graph it was quantized
+    from, so one run separates INT8 kernel differences from FP32 drift."""
     final = stages[-1]
-    picked = [final]
-    if final.format == "onnx" and final.precision == "int8":
-        picked = [s for s in stages if s.format == "onnx" and s.precision == "int8"]
-    return picked
+    if final.format != "onnx" or final.precision != "int8":
+        return [final]
+    fp32 = [s for s in stages if s.format == "onnx" and s.precision == "fp32"]
+    return fp32[-1:] + [s for s in stages if s.format == "onnx" and s.precision == "int8"]
 
 
 def arm_rows(stages: Sequence[Artifact], pairs: Sequence[tuple[dict, dict]],
