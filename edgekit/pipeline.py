@@ -155,6 +155,10 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     check_precision(request.precision)
     target = get_target(request.target)
     target.check(request)  # fail fast: missing backend, no GPU, unsupported precision
+    if request.arch:
+        from .arm.compare import precheck
+
+        precheck(request)  # no aarch64 runner for the target, or no userland: before any work
     res = resolve(request, console)
     stem = res.spec.name
     out = Path(request.out or Path("artifacts") / f"{stem}-{target.name}-{request.precision}")

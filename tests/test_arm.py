@@ -110,6 +110,18 @@ def test_executorch_says_in_one_line_why_not():
     assert runtime_for("onnx") == "onnxruntime" and runtime_for("ncnn") == "ncnn"
 
 
+@pytest.mark.parametrize("target,words", [("executorch", "CUDA build"), ("openvino", "no aarch64 runner")])
+def test_export_refuses_before_any_work(tmp_path, target, words):
+    from edgekit.arm.compare import precheck
+    from edgekit.contracts import ExportRequest
+    from edgekit.errors import UsageError
+
+    with pytest.raises(UsageError) as err:
+        precheck(ExportRequest(model="lenet5", target=target, arch="aarch64", out=tmp_path / "out"))
+    assert words in err.value.message and err.value.exit_code == 2
+    assert not (tmp_path / "out").exists()
+
+
 def test_arch_option_reaches_the_request():
     from edgekit.cli.export import request_from_args
     from edgekit.cli.main import build_parser

@@ -113,6 +113,22 @@ class _null:
         return None
 
 
+TARGET_FORMAT = {"onnx": "onnx", "ncnn": "ncnn", "executorch": "pte"}
+
+
+def precheck(request) -> None:
+    """Before any work: the arch is known, the target has an aarch64 runner, the userland is set up."""
+    from ..errors import UsageError
+
+    if request.arch != "aarch64":
+        raise UsageError(f"unknown --arch '{request.arch}'", hint="use --arch aarch64")
+    fmt = TARGET_FORMAT.get(request.target)
+    if fmt is None:
+        raise UsageError(f"no aarch64 runner for target '{request.target}'",
+                         hint=f"--arch aarch64 works with --target {' / '.join(t for t, f in TARGET_FORMAT.items() if f != 'pte')}")
+    usable_userland(runtime_for(fmt))
+
+
 def hook(stages: Sequence[Artifact], pairs, tolerance, request_or_args, console, source: str = "") -> list[Comparison]:
     """What export / parity call after their own parity: [] unless ``--arch aarch64``."""
     arch = getattr(request_or_args, "arch", None)
