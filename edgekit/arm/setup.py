@@ -193,10 +193,19 @@ def _rebuild_venv(land: Userland, pins: dict[str, str], step, logfile: Path) -> 
 def _copy_host_files(root: Path, log) -> None:
     ca = host_ca_bundle()
     if ca is not None:
-        shutil.copyfile(ca, root / CA_IN_ROOT)
+        _copy_in(ca, root / CA_IN_ROOT)
         log(f"  copied the host CA bundle {ca} into the userland")
     if Path("/etc/resolv.conf").is_file():
-        shutil.copyfile("/etc/resolv.conf", root / "etc/resolv.conf", follow_symlinks=True)
+        _copy_in(Path("/etc/resolv.conf"), root / "etc/resolv.conf")
+
+
+def _copy_in(src: Path, dest: Path) -> None:
+    """Copy a host file into the userland; a symlink at ``dest`` is replaced, never followed (an
+    absolute link there points into the host)."""
+    if dest.is_symlink():
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
 
 
 def _build_venv(root: Path, venv: str, pins: dict[str, str], step, logfile: Path) -> None:
