@@ -9,8 +9,8 @@ rows per stage and core:
   sets), with :data:`FIDELITY`.
 
 FIDELITY floors: FP32 must agree elementwise (max-abs 1e-4, the FP32 stage rule). INT8 does not:
-x86 MLAS multiplies u8×s8 pairs with 16-bit saturating adds (AVX2 ``vpmaddubsw``) where ARM's
-dot-product / widening kernels are exact, so the same file differs by design; issue 24 measured
+x86 and ARM INT8 kernels accumulate, saturate and requantize differently (e.g. AVX2's 16-bit
+saturating u8×s8 pair sums), so the same file differs by design; issue 24 measured
 25.7–33.3 dB / cosine ≥ 0.998 for trained networks. The floor, 20 dB SQNR and cosine 0.99 (the
 INT8 stage's own cosine gate), is 5 dB under the worst measured case, and a real kernel fault
 (a wrong zero point, an overflowing accumulator, a mis-rounded requantization on a layer) lands
