@@ -82,6 +82,9 @@ class ExportRequest:
     samples: int | None = None       # held-out parity samples (default: 200 for fp16/int8, 32 for fp32)
     options: dict[str, Any] = field(default_factory=dict)
     tolerance: dict[str, Any] = field(default_factory=dict)
+    arch: str | None = None          # "aarch64": also run the final stage emulated (edgekit.arm)
+    arm_cpus: tuple[str, ...] = ()   # QEMU_CPU models to emulate (default edgekit.arm.compare.DEFAULT_CPUS)
+    arm_samples: int | None = None   # held-out feeds for the emulated run (default 32)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -234,6 +234,10 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     if early is not None:  # refuse a folder we may not write before any work (edgekit.outdir)
         claim(early, request.force, console)
     target.check(request)  # fail fast: missing backend, no GPU, unsupported precision
+    if request.arch:
+        from .arm.compare import precheck
+
+        precheck(request)  # no aarch64 runner for the target, or no userland: before any work
     res = resolve(request, console)
     stem = res.spec.name
     out = Path(request.out or Path("artifacts") / f"{stem}-{target.name}-{request.precision}")
@@ -272,6 +276,10 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
                 pairs = reference_outputs(reference, feeds.heldout)
                 comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
             stability = _stability(res, request, reference, pairs, console)
+            if request.arch:
+                from .arm.compare import hook as arm_hook
+
+                comps += arm_hook(stages, pairs, tol, request, console, feeds.heldout.source)
             apply_yardstick(comps, stability)
         latency = _latency(stages[-1], request, feeds, console) if (request.bench and stages) else None
         model_info = {**res.spec.summary(), "alias": res.alias, "weights": res.weights.to_dict(),

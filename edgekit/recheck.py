@@ -147,7 +147,7 @@ def _bare_onnx(args) -> tuple[Manifest, ExportRequest]:
 
 
 def recheck(args, console) -> tuple[list, Any]:
-    from .parity import run_parity
+    from .parity import reference_outputs, run_parity
     from .pipeline import parity_feeds, resolve, stage_device, tolerance_fn
     from .targets import get_target
     from .torch_runner import TorchRunner, fp32_rounding_error
@@ -170,8 +170,13 @@ def recheck(args, console) -> tuple[list, Any]:
     runners = [(s, get_target(s.target).open(s, device=stage_device(s, request), threads=request.threads))
                for s in manifest.stages]
     with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples"):
-        comps = run_parity(TorchRunner(res.model, res.inputs, manifest.stages[0].outputs), runners,
-                           feeds.heldout, tol, feeds.heldout.source)
+        reference = TorchRunner(res.model, res.inputs, manifest.stages[0].outputs)
+        pairs = reference_outputs(reference, feeds.heldout)
+        comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
+    if getattr(args, "arch", None):
+        from .arm.compare import hook as arm_hook
+
+        comps += arm_hook(manifest.stages, pairs, tol, args, console, feeds.heldout.source)
     from .verdict import apply_yardstick
 
     apply_yardstick(comps, (manifest.reports or {}).get("reference_stability"))  # the export's measured yardstick

@@ -50,6 +50,9 @@ def register(sub) -> None:
     p.add_argument("--tol", action="append", default=[], metavar="METRIC=VALUE",
                    help="override a parity threshold: max_abs, cosine, sqnr_db, top1 (repeatable)")
     _add_target_options(p)
+    from edgekit.cli.arm import add_arch_options
+
+    add_arch_options(p)
     p.set_defaults(func=run)
 
 
@@ -91,7 +94,8 @@ def request_from_args(args: argparse.Namespace):
                          calib_method=args.calib_method, simplify=args.simplify, simplifier=args.simplifier,
                          device=args.device, threads=args.threads, dry_run=args.dry_run, parity=args.parity,
                          bench=args.bench, samples=args.samples, options=options, force=args.force,
-                         tolerance=_tolerances(args.tol))
+                         tolerance=_tolerances(args.tol), arch=args.arch, arm_cpus=tuple(args.arm_cpus or ()),
+                         arm_samples=args.arm_samples)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import signal
 import sys
 import traceback
 
-COMMANDS = ("models", "targets", "export", "parity", "lint", "bench", "report", "matrix", "ci")
+COMMANDS = ("models", "targets", "export", "parity", "lint", "bench", "report", "matrix", "ci", "arm")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--localize", action="store_true",
                    help="compare intermediate activations of the float and the final ONNX stage, name the "
                         "first and the worst diverging nodes")
+    from edgekit.cli.arm import add_arch_options
+
+    add_arch_options(p)
     p.set_defaults(func=run)
 
 
