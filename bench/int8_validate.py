@@ -6,7 +6,7 @@ Variants (all on the same FP32 ONNX, calibration and held-out feeds, see bench/i
 
 * ``before``: the calibration as it was before issue 19 (range method ``mse``, no
   cross-layer equalization; output-aware rounding and bias correction as before);
-* ``after``: the defaults (CLE with bias absorption, ranges chosen per tensor by output error);
+* ``after``: the defaults (ranges chosen per tensor by output error; CLE is off by default);
 * ``after_fallback`` (``--fallback``): the defaults plus the float fallback the pipeline
   runs for trained weights.
 
@@ -30,7 +30,7 @@ from edgekit.compare import Tolerance  # noqa: E402
 
 VARIANTS = {
     "before": dict(method="mse", equalize=False, fallback=False),
-    "after": dict(fallback=False),
+    "after": dict(fallback=False),                 # the defaults: auto ranges, no CLE
     "after_fallback": dict(),
     "cle_only": dict(method="mse", fallback=False),
     "ranges_only": dict(equalize=False, fallback=False),

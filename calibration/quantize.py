@@ -71,7 +71,7 @@ class Int8Options:
     weight_feeds: int = 32
     ls_target: bool = True
     sensitivity_feeds: int = 8
-    equalize: bool = True
+    equalize: bool = False          # CLE: measured no gain on the ReLU6 families (docs/calibration.md)
     equalize_feeds: int = 32
     equalize_relu6: bool = False    # data-aware ReLU6 scaling: exact on calibration only (equalize.py)
     absorb_bias: bool = False       # likewise
