@@ -8,6 +8,9 @@ The scale of a symmetric INT8 tensor is ``threshold / 127`` (zero point 0). Meth
   128-level quantized histogram is closest (KL) to the clipped reference histogram.
 * ``mse``: the threshold that minimises the expected squared error (rounding noise
   below the threshold, clipping error above it), computed from the histogram.
+* ``auto``: per tensor, the candidate among the above whose rounding gives the smallest
+  error at the output of the layers that read the tensor (:mod:`calibration.ranges`,
+  which needs the graph and calibration feeds; from statistics alone it is ``mse``).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from edgekit.errors import UsageError
 
 from .stats import TensorStats
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
+METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 QMAX = 127
 
 

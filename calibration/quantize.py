@@ -33,7 +33,8 @@ from edgekit.errors import CalibrationError, UsageError
 
 from . import gate as gate_mod
 from . import graph as g
-from . import methods, qdq
+from . import equalize as eq
+from . import methods, qdq, ranges
 from .cache import CalibrationCache, make_key
 from .feeds import feeds_fingerprint, feeds_info, take
 from .weights import calibrate_weights
@@ -41,8 +42,8 @@ from .sensitivity import rank_layers
 from .stats import collect
 
 Feeds = Iterable[dict[str, np.ndarray]]
-CACHE_VERSION = 1
-DEFAULT_METHOD = "mse"
+CACHE_VERSION = 2
+DEFAULT_METHOD = "auto"
 
 
 @dataclass
@@ -70,6 +71,11 @@ class Int8Options:
     weight_feeds: int = 32
     ls_target: bool = True
     sensitivity_feeds: int = 8
+    equalize: bool = False          # CLE: measured no gain on the ReLU6 families (docs/calibration.md)
+    equalize_feeds: int = 32
+    equalize_relu6: bool = False    # data-aware ReLU6 scaling: exact on calibration only (equalize.py)
+    absorb_bias: bool = False       # likewise
+    range_feeds: int = 8
 
     def __post_init__(self):
         methods.check_method(self.method)
@@ -116,6 +122,15 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
 
     model = g.load(src.path)
     g.ensure_node_names(model)
+    original, equalized = model, None
+    if options.equalize:
+        t0 = time.perf_counter()
+        model, rep = eq.equalize(model, take(calib, options.equalize_feeds), relu6=options.equalize_relu6,
+                                 absorb=options.absorb_bias)
+        equalized = rep.to_dict()
+        log(f"cross-layer equalization: {rep.pairs} conv pairs ({rep.clipped_pairs} behind ReLU6), "
+            f"{rep.scaled_channels} channels scaled, {rep.clip_pinned_channels} ReLU6 channels kept (they reach "
+            f"the clip), {rep.absorbed_channels} biases absorbed")
     targets = g.quant_targets(model)
     if not targets:
         raise CalibrationError(f"{src.path.name} has no Conv/Gemm/MatMul with constant weights to quantize")
@@ -127,7 +142,8 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
 
     # 1. statistics (cached by model and calibration feeds only)
     t0 = time.perf_counter()
-    stats_key = make_key("stats", CACHE_VERSION, src_sha, calib_fp, options.stats_feeds)
+    stats_key = make_key("stats", CACHE_VERSION, src_sha, calib_fp, options.stats_feeds, options.equalize,
+                         options.equalize_feeds)
     stats = cache.load_stats(stats_key) if options.use_cache else None
     if stats is not None and set(tensors) <= set(stats):
         log(f"reusing calibration statistics from {cache.root / 'stats' / stats_key}")
@@ -140,8 +156,13 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
 
     # 2-3. ranges, weight rounding, bias correction
     t0 = time.perf_counter()
-    plan = qdq.QdqPlan(targets, _scales(stats, tensors, options.method, options.percentile),
-                       residual=options.residual)
+    range_choices: dict[str, str] = {}
+    if options.method == "auto":
+        picked, range_choices = ranges.select(model, targets, stats, calib, max_feeds=options.range_feeds)
+        act_scales = {t: methods.scale_for(th) for t, th in picked.items()}
+    else:
+        act_scales = _scales(stats, tensors, options.method, options.percentile)
+    plan = qdq.QdqPlan(targets, act_scales, residual=options.residual)
     choices = calibrate_weights(model, plan, calib, max_feeds=options.weight_feeds, gptq=options.gptq,
                                 bias_correction=options.bias_correction, ls_target=options.ls_target,
                                 progress=_step(progress, "weights"))
@@ -154,9 +175,9 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
         reference = gate_mod.run_outputs(src.path, heldout)
         source = held_info["source"]
 
-        def score(p: qdq.QdqPlan, name: str, tol: Tolerance) -> tuple[Path, Comparison]:
+        def score(p: qdq.QdqPlan, name: str, tol: Tolerance, base=None) -> tuple[Path, Comparison]:
             f = work / f"{name}.onnx"
-            g.onnx_mod().save(qdq.build(model, p), str(f))
+            g.onnx_mod().save(qdq.build(model if base is None else base, p), str(f))
             return f, gate_mod.score(f, heldout, reference, tol, source=source)
 
         candidate, first = score(plan, "candidate", options.gate)
@@ -189,10 +210,13 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
         baselines = {}
         if options.baselines:
             t0 = time.perf_counter()
+            # naive means the source model as it is: no equalization, plain min/max
+            raw = stats if original is model else collect(original, tensors, take(calib, options.stats_feeds),
+                                                          histograms=False)
             for name, per_channel in (("per_tensor_minmax", False), ("per_channel_minmax", True)):
-                naive = qdq.QdqPlan(targets, _scales(stats, tensors, "minmax", 100.0), residual=options.residual,
+                naive = qdq.QdqPlan(targets, _scales(raw, tensors, "minmax", 100.0), residual=options.residual,
                                     per_channel=per_channel)
-                baselines[name] = gate_mod.summary(score(naive, name, options.gate)[1])
+                baselines[name] = gate_mod.summary(score(naive, name, options.gate, original)[1])
                 log(f"baseline {name.replace('_', ' ')}: {_brief(baselines[name])}")
             timings["baselines"] = time.perf_counter() - t0
         shutil.copyfile(candidate, path)
@@ -201,6 +225,12 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
 
     meta = _meta(model, targets, plan, options, stats, choices, first, final, steps, ranking, baselines,
                  calib_info, held_info, calib_fp, held_fp)
+    meta["equalization"] = equalized
+    if range_choices:
+        counts: dict[str, int] = {}
+        for c in range_choices.values():
+            counts[c] = counts.get(c, 0) + 1
+        meta["range_selection"] = {"counts": counts, "per_tensor": dict(sorted(range_choices.items()))}
     timings["total"] = time.perf_counter() - t_start
     meta["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     meta["cache"] = {"hit": False, "key": key, "dir": str(cache.root / "result" / key) if options.use_cache else None}

@@ -1,0 +1,135 @@
+"""edgekit's INT8 against its peers, side by side, on the same FP32 graph and the same photos.
+
+    python bench/int8_peers.py efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 --out peers.json
+
+For each trained network (bench/int8_common.py: the FP32 ONNX, the calibration feeds from the
+bundled photos' calibration split, the held-out feeds from the bundled held-out split plus
+photos from outside the project):
+
+* ``edgekit``: the shared Q/DQ graph of ``calibration.quantize_int8`` with its defaults (the
+  float fallback on, as the pipeline runs it for trained weights), on ONNX Runtime;
+  ``edgekit_ort``: the ONNX Runtime form written from it (``calibration.ort_form``);
+* ``ort_minmax`` / ``ort_entropy`` / ``ort_percentile``: ONNX Runtime ``quantize_static``,
+  QDQ format, per-channel weights, its default activation type, on ONNX Runtime;
+* ``nncf``: ``nncf.quantize`` on the OpenVINO model read from the same ONNX (default preset),
+  run by OpenVINO on CPU.
+
+JSON per network: the yardstick (FP32 against itself under ±½ pixel step of input noise) and,
+per method, top-1 agreement with FP32, top-1 on confident crops (FP32 softmax top-1 minus
+top-2 ≥ 0.2), cosine, SQNR, seconds. ``--methods`` picks a subset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench.int8_common import ListFeeds, prepare, run_onnx, scores, yardstick  # noqa: E402
+
+METHODS = ("edgekit", "edgekit_ort", "ort_minmax", "ort_entropy", "ort_percentile", "nncf")
+
+
+def _edgekit(src, cal, held, work: Path, name: str) -> Path:
+    from calibration.quantize import Int8Options, quantize_int8
+    from edgekit.compare import Tolerance
+
+    path = work / name / "edgekit.int8.onnx"
+    opts = Int8Options(tolerance=Tolerance(cosine=0.995, top1=0.98), baselines=False, stats_feeds=len(cal),
+                       cache_dir=work / "cache")
+    # the gate reads the calibration side only: held-out photos stay unseen by every method
+    quantize_int8(src, path, cal, ListFeeds(cal[::4], "calibration subset"), opts, log=lambda m: None)
+    return path
+
+
+def _edgekit_ort(src, cal, work: Path, name: str) -> Path:
+    from calibration.ort_form import build_ort_int8
+
+    path = work / name / "edgekit.ort.int8.onnx"
+    build_ort_int8(work / name / "edgekit.int8.onnx", path, cal)
+    return path
+
+
+class _Reader:
+    def __init__(self, feeds, input_name: str):
+        self.feeds, self.name, self.i = feeds, input_name, 0
+
+    def get_next(self):
+        if self.i >= len(self.feeds):
+            return None
+        f = self.feeds[self.i]
+        self.i += 1
+        return {self.name: next(iter(f.values()))}
+
+    def rewind(self):
+        self.i = 0
+
+
+def _ort(src, cal, work: Path, name: str, method: str) -> Path:
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    inp = ort.InferenceSession(str(src.path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    path = work / name / f"ort_{method}.onnx"
+    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}[method]
+    quantize_static(str(src.path), str(path), _Reader(cal, inp), quant_format=QuantFormat.QDQ, per_channel=True,
+                    calibrate_method=calib)
+    return path
+
+
+def _nncf(src, cal, held) -> np.ndarray:
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(src.path))
+    ds = nncf.Dataset(list(cal), lambda f: next(iter(f.values())))
+    q = nncf.quantize(model, ds, subset_size=len(cal))
+    compiled = core.compile_model(q, "CPU", {"INFERENCE_NUM_THREADS": 2})
+    out = compiled.output(0)
+    return np.concatenate([compiled(next(iter(f.values())))[out] for f in held])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("networks", nargs="+")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/h19quant-val"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--calib", type=int, default=96)
+    args = ap.parse_args(argv)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for name in args.networks:
+        src, cal, held, ref, _, inp, pre = prepare(name, args.work, calib=args.calib)
+        row = results.setdefault(name, {})
+        row["yardstick"] = yardstick(src.path, held, ref, inp, pre)
+        row["calibration_samples"], row["heldout_samples"] = len(cal), len(held)
+        print(name, "yardstick", row["yardstick"], flush=True)
+        for method in args.methods.split(","):
+            t0 = time.perf_counter()
+            try:
+                if method == "nncf":
+                    test = _nncf(src, cal, held)
+                else:
+                    path = {"edgekit": lambda: _edgekit(src, cal, held, args.work, name),
+                            "edgekit_ort": lambda: _edgekit_ort(src, cal, args.work, name)}.get(
+                        method, lambda: _ort(src, cal, args.work, name, method.removeprefix("ort_")))()
+                    test = run_onnx(path, held)
+                s = scores(ref, test)
+            except Exception as exc:  # a peer that fails on a network is reported, not fatal
+                s = {"error": f"{type(exc).__name__}: {exc}"}
+            s["seconds"] = round(time.perf_counter() - t0, 1)
+            row[method] = s
+            print(name, method, s, flush=True)
+            args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
