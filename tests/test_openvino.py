@@ -158,7 +158,9 @@ def test_focus_model_parity(zoo, name, precision):
         assert meta["qdq_source"]["sha256"] == b.qdq().sha256  # the integers TensorRT builds from
         # the exporter's own gate (INT8 IR vs FP32 IR) reports what parity against torch finds
         assert abs(meta["gate_after"]["cosine"] - score.cosine) < 2e-3
-        assert meta["gate_after"]["passed"] == (score.cosine >= 0.99)
+        # one gate policy (edgekit/verdict.py): untrained weights' INT8 accuracy is not assessed, so
+        # the exporter's gate passes them; trained weights pass exactly when the cosine floor holds
+        assert meta["gate_after"]["passed"] == (score.cosine >= 0.99 or not b.weights.trained)
         if not meta["gate_after"]["passed"]:
             assert any("accuracy gate" in w for w in b.warnings[str(art.path.parent)])
         guard = meta["latency_guard"]
