@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("models", "targets", "export", "parity", "lint", "bench", "report", "matrix", "ci")
+COMMANDS = ("models", "targets", "export", "parity", "lint", "bench", "report", "matrix", "ci", "worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
