@@ -140,7 +140,7 @@ class RayExecutor:
         if not self.devices:
             raise UsageError("the Ray cluster has no device node (no node holds a 'device:NAME' resource)",
                              hint="join one with 'edgekit worker --device NAME --address HOST:PORT'")
-        fps, targets = self._probe(console)
+        fps, targets = self._probe(console, [t for t in plan.targets if t not in plan.unavailable])
         cfg = plan.cfg
         index = _Index(cfg.out)
         rows: list[dict[str, Any]] = []
@@ -182,7 +182,7 @@ class RayExecutor:
         devices = {fps[n]["device_id"]: fps[n] for n in fps}
         return rows, devices, {"cluster": {"where": where, "nodes": self._nodes(), "cells": self.prov}}
 
-    def _probe(self, console) -> tuple[dict[str, dict], dict[str, dict]]:
+    def _probe(self, console, target_names: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:
         fps: dict[str, dict] = {}
         targets: dict[str, dict] = {}
 
@@ -199,7 +199,7 @@ class RayExecutor:
             self._submit(Job("probe", f"probe {name}", name, on_done=done(name),
                              on_fail=lambda why, name=name: console.warn(f"device {name} left before it was "
                                                                          f"probed: {why}")),
-                         tasks.probe, name, **self._device_options(name))
+                         tasks.probe, name, target_names, **self._device_options(name))
         self._drain(None)
         for name in [n for n in self.devices if n not in fps]:
             del self.devices[name]

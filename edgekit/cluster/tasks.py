@@ -27,15 +27,16 @@ def _done(prov: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return {**prov, **fields, "end": time.time()}
 
 
-def probe(device: str) -> dict[str, Any]:
-    """A device node's fingerprint (labelled with its device name) and the targets it can run."""
+def probe(device: str, names: list[str]) -> dict[str, Any]:
+    """A device node's fingerprint (labelled with its device name) and which of the targets
+    ``names`` it can run."""
     from ..bench.device import fingerprint
     from ..errors import EdgekitError
-    from ..targets import list_targets
+    from ..targets import get_target
 
     prov = _here()
     targets = {}
-    for t in list_targets():
+    for t in map(get_target, names):
         try:
             ok, why = t.available()
         except EdgekitError as exc:
