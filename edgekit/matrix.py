@@ -8,6 +8,11 @@ same settings) and :func:`edgekit.bench.run.bench_artifact`. A failing cell neve
 stops the others: its error message becomes the cell. A cell whose artifact folder
 was built from an identical request (same request dict, same model weights, same
 runtime versions) and is unchanged on disk is reused, not rebuilt.
+
+Where the cells run is the executor's business: :class:`EmbeddedExecutor` (the default)
+runs them here one after the other; ``edgekit.cluster.executor.RayExecutor``
+(``--cluster``) runs the same functions (:func:`build_cell`, :func:`measure_cell`,
+``bench_torch``, :func:`pair_rows`) as Ray tasks on the nodes of a device fleet.
 """
 from __future__ import annotations
 

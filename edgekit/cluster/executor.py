@@ -76,11 +76,9 @@ class RayExecutor:
             for ref in ready:
                 job = self.pending.pop(ref)
                 try:
-                    value = ray.get(ref)
-                except Exception as exc:  # the node died (twice), the task was cancelled, ...
+                    job.on_done(ray.get(ref))
+                except Exception as exc:  # the node died (twice), the task was cancelled, a lost object, ...
                     job.on_fail(self._why(job, exc))
-                else:
-                    job.on_done(value)
                 if progress and job.kind != "probe":
                     progress.start(job.label)
                     progress.advance(job.extra.get("result", ""))
