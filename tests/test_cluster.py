@@ -4,7 +4,7 @@ device:b), the matrix and the CI gate through it, a node killed mid-run, and the
 'not installed' path. Select with ``-m cluster``.
 
 The nodes share this filesystem, so their workers import this checkout through
-PYTHONPATH (set before the cluster starts). Small everything: 1 CPU and 100 MB of object
+PYTHONPATH (set before the cluster starts). Small everything: 1 CPU and 150 MB of object
 store per node, two 64 px models, 4 parity samples, 50 ms timings. No assertion on speed.
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ def cluster():
     old = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_DISABLE_IMPORT_WARNING")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), old["PYTHONPATH"]) if p)
     os.environ["RAY_DISABLE_IMPORT_WARNING"] = "1"
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100 * MB,
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 150 * MB,
                                                       "include_dashboard": False})
-    nodes = {name: c.add_node(num_cpus=1, resources={f"device:{name}": 1}, object_store_memory=100 * MB)
+    nodes = {name: c.add_node(num_cpus=1, resources={f"device:{name}": 1}, object_store_memory=150 * MB)
              for name in ("a", "b")}
     c.wait_for_nodes()
     try:
@@ -75,11 +75,6 @@ def cluster_run(cluster, fast_pairs, tmp_path_factory):
     c, _ = cluster
     cfg = _cfg(tmp_path_factory.mktemp("cluster") / "out")
     return cfg, run_matrix(cfg, quiet=True, executor=RayExecutor(c.address))
-
-
-def _by_device(report):
-    names = {dev: fp["cluster_node"]["device"] for dev, fp in report["devices"].items()}
-    return {names[r["device_id"]]: r for r in report["rows"]}, names
 
 
 def test_every_cell_ran_on_both_devices_with_latency_and_parity(cluster_run):

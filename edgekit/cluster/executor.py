@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from ..bench.progress import Progress
@@ -241,8 +240,8 @@ class RayExecutor:
         if cfg.reuse and weights:
             request = _request(cfg, model, target, precision, folder)
             if index.reusable(folder.name, folder, request, weights, target_versions(target)) is not None:
-                reused = pack(folder)
-        meta_ref, data_ref, pairs_ref = self._remote(tasks.export_cell, num_returns=3, num_cpus=1).remote(
+                reused = pack(folder, final_only=True)
+        meta_ref, whole_ref, data_ref, pairs_ref = self._remote(tasks.export_cell, num_returns=4, num_cpus=1).remote(
             cfg, model, target, precision, shape, str(folder), command, reused)
         ray = require_ray()
         job = Job("export", f"export {label}")
@@ -253,7 +252,7 @@ class RayExecutor:
                 job.extra["result"] = result_text(meta["row"])
                 return
             if not meta["reused"]:
-                land(ray.get(data_ref), meta["manifest_sha256"], folder)
+                land(ray.get(whole_ref), meta["manifest_sha256"], folder)
                 if weights:
                     index.record(folder.name, folder, weights, target_versions(target))
             packed[str(folder)] = (data_ref, meta["manifest_sha256"])

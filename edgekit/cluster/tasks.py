@@ -62,9 +62,11 @@ def reference_pairs(cfg, model: str, target: str, precision: str, manifest):
 
 def export_cell(cfg, model: str, target: str, precision: str, shape, dest: str, command: str,
                 reused: tuple[bytes, str] | None = None):
-    """Build one cell's artifact on this node (or take the driver's reusable one): returns
-    (meta, packed artifact or None, reference pairs or None). ``dest``: where the driver
-    keeps it, written into the manifest so that a later run can reuse it."""
+    """Build one cell's artifact on this node (or take the driver's reusable one, its final
+    stage packed): returns (meta, the whole artifact packed for the driver or None, its
+    manifest + final stage packed for the devices or None, reference pairs or None).
+    ``dest``: where the driver keeps it, written into the manifest so that a later run can
+    reuse it."""
     from ..console import Console
     from ..matrix import Built, _Sink, build_cell, cell_base
     from .transport import pack, unpack
@@ -76,7 +78,7 @@ def export_cell(cfg, model: str, target: str, precision: str, shape, dest: str, 
             if reused is not None:
                 folder = Path(tmp) / Path(dest).name
                 folder.mkdir()
-                built = Built(folder, unpack(reused[0], reused[1], folder), reused=True)
+                built = Built(folder, unpack(reused[0], reused[1], folder, final_only=True), reused=True)
             else:
                 local = replace(cfg, out=Path(tmp), reuse=False)
                 built = build_cell(local, model, target, precision, cell_base(local, model, target, precision, "",
@@ -84,12 +86,13 @@ def export_cell(cfg, model: str, target: str, precision: str, shape, dest: str, 
                                    None, None, Console(quiet=True, err=_Sink()))
                 if isinstance(built, dict):
                     meta["row"] = built
-                    return _finish(meta, prov, model, target, precision), None, None
+                    return _finish(meta, prov, model, target, precision), None, None, None
                 built.manifest.request["out"] = dest
                 built.manifest.command = command
                 built.manifest.write(built.folder)
             pairs, source = reference_pairs(cfg, model, target, precision, built.manifest)
-            data, sha = pack(built.folder)
+            whole = None if reused is not None else pack(built.folder)[0]
+            final, sha = pack(built.folder, final_only=True)
         except Exception as exc:  # the cell's content is its error; the run goes on
             from ..bench.run import target_versions
             from ..report.schema import make_row
@@ -97,9 +100,9 @@ def export_cell(cfg, model: str, target: str, precision: str, shape, dest: str, 
             meta["row"] = make_row(model=model, target=target, precision=precision, device_id="",
                                    versions=target_versions(target), threads=cfg.threads, device=cfg.device,
                                    input_shape=shape, status="error", error=error_text(exc))
-            return _finish(meta, prov, model, target, precision), None, None
+            return _finish(meta, prov, model, target, precision), None, None, None
     meta.update(manifest_sha256=sha, warnings=built.warnings, source=source)
-    return _finish(meta, prov, model, target, precision), data, pairs
+    return _finish(meta, prov, model, target, precision), whole, final, pairs
 
 
 def _finish(meta, prov, model, target, precision):
@@ -109,19 +112,23 @@ def _finish(meta, prov, model, target, precision):
 
 
 def device_parity(manifest, pairs, source: str, threads: int | None, device: str | None) -> dict[str, Any]:
-    """Every stage this node can run against the shipped reference outputs, judged by the
-    tolerance the export judged it by; the final stage's summary (as in a local export)."""
+    """The final stage on this node against the shipped reference outputs, judged by the
+    tolerance the export judged it by; summarised with the export's verdicts on the earlier
+    stages, as a local export's row is."""
     from ..compare import Tolerance
     from ..parity import run_parity
     from ..report.schema import parity_summary
     from ..targets import get_target
 
-    tol = {c["stage"]: Tolerance(**c["tolerance"]) for c in manifest.parity}
-    stages = [s for s in manifest.stages if s.stage in tol and get_target(s.target).available()[0]]
-    runners = [(s, get_target(s.target).open(s, device=device, threads=threads)) for s in stages]
-    comps = run_parity(None, runners, None, lambda art: tol[art.stage], source, pairs=pairs)
-    return parity_summary([c.to_dict() for c in comps], manifest.final.stage,
-                          manifest.reports.get("reference_stability"))
+    final = manifest.final
+    export_side = {c["stage"]: c for c in manifest.parity}
+    if final.stage not in export_side:
+        raise ValueError(f"the manifest has no parity entry for stage '{final.stage}'")
+    tol = Tolerance(**export_side[final.stage]["tolerance"])
+    runner = get_target(final.target).open(final, device=device, threads=threads)
+    comp = run_parity(None, [(final, runner)], None, lambda art: tol, source, pairs=pairs)[0]
+    parity = [c for c in manifest.parity if c["stage"] != final.stage] + [comp.to_dict()]
+    return parity_summary(parity, final.stage, manifest.reports.get("reference_stability"))
 
 
 def device_cell(device: str, cfg, bench, model_name: str, target: str, precision: str, shape, dest: str,
@@ -141,7 +148,7 @@ def device_cell(device: str, cfg, bench, model_name: str, target: str, precision
         base = cell_base(cfg, model_name, target, precision, dev, shape)
         with tempfile.TemporaryDirectory(prefix="edgekit-device-") as tmp:
             try:
-                manifest = unpack(data, meta["manifest_sha256"], Path(tmp))
+                manifest = unpack(data, meta["manifest_sha256"], Path(tmp), final_only=True)
                 ok, why = get_target(manifest.final.target).available()
                 if not ok:
                     row = make_row(**base, status="skipped",
@@ -193,7 +200,7 @@ def pairs(device: str, plan, model: str, rows: list[dict[str, Any]], artifacts: 
         for i, (dest, (data, sha)) in enumerate(artifacts.items()):
             folder = Path(tmp) / str(i)
             folder.mkdir()
-            unpack(ray.get(data) if isinstance(data, ray.ObjectRef) else data, sha, folder)
+            unpack(ray.get(data) if isinstance(data, ray.ObjectRef) else data, sha, folder, final_only=True)
             local[dest] = str(folder)
         for r in rows:
             r["artifact"] = local.get(r["artifact"], r["artifact"])
