@@ -245,97 +245,107 @@ def failure_message(cell: Cell, comparisons) -> str:
     return f"{cell.model} {cell.target} {cell.precision}: parity failed: " + "; ".join(parts)
 
 
-def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool = False) -> tuple[dict[str, Any], int]:
-    """Run every cell; writes JUnit XML and the report into ``cfg.out``; returns (report, exit code)."""
-    from .bench.device import fingerprint
+def run_ci_cell(cfg: CiConfig, cell: Cell, dev: str, console, debug: bool = False):
+    """Export and check one cell: (JUnit case, report row). Never raises for the cell's own
+    failures (unless ``debug``). The same function runs in this process and as a Ray task."""
     from .bench.run import BenchSettings, bench_artifact, error_text, target_versions
-    from .console import Console
     from .parity import parity_table
     from .pipeline import export
-    from .report import write_outputs
-    from .report.junit import Case, write_junit
-    from .report.schema import make_row, manifest_parity, new_report
+    from .report.junit import Case
+    from .report.schema import make_row, manifest_parity
     from .targets import get_target
 
-    console = console or Console()
-    fp = fingerprint()
-    dev = fp["device_id"]
     settings = BenchSettings(threads=cfg.threads, warmup=5, seconds=cfg.seconds)
-    cases: list[Case] = []
-    rows: list[dict[str, Any]] = []
-    for i, cell in enumerate(cfg.cells, 1):
-        console.info(f"[{i}/{len(cfg.cells)}] {cell.name}")
-        classname = f"edgekit.parity.{cell.target}"
-        base = dict(model=cell.model, target=cell.target, precision=cell.precision, device_id=dev,
-                    versions=target_versions(cell.target), threads=cfg.threads,
-                    input_shape=list(cell.input_shape) if cell.input_shape else None)
-        t0 = time.perf_counter()
-        try:
-            ok, why = get_target(cell.target).available()
-        except EdgekitError as exc:
-            ok, why = False, exc.message
-        if not ok:
-            msg = f"{cell.name}: target {cell.target} unavailable here: {why}"
-            if cfg.skip_unavailable:
-                cases.append(Case(cell.name, classname, skipped=msg))
-                rows.append(make_row(**base, status="skipped", error=msg))
-            else:
-                cases.append(Case(cell.name, classname, error=msg))
-                rows.append(make_row(**base, status="error", error=msg))
-                console.warn(msg)
-            continue
-        try:
-            result = export(_request(cfg, cell), console)
-        except Exception as exc:
-            msg = f"{cell.name}: export failed: {error_text(exc)}"
-            cases.append(Case(cell.name, classname, seconds=time.perf_counter() - t0, error=msg))
-            rows.append(make_row(**base, status="error", error=msg))
-            console.warn(msg)
-            if debug:
-                raise
-            continue
-        table = parity_table(result.comparisons) if result.comparisons else "parity not run"
-        final = result.manifest.final
-        props = {"artifact": str(result.out), "final_stage": final.stage, "size_bytes": str(final.size_bytes)}
-        stability = result.manifest.reports.get("reference_stability")
-        par = manifest_parity(result.manifest)
-        for k in ("max_abs", "cosine", "sqnr_db", "top1"):
-            if par and par.get(k) is not None:
-                props[f"{par['stage']}.{k}"] = str(par[k])
-        if par and par.get("quantization"):  # the two references (edgekit/verdict.py)
-            props["quantization"] = str(par["quantization"])
-        if par and par.get("fidelity"):
-            f = par["fidelity"]
-            props.update({"fidelity.stage": str(f["stage"]), "fidelity.sqnr_db": str(f["sqnr_db"]),
-                          "fidelity.floor_db": str(f["floor_db"]), "fidelity.passed": str(f["passed"]).lower()})
-        if stability:  # the yardstick for top-1 figures (edgekit.stability)
-            from .stability import describe
+    classname = f"edgekit.parity.{cell.target}"
+    base = dict(model=cell.model, target=cell.target, precision=cell.precision, device_id=dev,
+                versions=target_versions(cell.target), threads=cfg.threads,
+                input_shape=list(cell.input_shape) if cell.input_shape else None)
+    t0 = time.perf_counter()
+    try:
+        ok, why = get_target(cell.target).available()
+    except EdgekitError as exc:
+        ok, why = False, exc.message
+    if not ok:
+        msg = f"{cell.name}: target {cell.target} unavailable here: {why}"
+        if cfg.skip_unavailable:
+            return Case(cell.name, classname, skipped=msg), make_row(**base, status="skipped", error=msg)
+        console.warn(msg)
+        return Case(cell.name, classname, error=msg), make_row(**base, status="error", error=msg)
+    try:
+        result = export(_request(cfg, cell), console)
+    except Exception as exc:
+        msg = f"{cell.name}: export failed: {error_text(exc)}"
+        console.warn(msg)
+        if debug:
+            raise
+        return (Case(cell.name, classname, seconds=time.perf_counter() - t0, error=msg),
+                make_row(**base, status="error", error=msg))
+    table = parity_table(result.comparisons) if result.comparisons else "parity not run"
+    final = result.manifest.final
+    props = {"artifact": str(result.out), "final_stage": final.stage, "size_bytes": str(final.size_bytes)}
+    stability = result.manifest.reports.get("reference_stability")
+    par = manifest_parity(result.manifest)
+    for k in ("max_abs", "cosine", "sqnr_db", "top1"):
+        if par and par.get(k) is not None:
+            props[f"{par['stage']}.{k}"] = str(par[k])
+    if par and par.get("quantization"):  # the two references (edgekit/verdict.py)
+        props["quantization"] = str(par["quantization"])
+    if par and par.get("fidelity"):
+        f = par["fidelity"]
+        props.update({"fidelity.stage": str(f["stage"]), "fidelity.sqnr_db": str(f["sqnr_db"]),
+                      "fidelity.floor_db": str(f["floor_db"]), "fidelity.passed": str(f["passed"]).lower()})
+    if stability:  # the yardstick for top-1 figures (edgekit.stability)
+        from .stability import describe
 
-            props.update({f"reference_stability.{k}": str(stability[k]) for k in ("top1", "cosine", "sqnr_db")
-                          if stability.get(k) is not None})
-            table = f"{table}\nyardstick: {describe(stability)}"
-        case = Case(cell.name, classname, seconds=time.perf_counter() - t0, properties=props, stdout=table)
-        if not result.passed:
-            case.failure = failure_message(cell, [c for c in result.comparisons if not c])
-            case.details = f"{case.failure}\n\n{table}"
-            console.warn(case.failure)
-        cases.append(case)
-        row = bench_artifact(result.out, settings, dev, manifest=result.manifest) if cfg.bench else \
-            make_row(**{**base, "input_shape": list(final.inputs[0].shape) if final.inputs else base["input_shape"]},
-                     stage=final.stage, format=final.format, artifact=str(result.out),
-                     size_mb=round(final.size_bytes / 1e6, 3), parity=par,
-                     status="ok" if result.passed else "parity-fail")
-        if row["status"] == "error":  # the artifact was built but could not be measured
-            case.error = f"{cell.name}: bench failed: {row.get('error')}"
-            console.warn(case.error)
-        rows.append(row)
+        props.update({f"reference_stability.{k}": str(stability[k]) for k in ("top1", "cosine", "sqnr_db")
+                      if stability.get(k) is not None})
+        table = f"{table}\nyardstick: {describe(stability)}"
+    case = Case(cell.name, classname, seconds=time.perf_counter() - t0, properties=props, stdout=table)
+    if not result.passed:
+        case.failure = failure_message(cell, [c for c in result.comparisons if not c])
+        case.details = f"{case.failure}\n\n{table}"
+        console.warn(case.failure)
+    row = bench_artifact(result.out, settings, dev, manifest=result.manifest) if cfg.bench else \
+        make_row(**{**base, "input_shape": list(final.inputs[0].shape) if final.inputs else base["input_shape"]},
+                 stage=final.stage, format=final.format, artifact=str(result.out),
+                 size_mb=round(final.size_bytes / 1e6, 3), parity=par,
+                 status="ok" if result.passed else "parity-fail")
+    if row["status"] == "error":  # the artifact was built but could not be measured
+        case.error = f"{cell.name}: bench failed: {row.get('error')}"
+        console.warn(case.error)
+    return case, row
+
+
+def run_ci(cfg: CiConfig, console=None, junit: Path | None = None, debug: bool = False,
+           executor=None) -> tuple[dict[str, Any], int]:
+    """Run every cell; writes JUnit XML and the report into ``cfg.out``; returns (report, exit code).
+    ``executor``: None runs the cells here, one after the other; ``edgekit.cluster.ci.RayCiExecutor``
+    runs them as Ray tasks (same :func:`run_ci_cell`)."""
+    from .bench.device import fingerprint
+    from .console import Console
+    from .report import write_outputs
+    from .report.junit import write_junit
+    from .report.schema import new_report
+
+    console = console or Console()
+    if executor is not None:
+        cases, rows, devices, extra = executor.run(cfg, console, debug)
+    else:
+        fp = fingerprint()
+        devices, extra, cases, rows = {fp["device_id"]: fp}, {}, [], []
+        for i, cell in enumerate(cfg.cells, 1):
+            console.info(f"[{i}/{len(cfg.cells)}] {cell.name}")
+            case, row = run_ci_cell(cfg, cell, fp["device_id"], console, debug)
+            cases.append(case)
+            rows.append(row)
     for case, row in zip(cases, rows):  # one of each per cell: every error row is a JUnit error
         if row["status"] == "error" and case.error is None:
             case.error = row.get("error") or f"{case.name}: error"
     junit = junit or cfg.out / "junit.xml"
     write_junit(cases, junit, suite=f"edgekit ci ({cfg.path.name})")
-    report = new_report("ci", rows, {dev: fp}, {"config": str(cfg.path), "bench": cfg.bench,
-                                                "threads": cfg.threads})
+    report = new_report("ci", rows, devices, {"config": str(cfg.path), "bench": cfg.bench,
+                                              "threads": cfg.threads})
+    report.update(extra)
     written = write_outputs(report, cfg.out / "report.json", cfg.out / "report.md", None)
     console.info(f"wrote {junit}, {', '.join(str(p) for p in written)}")
     code = 2 if any(c.error for c in cases) else 1 if any(c.failure for c in cases) else 0

@@ -8,6 +8,11 @@ same settings) and :func:`edgekit.bench.run.bench_artifact`. A failing cell neve
 stops the others: its error message becomes the cell. A cell whose artifact folder
 was built from an identical request (same request dict, same model weights, same
 runtime versions) and is unchanged on disk is reused, not rebuilt.
+
+Where the cells run is the executor's business: :class:`EmbeddedExecutor` (the default)
+runs them here one after the other; ``edgekit.cluster.executor.RayExecutor``
+(``--cluster``) runs the same functions (:func:`build_cell`, :func:`measure_cell`,
+``bench_torch``, :func:`pair_rows`) as Ray tasks on the nodes of a device fleet.
 """
 from __future__ import annotations
 
@@ -167,7 +172,7 @@ def _cell_name(model: str, target: str, precision: str) -> str:
     return f"{model.replace(':', '_').replace('/', '_')}-{target}-{precision}"
 
 
-def _result_text(row: dict[str, Any]) -> str:
+def result_text(row: dict[str, Any]) -> str:
     if row["status"] == "error":
         return "ERROR " + (row.get("error") or "")[:80]
     if row["status"] == "skipped":
@@ -183,46 +188,164 @@ def _result_text(row: dict[str, Any]) -> str:
     return ("PARITY FAIL " if row["status"] == "parity-fail" else "ok ") + tail
 
 
-def run_cell(cfg: MatrixConfig, model: str, target: str, precision: str, bench: BenchSettings, device_id: str,
-             weights: str | None, index: _Index, pipeline_console, shape: list[int] | None = None) -> dict[str, Any]:
-    """Export (or reuse), then measure, one cell. Never raises for the cell's own failures.
-    ``shape``: the model's input shape, recorded on rows that never got an artifact so that
-    merged reports line them up with the same cell measured elsewhere."""
+@dataclass
+class Built:
+    """One cell's artifact, ready to measure: built now or reused from an identical request."""
+
+    folder: Path
+    manifest: Any
+    reused: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def cell_base(cfg: MatrixConfig, model: str, target: str, precision: str, device_id: str,
+              shape: list[int] | None) -> dict[str, Any]:
+    """The fields every row of a cell carries, whatever happened to it."""
+    return dict(model=model, target=target, precision=precision, device_id=device_id,
+                versions=target_versions(target), threads=cfg.threads, device=cfg.device, input_shape=shape)
+
+
+def build_cell(cfg: MatrixConfig, model: str, target: str, precision: str, base: dict[str, Any],
+               weights: str | None, index: "_Index | None", pipeline_console) -> "Built | dict[str, Any]":
+    """Export (or reuse) one cell's artifact into ``cfg.out``; a skipped or error row when
+    there is none. Never raises for the cell's own failures. ``index`` None: never reuse."""
     from .pipeline import export
     from .targets import get_target
 
-    base = dict(model=model, target=target, precision=precision, device_id=device_id,
-                versions=target_versions(target), threads=cfg.threads, device=cfg.device, input_shape=shape)
     exporter = get_target(target)
     if precision not in exporter.precisions:
         return make_row(**base, status="skipped", error=f"{target} does not support {precision}")
     folder = cfg.out / "artifacts" / _cell_name(model, target, precision)
     request = _request(cfg, model, target, precision, folder)
-    manifest = None
-    if cfg.reuse and weights:
+    if cfg.reuse and weights and index is not None:
         manifest = index.reusable(folder.name, folder, request, weights, base["versions"])
-    reused = manifest is not None
-    warnings: list[str] = []
-    if manifest is None:
-        try:
-            result = export(request, pipeline_console)
-        except Exception as exc:  # the cell's content is its error; the matrix goes on
-            return make_row(**base, status="error", error=error_text(exc),
-                            warnings=list(getattr(pipeline_console, "warnings", []))[-5:])
-        manifest = result.manifest
-        warnings = list(getattr(pipeline_console, "warnings", []))
-        if weights:
-            index.record(folder.name, folder, weights, base["versions"])
-    row = bench_artifact(folder, bench, device_id, manifest=manifest)
+        if manifest is not None:
+            return Built(folder, manifest, reused=True)
+    try:
+        result = export(request, pipeline_console)
+    except Exception as exc:  # the cell's content is its error; the matrix goes on
+        return make_row(**base, status="error", error=error_text(exc),
+                        warnings=list(getattr(pipeline_console, "warnings", []))[-5:])
+    if weights and index is not None:
+        index.record(folder.name, folder, weights, base["versions"])
+    return Built(folder, result.manifest, warnings=list(getattr(pipeline_console, "warnings", [])))
+
+
+def measure_cell(built: Built, bench: BenchSettings, device_id: str, shape: list[int] | None,
+                 parity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time a built cell's final stage on this device: its row. ``parity``: the final stage's
+    parity as checked on this device (default: the export's, from the manifest)."""
+    row = bench_artifact(built.folder, bench, device_id, manifest=built.manifest)
     row["input_shape"] = row["input_shape"] or shape
-    row.update(reused=reused, warnings=sorted(set(warnings)))
+    row.update(reused=built.reused, warnings=sorted(set(built.warnings)))
+    if parity is not None:
+        row["parity"] = parity
+        if row["status"] in ("ok", "parity-fail"):
+            row["status"] = "ok" if parity.get("all_passed") else "parity-fail"
     if row["parity"] is None and row["status"] == "ok":
-        row["parity"] = manifest_parity(manifest)
+        row["parity"] = manifest_parity(built.manifest)
     return row
 
 
-def run_matrix(cfg: MatrixConfig, console=None, quiet: bool = False) -> dict[str, Any]:
-    """Run every cell; returns the ``matrix`` report (also written by the CLI)."""
+def run_cell(cfg: MatrixConfig, model: str, target: str, precision: str, bench: BenchSettings, device_id: str,
+             weights: str | None, index: _Index, pipeline_console, shape: list[int] | None = None) -> dict[str, Any]:
+    """Export (or reuse), then measure, one cell. Never raises for the cell's own failures.
+    ``shape``: the model's input shape, recorded on rows that never got an artifact so that
+    merged reports line them up with the same cell measured elsewhere."""
+    built = build_cell(cfg, model, target, precision, cell_base(cfg, model, target, precision, device_id, shape),
+                       weights, index, pipeline_console)
+    return built if isinstance(built, dict) else measure_cell(built, bench, device_id, shape)
+
+
+@dataclass
+class MatrixPlan:
+    """A run resolved on the machine that drives it: what every executor runs."""
+
+    cfg: MatrixConfig
+    models: list[str]
+    targets: list[str]
+    precisions: list[str]
+    unavailable: dict[str, str]
+    bench: BenchSettings
+
+    @property
+    def cells_per_model(self) -> int:
+        return len(self.targets) * len(self.precisions)
+
+
+def model_reference(plan: MatrixPlan, model: str):
+    """(model name, input shape, weights digest, reference) as export resolves the model; raises."""
+    cfg = plan.cfg
+    ref = torch_reference(model, cfg.input_shape, cfg.batch, pretrained=cfg.pretrained)
+    return ref[0], list(ref[2][0].shape), weights_digest(ref[1]), ref
+
+
+def baseline_error_row(model: str, device_id: str, exc: BaseException, shape: list[int] | None) -> dict[str, Any]:
+    return make_row(model=model, target="torch", precision="fp32", device_id=device_id, baseline=True,
+                    versions=target_versions("torch"), status="error", error=error_text(exc), input_shape=shape)
+
+
+def unavailable_row(plan: MatrixPlan, model: str, target: str, precision: str, device_id: str,
+                    shape: list[int] | None, where: str = "here") -> dict[str, Any]:
+    return make_row(model=model, target=target, precision=precision, device_id=device_id, status="skipped",
+                    error=f"{target} unavailable {where}: {plan.unavailable[target]}", input_shape=shape)
+
+
+def pair_rows(rows: list[dict[str, Any]], references: dict[str, tuple], plan: MatrixPlan, log) -> None:
+    """The interleaved INT8-vs-FP32 and torch-eager pairs, in place (both executors)."""
+    if "int8" in plan.precisions and "fp32" in plan.precisions:
+        log("timing each INT8 artifact against its FP32 sibling, interleaved ...")
+        pair_int8_with_fp32(rows, plan.bench, log=log)
+    log("timing each artifact against torch eager FP32, interleaved ...")
+    pair_with_baseline(rows, references, plan.bench, log=log)
+
+
+class EmbeddedExecutor:
+    """Every cell in this process, one after the other: the default, no cluster."""
+
+    def run(self, plan: MatrixPlan, console, quiet: bool = False):
+        """(rows, {device_id: fingerprint}, extra report fields)."""
+        from .console import Console
+
+        cfg = plan.cfg
+        fp = fingerprint(cfg.label)
+        dev = fp["device_id"]
+        index = _Index(cfg.out)
+        progress = Progress(len(plan.models) * (1 + plan.cells_per_model), quiet=quiet)
+        rows: list[dict[str, Any]] = []
+        references: dict[str, tuple] = {}
+        for model in plan.models:
+            progress.start(f"{model} torch eager fp32")
+            weights = None
+            shape = list(cfg.input_shape) if cfg.input_shape else None
+            try:
+                model_name, shape, weights, ref = model_reference(plan, model)
+                references[model_name] = ref
+                row = bench_torch(model, plan.bench, dev, reference=ref)
+            except Exception as exc:
+                model_name = model
+                row = baseline_error_row(model, dev, exc, shape)
+            rows.append(row)
+            progress.advance(result_text(row))
+            for target in plan.targets:
+                for precision in plan.precisions:
+                    progress.start(f"{model_name} {target} {precision}")
+                    if target in plan.unavailable:
+                        row = unavailable_row(plan, model_name, target, precision, dev, shape)
+                    else:
+                        row = run_cell(cfg, model, target, precision, plan.bench, dev, weights, index,
+                                       Console(quiet=True, err=_Sink()), shape)
+                        row["model"] = model_name
+                    rows.append(row)
+                    progress.advance(result_text(row))
+        progress.close()
+        pair_rows(rows, references, plan, console.info)
+        return rows, {dev: fp}, {}
+
+
+def run_matrix(cfg: MatrixConfig, console=None, quiet: bool = False, executor=None) -> dict[str, Any]:
+    """Run every cell; returns the ``matrix`` report (also written by the CLI). ``executor``:
+    where the cells run (default :class:`EmbeddedExecutor`; ``edgekit.cluster`` has Ray's)."""
     from .console import Console
 
     console = console or Console(quiet=quiet)
@@ -233,52 +356,13 @@ def run_matrix(cfg: MatrixConfig, console=None, quiet: bool = False) -> dict[str
     if not targets:
         raise UsageError("no target can run on this machine", hint="run 'edgekit targets' to see why")
     models = resolve_models(cfg.models, console)
-    fp = fingerprint(cfg.label)
-    dev = fp["device_id"]
     bench = BenchSettings(threads=cfg.threads, batch=None, warmup=cfg.warmup, iters=cfg.iters,
                           seconds=cfg.seconds, device=cfg.device)
+    plan = MatrixPlan(cfg, models, targets, precisions, unavailable, bench)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    index = _Index(cfg.out)
-    progress = Progress(len(models) * (1 + len(targets) * len(precisions)), quiet=quiet)
-    rows: list[dict[str, Any]] = []
-    references: dict[str, tuple] = {}
-    for model in models:
-        progress.start(f"{model} torch eager fp32")
-        weights = None
-        shape = list(cfg.input_shape) if cfg.input_shape else None
-        try:
-            ref = torch_reference(model, cfg.input_shape, cfg.batch, pretrained=cfg.pretrained)
-            model_name, shape = ref[0], list(ref[2][0].shape)
-            references[model_name] = ref
-            weights = weights_digest(ref[1])
-            row = bench_torch(model, bench, dev, reference=ref)
-        except Exception as exc:
-            model_name = model
-            row = make_row(model=model, target="torch", precision="fp32", device_id=dev, baseline=True,
-                           versions=target_versions("torch"), status="error", error=error_text(exc),
-                           input_shape=shape)
-        rows.append(row)
-        progress.advance(_result_text(row))
-        for target in targets:
-            for precision in precisions:
-                progress.start(f"{model_name} {target} {precision}")
-                if target in unavailable:
-                    row = make_row(model=model_name, target=target, precision=precision, device_id=dev,
-                                   status="skipped", error=f"{target} unavailable here: {unavailable[target]}",
-                                   input_shape=shape)
-                else:
-                    row = run_cell(cfg, model, target, precision, bench, dev, weights, index,
-                                   Console(quiet=True, err=_Sink()), shape)
-                    row["model"] = model_name
-                rows.append(row)
-                progress.advance(_result_text(row))
-    progress.close()
-    if "int8" in precisions and "fp32" in precisions:
-        console.info("timing each INT8 artifact against its FP32 sibling, interleaved ...")
-        pair_int8_with_fp32(rows, bench, log=console.info)
-    console.info("timing each artifact against torch eager FP32, interleaved ...")
-    pair_with_baseline(rows, references, bench, log=console.info)
-    report = new_report("matrix", rows, {dev: fp}, {**cfg.settings(), "torch_baseline": "eager fp32, same run"})
+    rows, devices, extra = (executor or EmbeddedExecutor()).run(plan, console, quiet=quiet)
+    report = new_report("matrix", rows, devices, {**cfg.settings(), "torch_baseline": "eager fp32, same run"})
+    report.update(extra)
     for w in sorted({w for r in rows for w in r.get("warnings") or []}):
         console.warn(w)
     return report

@@ -13,7 +13,7 @@ import signal
 import sys
 import traceback
 
-COMMANDS = ("models", "targets", "export", "parity", "lint", "bench", "report", "matrix", "ci", "arm")
+COMMANDS = ("models", "targets", "export", "parity", "lint", "bench", "report", "matrix", "ci", "worker", "arm")
 
 
 def build_parser() -> argparse.ArgumentParser:

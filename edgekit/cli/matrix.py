@@ -34,7 +34,32 @@ def register(sub) -> None:
     p.add_argument("--pretrained", action="store_true", help="use the pretrained weights that ship in a package")
     p.add_argument("--no-reuse", dest="reuse", action="store_false", help="rebuild every cell")
     add_timing_args(p, seconds=1.0, warmup=5)
+    add_cluster_args(p)
     p.set_defaults(func=run)
+
+
+def add_cluster_args(p) -> None:
+    """``--cluster`` (matrix and ci): run the cells as Ray tasks instead of in this process."""
+    p.add_argument("--cluster", metavar="ray|ray://HOST:PORT|HOST:PORT",
+                   help="run the cells on a Ray cluster: 'ray' ($RAY_ADDRESS, else a local Ray), a Ray client "
+                        "address or a head's HOST:PORT; needs pip install 'edgekit[cluster]' (docs/fleet.md)")
+    p.add_argument("--lost-device-timeout", type=float, default=120.0, metavar="S",
+                   help="with --cluster: how long a device whose node left may take to come back before its "
+                        "remaining cells become errors (default 120)")
+
+
+def cluster_executor(args):
+    """None (embedded, the default) or the Ray executor for ``--cluster``; exit 2 without Ray."""
+    if not getattr(args, "cluster", None):
+        return None
+    from edgekit.cluster import require_ray
+    from edgekit.cluster.connect import resolve_address
+
+    require_ray()
+    resolve_address(args.cluster)  # a bad address fails before any work
+    from edgekit.cluster.executor import RayExecutor
+
+    return RayExecutor(args.cluster, device_timeout=args.lost_device_timeout)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,13 +69,14 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.report import write_outputs
 
     quiet = getattr(args, "quiet", False)
+    executor = cluster_executor(args)
     console = Console(quiet=quiet)
     cfg = MatrixConfig(models=list(args.models or DEFAULT_MODELS), targets=args.targets,
                        precisions=args.precisions, out=args.out, threads=args.threads, warmup=args.warmup,
                        iters=args.iters, seconds=args.seconds, batch=args.batch, input_shape=args.input_shape,
                        calib=args.calib, samples=args.samples, pretrained=args.pretrained, device=args.device,
                        reuse=args.reuse, label=args.label)
-    report = run_matrix(cfg, console, quiet=quiet)
+    report = run_matrix(cfg, console, quiet=quiet, executor=executor)
     print_report(report, console)
     for p in write_outputs(report, args.out / "matrix.json", args.out / "matrix.md", args.out / "matrix.html"):
         console.info(f"wrote {p}")
