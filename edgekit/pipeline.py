@@ -67,7 +67,9 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
         check_input_shape(spec, shape)
     if request.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {request.batch}")
-    model, weights = build(spec, weights=request.weights, pretrained=request.pretrained)
+    model, weights = build(spec, weights=request.weights, pretrained=request.pretrained, console=console)
+    if getattr(weights, "preprocess", None) is not None:  # e.g. torchvision's V2 weights: resize 232, not 256
+        spec = replace(spec, preprocess=weights.preprocess)
     inputs = (InputSpec(spec.input.name, shape, spec.input.dtype, spec.input.layout, request.dynamic_batch),)
     return Resolved(spec, alias, model, weights, inputs, user_ref)
 

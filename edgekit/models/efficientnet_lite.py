@@ -92,22 +92,22 @@ _PAPER = "Liu et al. 2020, EfficientNet-Lite (TensorFlow blog; tensorflow/tpu ef
 
 
 @register_model("efficientnet_lite", params=4_652_008, input_size=224, preprocess=LITE_PREPROCESS, focus=True,
-                pretrained="edgekit.models.pretrained:efficientnet_lite0_state_dict", paper=_PAPER)
+                paper=_PAPER)
 def efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
     return _lite(1.0, 1.0, 0.2, num_classes)
 
 
 # Parameter counts: Lite1/2 those of the packaged ports of the TensorFlow checkpoints
-# (every tensor but the BatchNorm statistics); Lite3/4 as this table builds them, which
-# tensorflow/tpu's efficientnet/lite README rounds to 8.2M and 13.0M (Lite0-2: 4.7/5.4/6.1M).
+# (every tensor but the BatchNorm statistics); Lite3/4 those of d-li14/efficientnet-lite.pytorch's
+# README (8.197M, 13.007M), which tensorflow/tpu's efficientnet/lite README rounds to 8.2M/13.0M.
 @register_model("efficientnet_lite", params=5_416_680, input_size=240, preprocess=_lite_preprocess(240), focus=True,
-                pretrained="edgekit.models.pretrained:efficientnet_lite1_state_dict", paper=_PAPER)
+                paper=_PAPER)
 def efficientnet_lite1(num_classes: int = 1000) -> nn.Module:
     return _lite(1.0, 1.1, 0.2, num_classes)
 
 
 @register_model("efficientnet_lite", params=6_092_072, input_size=260, preprocess=_lite_preprocess(260), focus=True,
-                pretrained="edgekit.models.pretrained:efficientnet_lite2_state_dict", paper=_PAPER)
+                paper=_PAPER)
 def efficientnet_lite2(num_classes: int = 1000) -> nn.Module:
     return _lite(1.1, 1.2, 0.3, num_classes)
 
