@@ -35,8 +35,8 @@ def load_file(path: Path) -> object:
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith(b"PK\x03\x04") and not head.startswith(b"\x80"):
-        raise WeightsError(f"{path.name} is not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle)",
-                           hint=SAVE_HINT)
+        raise WeightsError(f"cannot read weights {path.name}: not a PyTorch checkpoint (neither torch.save's zip "
+                           "archive nor a pickle)", hint=f"edgekit loads checkpoints with weights_only=True: {SAVE_HINT}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
