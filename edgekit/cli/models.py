@@ -1,4 +1,5 @@
-"""``edgekit models [PATTERN]``: the zoo with parameter counts and input sizes."""
+"""``edgekit models [PATTERN]``: the zoo with parameter counts, input sizes and where
+pretrained weights come from (``--pretrained``)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,8 @@ import argparse
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="list the reference models (wildcards: 'mobilenet*')",
-                       description="List zoo models: name, family, parameters, MACs, input size.")
+                       description="List zoo models: name, family, parameters (deployable; auxiliary training "
+                                   "heads counted apart), MACs, input size, pretrained weights and their source.")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'efficientnet*'")
     p.add_argument("--no-macs", action="store_true", help="skip counting MACs (faster)")
     p.set_defaults(func=run)
@@ -37,6 +39,27 @@ def count_macs(model, shape) -> int:
     return total
 
 
+def params_text(spec) -> str:
+    if not spec.params:
+        return "-"
+    return f"{spec.params:,}" + (f" (+{spec.aux_params:,} aux)" if spec.aux_params else "")
+
+
+def pretrained_text(name: str) -> str:
+    from edgekit.models.weights_registry import PublishedWeights, pretrained_for
+
+    entry = pretrained_for(name)
+    if entry is None:
+        return ""
+    if isinstance(entry, PublishedWeights):
+        return f"{entry.describe()}, {entry.url}"
+    import importlib.util
+
+    installed = importlib.util.find_spec(entry.loader.partition(":")[0]) is not None and \
+        importlib.util.find_spec(entry.package.replace("-", "_")) is not None
+    return f"{entry.describe()}, {'installed' if installed else 'not installed'}"
+
+
 def run(args: argparse.Namespace) -> int:
     from edgekit.console import Console
     from edgekit.models import aliases, list_specs
@@ -54,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
             with torch.random.fork_rng(devices=[]):
                 macs = f"{count_macs(s.builder().eval(), s.input.shape) / 1e6:,.0f}M"
-        rows.append([s.name, s.family, f"{s.params:,}" if s.params else "-", macs,
-                     "x".join(map(str, s.input.shape[1:])), "yes" if s.pretrained else ""])
+        rows.append([s.name, s.family, params_text(s), macs, "x".join(map(str, s.input.shape[1:])),
+                     pretrained_text(s.name)])
     console.table(["model", "family", "params", "MACs", "input", "pretrained"], rows)
     al = {a: t for a, t in aliases().items() if t in {s.name for s in specs}}
     if al:

