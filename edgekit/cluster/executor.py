@@ -55,8 +55,14 @@ class RayExecutor:
 
     # -- running tasks -------------------------------------------------------------------
     def _remote(self, fn, **options):
+        import torch
+
         ray = require_ray()
-        return ray.remote(fn).options(max_retries=RETRIES, retry_exceptions=False, **options)
+        # Ray workers start with one torch thread (OMP_NUM_THREADS = their num_cpus); the torch
+        # reference's float rounding depends on the thread count, so tasks use the driver's
+        # count and a cell's parity figures equal the embedded run's to the last bit
+        pinned = tasks.with_torch_threads(fn, torch.get_num_threads())
+        return ray.remote(pinned).options(max_retries=RETRIES, retry_exceptions=False, **options)
 
     def _device_options(self, name: str) -> dict[str, Any]:
         node = self.devices.get(name)

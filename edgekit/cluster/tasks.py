@@ -7,6 +7,7 @@ itself is :mod:`edgekit.matrix`'s, the same functions the embedded run uses.
 """
 from __future__ import annotations
 
+import functools
 import socket
 import tempfile
 import time
@@ -15,6 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.run import error_text
+
+
+def with_torch_threads(fn, threads: int):
+    """``fn`` run with torch set to ``threads`` intra-op threads (the driver's count)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        import torch
+
+        torch.set_num_threads(threads)
+        return fn(*args, **kwargs)
+
+    return run
 
 
 def _here() -> dict[str, Any]:
