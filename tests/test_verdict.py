@@ -65,7 +65,9 @@ def test_top1_is_judged_against_the_yardstick_and_confident_samples():
 def test_fidelity_floors():
     f = verdict.fidelity_tolerance
     assert f("int8").sqnr_db == 30.0 and f("int8", reference_sqnr_db=60.0).sqnr_db == 30.0
-    assert f("int8", reference_sqnr_db=10.3).sqnr_db == 13.3  # untrained: noise must stay 3 dB under INT8's
+    assert f("int8", reference_sqnr_db=24.1).sqnr_db == 27.1  # trained Lite0: 3 dB under the quantization noise
+    # a shared graph below 20 dB from FP32 (untrained weights): rounding flips amplify to the noise's size
+    assert f("int8", reference_sqnr_db=14.3).sqnr_db == 8.3 and f("int8", reference_sqnr_db=5.0).sqnr_db == 3.0
     assert f("int8", rewrite=True, reference_sqnr_db=20.0).sqnr_db == 14.0
     assert f("int8", rewrite=True, reference_sqnr_db=60.0).sqnr_db == verdict.FIDELITY_REWRITE_MAX_DB
     assert f("int8", rewrite=True, reference_sqnr_db=5.0).sqnr_db == verdict.FIDELITY_MIN_DB
