@@ -12,8 +12,11 @@ each block has ``branch1`` (1x1), ``branch2`` (1x1 → 3x3), ``branch3`` (1x1 �
 ``branch4`` (pool → 1x1 projection) as ``nn.Sequential`` of ``BasicConv2d`` (``conv``/``bn``).
 
 Parameters: 11,285,224, computed from the table below (no published exact figure was found to
-compare with). Caffe-style convs with a bias each, as in pretrainedmodels' ``bninception``, add
-one parameter per conv output channel (10,016): 11,295,240, the "11.3M" usually quoted.
+compare with). The table matches the layer shapes of pretrainedmodels' ``bninception``
+(Cadene/pretrained-models.pytorch, checked conv by conv), whose Caffe-style convs carry a bias
+each: one parameter more per conv output channel (10,016), 11,295,240 there, the "11.3M" quoted.
+Its stride-2 max-pools use ceil mode without padding; ours pad 1 (same 14/7 grids at 224, and odd
+sizes stay aligned with the stride-2 convs), so border values of those pools differ.
 """
 from __future__ import annotations
 
