@@ -35,6 +35,7 @@ def n_params(model: torch.nn.Module, skip: str = "") -> int:
 @pytest.mark.parametrize("alias, target", [
     ("vgg", "vgg16"), ("resnet", "resnet50"), ("resnext", "resnext50_32x4d"), ("se_resnet", "se_resnet50"),
     ("densenet", "densenet121"), ("inception", "inception_v3"), ("lenet", "lenet5"), ("googlenet", "googlenet"),
+    ("preact_resnet", "preact_resnet50"),
 ])
 def test_family_alias(alias, target):
     assert resolve_name(alias)[0] == target
@@ -169,3 +170,46 @@ def test_nin_global_pooling_accepts_other_sizes():
     torch.manual_seed(0)
     model = nin(num_classes=10).eval()
     assert tuple(model(torch.randn(1, 3, 160, 160)).shape) == (1, 10)
+
+
+def test_preact_resnet_keys_and_counts():
+    sd18, sd50 = meta_state("preact_resnet18"), meta_state("preact_resnet50")
+    assert "bn1.weight" not in sd18 and "downsample.1.weight" not in " ".join(sd18)   # no stem / shortcut BN
+    assert tuple(sd18["layer2.0.bn1.weight"].shape) == (64,)          # BN before the conv: input channels
+    assert tuple(sd18["layer2.0.downsample.weight"].shape) == (128, 64, 1, 1)
+    assert tuple(sd50["layer4.0.bn1.weight"].shape) == (1024,)
+    assert tuple(sd50["bn_final.weight"].shape) == (2048,) and tuple(sd50["fc.weight"].shape) == (1000, 2048)
+    # torchvision's counts minus stem BN and shortcut BNs, BNs moved to inputs, plus the final BN
+    assert get_spec("preact_resnet18").params == 11_689_512 - 128 - 2 * 896 - 2 * 448 + 2 * 512
+    assert get_spec("preact_resnet50").params == 25_557_032 - 7_680
+
+
+@torch.no_grad()
+def test_preact_block_is_identity_when_its_last_conv_is_zero():
+    from edgekit.models.preact_resnet import PreActBottleneck
+
+    torch.manual_seed(0)
+    block = PreActBottleneck(256, 64).eval()
+    x = torch.randn(2, 256, 8, 8)                       # negative values too: no ReLU after the add
+    block.conv3.weight.zero_()
+    assert torch.equal(block(x), x)
+
+
+@torch.no_grad()
+def test_bn_inception_channels_and_keys():
+    from edgekit.models.bn_inception import BNInception
+
+    sd = meta_state("bn_inception")
+    assert tuple(sd["inception3a.branch3.2.conv.weight"].shape) == (96, 96, 3, 3)   # 5x5 → two 3x3
+    assert "inception3c.branch1.conv.weight" not in sd and "inception3c.branch4.1.conv.weight" not in sd
+    assert tuple(sd["fc.weight"].shape) == (1000, 1024)
+    assert not any(k.endswith("conv.bias") for k in sd)                             # BN after every conv
+    torch.manual_seed(0)
+    model = BNInception(num_classes=10).eval()
+    x = model.maxpool2(model.conv2(model.conv2_reduce(model.maxpool1(model.conv1(torch.randn(1, 3, 224, 224))))))
+    sizes = {}
+    for name in ("3a", "3b", "3c", "4a", "4b", "4c", "4d", "4e", "5a", "5b"):
+        x = getattr(model, f"inception{name}")(x)
+        sizes[name] = tuple(x.shape[1:])
+    assert sizes["3b"] == (320, 28, 28) and sizes["3c"] == (576, 14, 14)
+    assert sizes["4e"] == (1056, 7, 7) and sizes["5b"] == (1024, 7, 7)

@@ -1,6 +1,7 @@
 """Imports every family module so its ``@register_model`` builders are registered."""
 from . import (  # noqa: F401
     alexnet,
+    bn_inception,
     densenet,
     efficientnet,
     efficientnet_lite,
@@ -12,6 +13,7 @@ from . import (  # noqa: F401
     mobilenet_v2,
     mobilenet_v3,
     nin,
+    preact_resnet,
     resnet,
     shufflenet_v1,
     shufflenet_v2,
