@@ -54,7 +54,8 @@ class PackagedWeights:
 def _tv(file: str, top1: float, tag: str = "IMAGENET1K_V1", resize: int = 256, crop: int = 224,
         interpolation: str = "bilinear", transform_input: bool = False) -> PublishedWeights:
     match = HASH_IN_NAME.search(file)
-    assert match, file  # a table typo, caught by the registry test
+    if not match:  # a table typo (the registry test imports every entry); python -O must not hide it
+        raise ValueError(f"weights file name without its sha256 prefix: {file}")
     return PublishedWeights(_TV + file, match.group(1), Preprocess(resize=resize, crop=crop, interpolation=interpolation),
                             top1, tag, transform_input=transform_input)
 
