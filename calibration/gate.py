@@ -47,11 +47,15 @@ def run_outputs(path: Path, feeds: Iterable[dict[str, np.ndarray]]) -> list[dict
 
 
 def score(test: Path, feeds: Iterable[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]],
-          tolerance: Tolerance, stage: str = "qdq", precision: str = "int8", source: str = "") -> Comparison:
-    """Compare the model at ``test`` with precomputed FP32 ``reference`` outputs."""
+          tolerance: Tolerance, stage: str = "qdq", precision: str = "int8", source: str = "",
+          yardstick_top1: float | None = None) -> Comparison:
+    """Compare the model at ``test`` with precomputed FP32 ``reference`` outputs; ``yardstick_top1``:
+    the FP32 model's own top-1 stability on these feeds (edgekit/stability.py), which sets the
+    top-1 floor as in the export's verdict."""
     from exporters.onnx import OrtRunner
 
-    c = Comparison(stage, "onnxruntime-cpu", precision, tolerance, inputs_source=source)
+    c = Comparison(stage, "onnxruntime-cpu", precision, tolerance, inputs_source=source,
+                   yardstick_top1=yardstick_top1)
     with OrtRunner(Path(test)) as r:
         for feed, ref in zip(feeds, reference):
             c.add(ref, r.infer(feed))
@@ -77,3 +81,17 @@ def describe(c: Comparison) -> str:
     if p.top1 is not None and misses:
         top1 = f"top-1 {p.top1:.1%} ({p.near_tie_misses} of {misses} flips on near-ties), "
     return f"{top1}cosine {p.cosine:.5f}, SQNR {p.sqnr_db:.1f} dB"
+
+
+def yardstick(path: Path, feeds: Iterable[dict[str, np.ndarray]], input, pre) -> dict | None:
+    """The FP32 ONNX at ``path`` against itself with ±½ pixel step of input noise on ``feeds``
+    (edgekit/stability.py): the top-1 stability that sets the gate's top-1 floor for trained
+    weights, measured before calibration so the float fallback aims at the export's own bar.
+    None when the input is not an image."""
+    from edgekit.stability import reference_stability
+    from exporters.onnx import OrtRunner
+
+    feeds = list(feeds)
+    with OrtRunner(Path(path)) as r:
+        pairs = [(f, r.infer(f)) for f in feeds]
+        return reference_stability(r.infer, input, pre, pairs)

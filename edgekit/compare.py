@@ -53,7 +53,9 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_abs=1e-4, cosine=0.99999, sqnr_db=60.0),
     # reduced precision: the policy's numbers (edgekit/verdict.py applies them; docs/calibration.md)
     "fp16": Tolerance(cosine=0.999, sqnr_db=25.0, top1=0.98, top1_margin=0.01, confident_top1=0.99),
-    "int8": Tolerance(cosine=0.99, top1=0.98, top1_margin=0.01, confident_top1=0.99),
+    # INT8, trained: 25 dB SQNR against FP32 (noise at 5.6 % of the signal's amplitude), issue 19's
+    # bar; the calibration's float fallback works towards it (docs/calibration.md)
+    "int8": Tolerance(cosine=0.99, sqnr_db=25.0, top1=0.98, top1_margin=0.01, confident_top1=0.99),
 }
 
 

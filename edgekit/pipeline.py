@@ -21,7 +21,7 @@ from .contracts import ExportContext, ExportRequest
 from .errors import ExportError, UsageError
 from .recheck import user_ref_sha256
 from .specs import InputSpec, check_precision
-from .verdict import apply_yardstick, gate_tolerance, quantization_tolerance
+from .verdict import apply_yardstick, calibration_target, gate_tolerance, quantization_tolerance
 
 
 @dataclass
@@ -195,7 +195,18 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
         # deterministic-init weights that says nothing about the trained model, and its float
         # layers would make the artifact's latency unlike the trained model's (the OpenVINO NNCF
         # route skips its fallback for the same reason).
-        opts = Int8Options(tolerance=gate, gate_top1=trained, fallback=trained,
+        yard = None
+        if trained and request.parity:
+            from calibration.gate import yardstick
+
+            with console.step("yardstick for the INT8 gate (FP32 ONNX vs itself, ±½ pixel step of input noise)") as d:
+                yard = yardstick(stages[-1].path, feeds.heldout, res.inputs[0], res.spec.preprocess)
+                if yard is None or yard.get("top1") is None:
+                    yard, d["summary"] = None, "no image input or no class output: the fixed top-1 floor applies"
+                else:
+                    d["summary"] = f"top-1 {yard['top1']:.1%}"
+        opts = Int8Options(tolerance=calibration_target(gate), gate_top1=trained, fallback=trained,
+                           yardstick_top1=None if yard is None else round(yard["top1"], 4),
                            **({"method": request.calib_method} if request.calib_method else {}))
         if feeds.bundled:
             console.warn("calibrating on edgekit's bundled photos: production INT8 needs your own data (--calib DIR)")

@@ -296,3 +296,36 @@ def test_odd_widths_are_padded_and_the_gate_expanded_exactly(tmp_path, monkeypat
     new, plain = session(tmp_path / "ort.onnx"), session(tmp_path / "plain.onnx")
     for f in list(fs.heldout)[:8]:
         np.testing.assert_array_equal(new.run(None, f)[0], plain.run(None, f)[0])
+
+
+def test_no_pair_in_front_of_a_layer_the_gate_kept_in_float(tiny_built, tmp_path):
+    """A layer the INT8 gate kept in float reads its input exact; the form must not quantize that
+    tensor again with a conv-output pair (on pretrained Lite0 one such pair cost 10 dB)."""
+    from calibration.graph import consumers, load, producers
+
+    src, fs, art = tiny_built
+    m = load(art.path)
+    prod, cons = producers(m), consumers(m)
+    # make the last quantized conv a float layer: it reads the tensor its input Q quantizes
+    convs = [n for n in m.graph.node if n.op_type == "Conv" and prod[n.input[0]].op_type == "DequantizeLinear"]
+    # the depthwise conv: it reads the expand conv's ReLU6, where the form would put a pair
+    def after_conv_activation(n):
+        act = prod.get(prod[prod[n.input[0]].input[0]].input[0])
+        return act is not None and act.op_type in ("Clip", "Relu") and getattr(prod.get(act.input[0]), "op_type", "") == "Conv"
+
+    conv = next(n for n in convs if after_conv_activation(n))
+    q = prod[prod[conv.input[0]].input[0]]
+    assert q.op_type == "QuantizeLinear"
+    exact = q.input[0]
+    conv.input[0] = exact
+    onnx.save(m, str(tmp_path / "shared.onnx"))
+    summary = build_ort_int8(tmp_path / "shared.onnx", tmp_path / "ort.onnx", fs.calib)
+    out = onnx.load(str(tmp_path / "ort.onnx"))
+    readers = [n for n in out.graph.node if exact in n.input or f"{exact}_ort_dequantized" in n.input]
+    assert any(n.op_type == "Conv" and n.input[0] == exact for n in readers), [n.op_type for n in readers]
+    assert not any(n.output[0] == f"{exact}_ort_quantized" for n in out.graph.node)
+    assert summary["quantized_convs"] == 4
+    ref = run_outputs(src.path, fs.heldout)
+    shared = score(tmp_path / "shared.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    form = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    assert form.sqnr_db > shared.sqnr_db - 1.0, (shared.sqnr_db, form.sqnr_db)
