@@ -21,8 +21,11 @@ demo: $(STAMP)
 	$(BIN)/edgekit export mobilenet_v3 --target onnx --out artifacts/demo-onnx --force
 	$(BIN)/edgekit export mobilenet_v3 --target onnx --fp16 --out artifacts/demo-onnx-fp16 --force
 
+# Two pytest workers (pytest-xdist), one test file each at a time (--dist loadfile keeps a file's
+# module fixtures, e.g. the Ray cluster, in one process). TEST_JOBS=0 runs in this process.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/matrix.py --out bench/results/matrix.json
