@@ -42,7 +42,7 @@ from .sensitivity import rank_layers
 from .stats import collect
 
 Feeds = Iterable[dict[str, np.ndarray]]
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: biases on the accumulator grid, the SQNR target (2026-12-04)
 DEFAULT_METHOD = "auto"
 
 

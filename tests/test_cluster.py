@@ -20,7 +20,9 @@ from edgekit.cli.main import main
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[1]
 MB = 2**20
-MODELS = ["mobilenet_v3_small", "shufflenet_v2_x0_5"]
+# one model: 4 export cells and 5 device cells a node already exercise every path (scheduling,
+# pairs, provenance); a second model doubled the file's 9 minutes on 2 cores
+MODELS = ["mobilenet_v3_small"]
 SHAPE = (1, 3, 64, 64)
 PARITY_KEYS = ("max_abs", "cosine", "sqnr_db", "top1", "samples", "all_passed")
 

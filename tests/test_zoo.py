@@ -41,10 +41,20 @@ def test_aliases_wildcards_and_suggestions():
     assert e.value.suggestions
 
 
-def test_duplicate_registration_is_refused():
-    with pytest.raises(ValueError, match="already registered"):
-        register_model("mobilenet")(lambda num_classes=1000: None.__class__)  # noqa: E731
+def test_duplicate_registration_is_refused(monkeypatch):
+    """A name or an alias already taken is refused, and nothing this test registers outlives it
+    (a copy of the registry; before, a '<lambda>' model leaked into later tests)."""
+    from edgekit.models import registry
+
+    get_spec("mobilenet_v2")  # the zoo is loaded before the copy
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+    monkeypatch.setattr(registry, "_ALIASES", dict(registry._ALIASES))
+    with pytest.raises(ValueError, match="model 'mobilenet_v2' is already registered"):
         register_model("x", name="mobilenet_v2")(lambda num_classes=1000: None)
+    with pytest.raises(ValueError, match="model 'mobilenet' is already registered"):  # an alias
+        register_model("x", name="mobilenet")(lambda num_classes=1000: None)
+    register_model("x", name="edgekit_test_only")(lambda num_classes=1000: None)
+    assert "edgekit_test_only" in registry._MODELS
 
 
 def test_published_parameter_counts_are_the_registered_oracles():
