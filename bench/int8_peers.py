@@ -35,15 +35,20 @@ from bench.int8_common import ListFeeds, prepare, run_onnx, scores, yardstick  #
 METHODS = ("edgekit", "edgekit_ort", "ort_minmax", "ort_entropy", "ort_percentile", "nncf")
 
 
-def _edgekit(src, cal, held, work: Path, name: str) -> Path:
+def _edgekit(src, cal, held, work: Path, name: str, inp, pre) -> Path:
+    from calibration.gate import yardstick as gate_yardstick
     from calibration.quantize import Int8Options, quantize_int8
-    from edgekit.compare import Tolerance
+    from edgekit.verdict import calibration_target, quantization_tolerance
 
     path = work / name / "edgekit.int8.onnx"
-    opts = Int8Options(tolerance=Tolerance(cosine=0.995, top1=0.98), baselines=False, stats_feeds=len(cal),
-                       cache_dir=work / "cache")
     # the gate reads the calibration side only: held-out photos stay unseen by every method
-    quantize_int8(src, path, cal, ListFeeds(cal[::4], "calibration subset"), opts, log=lambda m: None)
+    gate_feeds = ListFeeds(cal[::4], "calibration subset")
+    yard = gate_yardstick(src.path, gate_feeds, inp, pre)
+    # the export's own policy for trained weights (edgekit/verdict.py), as the pipeline sets it
+    opts = Int8Options(tolerance=calibration_target(quantization_tolerance("int8", True)), baselines=False,
+                       stats_feeds=len(cal), cache_dir=work / "cache",
+                       yardstick_top1=None if not yard or yard.get("top1") is None else round(yard["top1"], 4))
+    quantize_int8(src, path, cal, gate_feeds, opts, log=lambda m: None)
     return path
 
 
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
                 if method == "nncf":
                     test = _nncf(src, cal, held)
                 else:
-                    path = {"edgekit": lambda: _edgekit(src, cal, held, args.work, name),
+                    path = {"edgekit": lambda: _edgekit(src, cal, held, args.work, name, inp, pre),
                             "edgekit_ort": lambda: _edgekit_ort(src, cal, args.work, name)}.get(
                         method, lambda: _ort(src, cal, args.work, name, method.removeprefix("ort_")))()
                     test = run_onnx(path, held)

@@ -329,3 +329,19 @@ def test_no_pair_in_front_of_a_layer_the_gate_kept_in_float(tiny_built, tmp_path
     shared = score(tmp_path / "shared.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
     form = score(tmp_path / "ort.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
     assert form.sqnr_db > shared.sqnr_db - 1.0, (shared.sqnr_db, form.sqnr_db)
+
+
+def test_the_second_form_leaves_linear_projections_unpaired(tiny_built, tmp_path):
+    """linear_pairs=False: no uint8 pair on a conv output without an activation (TinyNet's
+    projection into its residual add); the pairs after ReLU6 stay, and so does their fusion."""
+    src, fs, art = tiny_built
+    full = build_ort_int8(art.path, tmp_path / "full.onnx", fs.calib)
+    lean = build_ort_int8(art.path, tmp_path / "lean.onnx", fs.calib, linear_pairs=False)
+    assert lean["linear_pairs"] is False and full["linear_pairs"] is True
+    assert lean["conv_output_qdq_added"] == full["conv_output_qdq_added"] - 1, (full, lean)
+    ops = _ort_op_counts(tmp_path / "lean.onnx", tmp_path)
+    assert ops.get("QLinearConv", 0) == 4 and ops.get("Conv", 0) + ops.get("FusedConv", 0) == 1, ops
+    ref = run_outputs(src.path, fs.heldout)
+    shared = score(art.path, fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    form = score(tmp_path / "lean.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
+    assert form.sqnr_db > shared.sqnr_db - 1.0, (shared.sqnr_db, form.sqnr_db)
