@@ -173,7 +173,10 @@ def test_parity_equals_the_embedded_run_exactly(cluster_run, fast_pairs, tmp_pat
         for c in (x for x in rep["rows"] if (x["model"], x["target"], x["precision"]) ==
                   (r["model"], r["target"], r["precision"])):
             assert {k: c["parity"][k] for k in PARITY_KEYS} == {k: r["parity"][k] for k in PARITY_KEYS}
-            assert c["parity"]["stage"] == r["parity"]["stage"] and c["size_mb"] == r["size_mb"]
+            assert c["parity"]["stage"] == r["parity"]["stage"]
+            # the same artifact, not byte-identical: one OpenVINO INT8 IR of 2.96 MB read 2.957 here and
+            # 2.958 there (CI, 2026-12-04) with identical parity; its serialization is not byte-stable
+            assert c["size_mb"] == pytest.approx(r["size_mb"], rel=0.005, abs=0.002)
             checked += 1
     assert checked == 2 * 4
 
