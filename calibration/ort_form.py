@@ -58,7 +58,6 @@ from .ort_movement import (chain, concat_points, downstream_scale, fold_shuffles
 
 U8_MAX = 255
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 32,
@@ -252,7 +251,7 @@ def _feeds_float_layer(t: str, cons) -> bool:
     is not dequantized). A pair there would quantize, on min/max ranges, the very tensor the
     fallback chose to keep exact: on pretrained EfficientNet-Lite0 one such pair (in front of
     the second most sensitive layer) took the form from 24.8 to 14.4 dB against FP32."""
-    return any(c.op_type in WEIGHTED and c.input and c.input[0] == t for c in cons.get(t, []))
+    return any(c.op_type in g.WEIGHTED_OPS and c.input and c.input[0] == t for c in cons.get(t, []))
 
 
 def _ranges(model, tensors: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:

@@ -98,6 +98,7 @@ def build(model, plan: QdqPlan):
     new_inits, new_nodes = [], {}  # new_nodes: anchor tensor -> nodes to insert before its first consumer
     act_dq: dict[str, str] = {}
     w_dq: dict[str, str] = {}
+    w_scale: dict[str, np.ndarray] = {}  # weight name -> its per-channel scales
 
     def act_qdq(t: str) -> str:
         if t in act_dq:
@@ -131,15 +132,15 @@ def build(model, plan: QdqPlan):
                                   [f"{base}_dequantized"], name=f"{base}_DequantizeLinear",
                                   **({"axis": axis} if axis is not None else {}))
             new_nodes.setdefault(f"__weights__{t.node}", []).append(dq)
-            w_dq[t.weight] = f"{base}_dequantized"
+            w_dq[t.weight], w_scale[t.weight] = f"{base}_dequantized", s
         widx = g.WEIGHTED_OPS[node.op_type]
         node.input[widx] = w_dq[t.weight]
         if len(node.input) > 2 and node.input[2] in inits and plan.bias_on_accumulator_grid:
             bias = plan.biases.get(t.node)
             bias = g.to_array(inits[node.input[2]]) if bias is None else bias
-            wscale = g.to_array(next(i for i in new_inits if i.name == f"{g.safe_name(t.weight)}_wscale"))
             bname = f"{g.safe_name(node.input[2])}_corrected"
-            new_inits.append(nh.from_array(on_accumulator_grid(bias, plan.act_scales[t.activation], wscale), bname))
+            new_inits.append(nh.from_array(on_accumulator_grid(bias, plan.act_scales[t.activation],
+                                                               w_scale[t.weight]), bname))
             node.input[2] = bname
         elif t.node in plan.biases and len(node.input) > 2 and node.input[2] in inits:
             bname = f"{g.safe_name(node.input[2])}_corrected"
