@@ -35,6 +35,7 @@ class LayerWeights:
     bias: np.ndarray | None
     scales: np.ndarray | None       # per-output-channel scales; None: the layer stays float
     int8: np.ndarray | None = None
+    input_clip: float | None = None  # edgekit's symmetric clip (127 × scale) of the input; None: float input
 
     @property
     def quantized(self) -> bool:
@@ -52,6 +53,16 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
 
     def array(name: str) -> np.ndarray:
         return numpy_helper.to_array(init[name])
+
+    def input_clip(node) -> float | None:
+        """127 × the scale of the symmetric int8 Q/DQ pair on the layer's input, if it has one."""
+        dq = prod.get(node.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in init:
+            return None
+        zero = array(dq.input[2]) if len(dq.input) > 2 and dq.input[2] in init else None
+        if zero is not None and (zero.dtype != np.int8 or np.any(zero != 0)):
+            return None
+        return 127.0 * float(array(dq.input[1]).reshape(-1)[0])
 
     layers: dict[str, LayerWeights] = {}
     for node in model.graph.node:
@@ -71,6 +82,7 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
         else:
             continue
         if layer.module:
+            layer.input_clip = input_clip(node) if layer.quantized else None
             layers[layer.module] = layer
     return layers
 

@@ -116,6 +116,13 @@ def apply_yardstick(comparisons: list[Comparison], stability: dict[str, Any] | N
             c.yardstick_top1 = top1
 
 
+def source_yardstick(source: Any) -> float | None:
+    """The yardstick top-1 the pipeline measured before calibration, as the Q/DQ stage recorded
+    it (``meta["options"]["yardstick_top1"]``), for the gates of targets built from that stage."""
+    value = ((getattr(source, "meta", None) or {}).get("options") or {}).get("yardstick_top1")
+    return None if value is None else float(value)
+
+
 def quantization_verdict(c: Comparison | dict) -> str:
     """'PASS', 'FAIL', 'not assessed: …' or '-' (no figures) for the stage-vs-FP32 column."""
     d = c.to_dict() if isinstance(c, Comparison) else c

@@ -169,6 +169,7 @@ class CoreMLTarget(Exporter):
         trained = weights_trained(ctx)
         tol = verdict.gate_tolerance(ctx.spec, ctx.request, "int8", trained)  # the one policy
         comp = compare(ctx.model, art, self.open(art, device=ctx.request.device), ctx.heldout_feeds, tol)
+        comp.yardstick_top1 = verdict.source_yardstick(ctx.source)
         p = comp.primary()
         art.meta["gate"] = {"passed": comp.passed, "failures": comp.failures, "trained_weights": trained,
                             "runner": comp.runner, "tolerance": tol.to_dict(), "heldout": comp.inputs_source,

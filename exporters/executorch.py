@@ -95,14 +95,7 @@ def quantize_pt2e(ctx: ExportContext, tol: Tolerance, max_samples: int = DEFAULT
         "weights": "edgekit calibration" if layers else "PT2E observers (nearest rounding)"}
     paths = dict(cal.weighted)
     if layers:
-        # edgekit's calibration already chose the float layers (its INT8 gate and fallback)
-        wanted = [n for n, path in cal.weighted if path in layers and not layers[path].quantized]
-        float_nodes = eq.runnable_float_layers(cal.graph, wanted)
-        meta["float_layers_quantized"] = [paths[n] for n in wanted if n not in float_nodes]
-        if meta["float_layers_quantized"]:
-            ctx.log(f"ExecuTorch INT8: XNNPACK cannot run {', '.join(meta['float_layers_quantized'])} in float "
-                    "(its input is quantized): quantized instead")
-        module = cal.convert(float_nodes)
+        module, float_nodes = _edgekit_float_layers(ctx, cal, layers, tol, select_samples, meta)
     elif max_float > 0:
         subset = list(islice(iter(ctx.calib_feeds), select_samples))
         module, float_nodes, trials = eq.choose_float_layers(cal, model, subset, inputs, tol, max_float, ctx.log)
@@ -111,6 +104,65 @@ def quantize_pt2e(ctx: ExportContext, tol: Tolerance, max_samples: int = DEFAULT
         module, float_nodes = cal.convert([]), []
     meta["float_layers"] = [paths[n] for n in float_nodes]
     return module, meta
+
+
+def _edgekit_float_layers(ctx: ExportContext, cal, layers, tol: Tolerance, select_samples: int,
+                          meta: dict[str, Any]):
+    """edgekit's calibration chose the float layers and the activation ranges: pin the ranges,
+    keep its float layers that XNNPACK can run (with a producer where a pad needs one,
+    :func:`exporters.executorch_ranges.float_closure`), and, when the simulated program still
+    misses the calibration target on the first ``select_samples`` calibration rows, keep the
+    next most INT8-sensitive layers of the calibration's ranking in float too, up to its float
+    budget. Returns (module, float node names)."""
+    from . import executorch_quant as eq
+    from . import executorch_ranges as er
+
+    cal.ranges = er.input_ranges(layers)
+    weighted = eq.weighted_nodes(cal.graph)
+    paths = dict(cal.weighted)
+    by_path = {p: n for n, p in cal.weighted}
+    wanted = [n for n, path in cal.weighted if path in layers and not layers[path].quantized]
+    float_nodes, added, kept = er.float_closure(cal.graph, wanted, weighted)
+    meta["float_layers_quantized"] = [paths[n] for n in kept]
+    meta["float_layers_added"] = [paths[n] for n in added]
+    if kept:
+        ctx.log(f"ExecuTorch INT8: XNNPACK cannot run {', '.join(paths[n] for n in kept)} in float "
+                "(a pad between it and a quantized input): quantized instead")
+    module = cal.convert(float_nodes)
+    meta["activation_ranges"] = {"pinned_to_edgekit": getattr(cal, "pinned", 0), "layers_with_range": len(cal.ranges)}
+    options = (ctx.source.meta or {}).get("options") or {}
+    budget = int(round(float(options.get("max_float_fraction", 0.2)) * len(weighted)))
+    ranking = [by_path[p] for p in er.sensitivity_order(ctx.source) if p in by_path]
+    candidates = [n for n in ranking if n not in float_nodes]
+    if not tol.assessed or not candidates or len(float_nodes) >= budget:
+        return module, float_nodes
+    target = verdict.calibration_target(tol)
+    yard = verdict.source_yardstick(ctx.source)
+    subset = list(islice(iter(ctx.calib_feeds), select_samples))
+    pairs = eq.reference_outputs(ctx.model, subset, tuple(ctx.inputs), cal.batched)
+    trials = []
+
+    def passes(mod, n_float: int) -> bool:
+        comp = eq.score_module(mod, pairs, target)
+        comp.yardstick_top1 = yard
+        p = comp.primary()
+        trials.append({"float_layers": n_float, "top1": p.top1, "sqnr_db": round(p.sqnr_db, 2),
+                       "passed": comp.passed})
+        return comp.passed
+
+    ok = passes(module, len(float_nodes))
+    while not ok and candidates and len(float_nodes) < budget:
+        nxt, *candidates = candidates
+        grown, extra, blocked = er.float_closure(cal.graph, [*float_nodes, nxt], weighted)
+        if blocked or len(grown) > budget:
+            continue
+        float_nodes = grown
+        module = cal.convert(float_nodes)
+        ok = passes(module, len(float_nodes))
+        ctx.log(f"ExecuTorch INT8: {paths[nxt]} kept in float as well (simulated SQNR "
+                f"{trials[-1]['sqnr_db']} dB on {len(subset)} calibration rows)")
+    meta["selection_trials"] = trials
+    return module, float_nodes
 
 
 WEIGHT_SOURCES = ("edgekit", "pt2e")  # where INT8's weights and float layers come from
@@ -278,6 +330,7 @@ class ExecuTorchTarget(Exporter):
         trained = weights_trained(ctx)
         tol = gate_tolerance(ctx, trained)
         comp = int8_gate(ctx.model, art, ctx.heldout_feeds, tol, ctx.request.threads)
+        comp.yardstick_top1 = verdict.source_yardstick(ctx.source)
         p = comp.primary()
         art.meta["gate"] = {"passed": comp.passed, "failures": comp.failures, "trained_weights": trained,
                             "tolerance": tol.to_dict(), "heldout": comp.inputs_source, "rows": p.rows or p.samples,

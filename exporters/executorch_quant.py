@@ -112,30 +112,6 @@ def keep_float(gm, names: Iterable[str]) -> None:
                         break
 
 
-def runnable_float_layers(gm, wanted: Sequence[str]) -> list[str]:
-    """The layers of ``wanted`` (weighted node names) that XNNPACK can run in float.
-
-    XNNPACK's lowering rejects a float convolution that reads a dequantized input ("Weight and
-    Input should both be quantized"), so a layer can stay float only when its input comes, through
-    padding and clamps alone, from the graph input or from another float layer: a leading run of
-    layers, as a rule. The others are quantized (edgekit's float choice cannot be honoured there)."""
-    import torch
-
-    aten = torch.ops.aten
-    clamps, weighted = _targets()
-    passthrough = clamps | {aten.pad.default, aten.constant_pad_nd.default}
-    wanted, ok = set(wanted), set()
-    for node in weighted_nodes(gm):
-        if node.name not in wanted:
-            continue
-        src = node.args[0] if node.args else None
-        while getattr(src, "op", None) == "call_function" and src.target in passthrough:
-            src = src.args[0]
-        if getattr(src, "op", None) == "placeholder" or getattr(src, "name", None) in ok:
-            ok.add(node.name)
-    return [n.name for n in weighted_nodes(gm) if n.name in ok]
-
-
 def make_quantizer(per_channel: bool = True, float_nodes: Sequence[str] = ()):
     """An ``XNNPACKQuantizer`` (symmetric INT8, per-channel weights) with fused clamps and
     the given weighted nodes left in float."""
@@ -215,6 +191,7 @@ class Calibrated:
     rows: int
     fused_clamps: int
     weighted: list[tuple[str, str]] = field(default_factory=list)  # (node name, module path)
+    ranges: dict[str, float] = field(default_factory=dict)  # module path → edgekit's clip of its input
 
     def convert(self, float_nodes: Sequence[str] = ()):
         """The converted (Q/DQ) module with ``float_nodes`` kept in float, without recalibrating."""
@@ -227,6 +204,10 @@ class Calibrated:
             raise ExportError("executorch-int8", f"no calibration statistics for {len(missing)} observer(s)")
         for key, mod in observers.items():
             mod.load_state_dict(self.observer_state[key])
+        if self.ranges:
+            from .executorch_ranges import pin_activations
+
+            self.pinned = pin_activations(prepared, self.ranges)
         return convert_pt2e(prepared)
 
 

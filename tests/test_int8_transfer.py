@@ -46,6 +46,8 @@ def test_read_qdq_names_layers_by_torch_module(qdq):
     assert set(layers) == {"stem.0", "expand.0", "dw.0", "project.0", "head.0", "fc"}
     floats = [k for k, v in layers.items() if not v.quantized]
     assert len(floats) == len(art.meta["float_layers"]) == 1, (floats, art.meta["float_layers"])
+    for name, lw in layers.items():
+        assert (lw.input_clip is not None and lw.input_clip > 0) == lw.quantized, (name, lw.input_clip)
     for name, lw in int8_layers(layers).items():
         assert lw.int8.dtype == np.int8 and np.abs(lw.int8).max() <= 127
         axes = (slice(None),) + (None,) * (lw.weight.ndim - 1)
@@ -109,8 +111,11 @@ def test_executorch_program_holds_edgekit_int8_weights(qdq, tmp_path):
     out = ExecuTorchTarget().export(_ctx("executorch", art, fs), tmp_path)
     q = out.meta["quantization"]
     floats = [k for k, v in layers.items() if not v.quantized]
-    # float where XNNPACK can run it in float (input not quantized), INT8 otherwise: all accounted for
-    assert q["weights"] == "edgekit calibration" and q["float_layers"] + q["float_layers_quantized"] == floats, q
+    # float where XNNPACK can run it in float, INT8 otherwise: all accounted for; producers a pad needs added
+    got = set(q["float_layers"]) - set(q["float_layers_added"]) | set(q["float_layers_quantized"])
+    assert q["weights"] == "edgekit calibration" and got >= set(floats), q
+    # every INT8 layer's input takes edgekit's range (TinyNet: no tensor feeds two layers)
+    assert q["activation_ranges"]["pinned_to_edgekit"] >= len(int8_layers(layers)), q
     assert out.meta["gate"]["cosine"] > 0.95, out.meta["gate"]
 
 
@@ -125,6 +130,7 @@ def test_coreml_package_holds_edgekit_int8_weights(qdq, tmp_path):
     q = out.meta["quantization"]
     assert q["weights"] == "edgekit calibration" and q["edgekit_weight_layers"] == q["edgekit_int8_layers"] == 5, q
     assert len(q["float_layers"]) == 1, q
+    assert q["activation_ranges_pinned_to_edgekit"] >= len(int8_layers(layers)) - 1, q
     prog = load_program(out.path)
     values = [o.value for o in prog.ops] + [v for o in prog.ops for vs in o.inputs.values() for v in vs]
     assert _holds_exactly(_int8_arrays(values), layers) == sorted(int8_layers(layers))

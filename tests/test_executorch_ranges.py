@@ -1,0 +1,81 @@
+"""edgekit's activation ranges and float layers carried into the PT2E (XNNPACK) program
+(exporters/executorch_ranges.py): which float layers XNNPACK can run, and that a pinned range
+is the range the program quantizes with. Pretrained Lite0/1/2 figures: docs/mobile.md."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exporters.executorch_ranges import float_closure
+
+
+class PadNet(nn.Module):
+    """expand 1x1 → ReLU6 → asymmetric pad → depthwise 3x3 s2 → project 1x1 → head 1x1."""
+
+    def __init__(self, share_expand: bool = False):
+        super().__init__()
+        self.expand = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, stride=2, groups=8)
+        self.project = nn.Conv2d(8, 4, 1)
+        self.head = nn.Conv2d(4, 4, 1)
+        self.share_expand = share_expand
+
+    def forward(self, x):
+        e = F.hardtanh(self.expand(x), 0.0, 6.0)  # what nn.ReLU6 exports to
+        y = self.project(self.dw(F.pad(e, (0, 1, 0, 1))))
+        if self.share_expand:  # a second reader of the expand output: it cannot turn float for the pad alone
+            y = y + F.avg_pool2d(e[:, :4], 2)
+        return self.head(y)
+
+
+def _graph(model):
+    from exporters.executorch_quant import weighted_nodes
+
+    gm = torch.export.export(model.eval(), (torch.zeros(1, 3, 16, 16),)).module()
+    nodes = weighted_nodes(gm)
+    return gm, nodes, {n.meta["nn_module_stack"] and list(n.meta["nn_module_stack"].values())[-1][0]: n.name
+                       for n in nodes}
+
+
+def test_a_float_layer_behind_a_pad_takes_its_producer_along():
+    gm, nodes, name = _graph(PadNet())
+    chosen, added, kept = float_closure(gm, [name["dw"]], nodes)
+    assert chosen == [name["expand"], name["dw"]] and added == [name["expand"]] and kept == []
+
+
+def test_a_layer_that_reads_a_quantized_tensor_directly_can_be_float():
+    gm, nodes, name = _graph(PadNet())
+    chosen, added, kept = float_closure(gm, [name["project"], name["head"]], nodes)
+    assert chosen == [name["project"], name["head"]] and added == [] and kept == []
+
+
+def test_a_pad_whose_producer_has_other_readers_stays_int8():
+    gm, nodes, name = _graph(PadNet(share_expand=True))
+    chosen, added, kept = float_closure(gm, [name["dw"]], nodes)
+    assert chosen == [] and kept == [name["dw"]]
+
+
+def test_the_program_quantizes_with_the_pinned_range():
+    pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
+    from edgekit.specs import InputSpec
+    from exporters import executorch_quant as eq
+
+    torch.manual_seed(0)
+    inp = InputSpec("input", (1, 3, 16, 16))
+    feeds = [{"input": torch.randn(4, 3, 16, 16).numpy()} for _ in range(4)]
+    cal = eq.calibrate(PadNet().eval(), (inp,), feeds, 16, True)
+    wide = cal.convert([])
+    cal.ranges = {"dw": 0.01, "project": 0.01, "head": 0.01}
+    narrow = cal.convert([])
+    assert cal.pinned >= 3, cal.pinned
+
+    def scales(module):
+        return sorted(float(n.args[1]) for n in module.graph.nodes
+                      if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
+                      and "dequantize" not in str(n.target))
+
+    # three observed tensors now span at most [-0.01, 0.01] (255 steps), the others keep their range
+    tight = [s for s in scales(narrow) if s <= 0.02 / 255 * (1 + 1e-6)]
+    assert len(tight) >= 3 and len([s for s in scales(wide) if s <= 0.02 / 255 * (1 + 1e-6)]) == 0, scales(narrow)
