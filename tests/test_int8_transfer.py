@@ -132,6 +132,9 @@ def test_coreml_package_holds_edgekit_int8_weights(qdq, tmp_path):
     assert len(q["float_layers"]) == 1, q
     assert q["activation_ranges_pinned_to_edgekit"] >= len(int8_layers(layers)) - 1, q
     prog = load_program(out.path)
+    # activations are quantized where the shared graph quantizes them (inputs of INT8 layers), no more
+    counts = prog.op_counts()
+    assert q["activation_quantizers_removed"] >= 1 and counts["quantize"] == len(int8_layers(layers)), (counts, q)
     values = [o.value for o in prog.ops] + [v for o in prog.ops for vs in o.inputs.values() for v in vs]
     assert _holds_exactly(_int8_arrays(values), layers) == sorted(int8_layers(layers))
     assert out.meta["program_parity"]["cosine"] > 0.999, out.meta["program_parity"]
