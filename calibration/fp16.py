@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.artifact import Artifact, tool_versions
-from edgekit.errors import ExportError, require
+from edgekit.errors import ExportError, first_line, require
 
 from .graph import toposort
 
@@ -57,7 +57,7 @@ def convert_fp16(src: Artifact, path: Path, keep_io_fp32: bool = True,
         toposort(converted)  # the converter appends its boundary Casts at the end
         onnx.checker.check_model(converted)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc, None)
         raise ExportError("fp16", f"FP16 conversion failed: {msg[:300]}") from exc
     onnx.save(converted, str(path))
     types = Counter(onnx.TensorProto.DataType.Name(t.data_type) for t in converted.graph.initializer)

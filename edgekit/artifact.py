@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator  # noqa: F401
 
-from .errors import ArtifactError, UsageError  # noqa: F401
+from .errors import ArtifactError, UsageError, first_line  # noqa: F401
 from .specs import InputSpec
 
 MANIFEST = "artifact.json"
@@ -201,7 +201,7 @@ class Manifest:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            why = first_line(exc, None)
             raise ArtifactError(f"{path} is not a readable manifest: {why}") from None
         check_manifest(d, path)
         root = path.parent

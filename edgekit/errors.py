@@ -115,3 +115,14 @@ def require(module: str, extra: str, what: str | None = None):
             raise MissingDependencyError(exc.name or top, extra, what,
                                          hint=f"{top} failed to import: {exc}") from exc
         raise MissingDependencyError(top, extra, what) from exc
+
+
+def first_line(exc: BaseException, limit: int | None = 300, empty: str | None = None) -> str:
+    """An exception's first line, without terminal colour codes, cut to ``limit`` characters;
+    for an exception without text, ``empty`` (default: the exception's type name). The one
+    helper for every one-line error edgekit prints (issue 22)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    line = text.splitlines()[0] if text else (type(exc).__name__ if empty is None else empty)
+    return line if limit is None else line[:limit]

@@ -20,7 +20,7 @@ from edgekit.artifact import Artifact, tool_versions
 from edgekit import verdict
 from edgekit.compare import Comparison, Tolerance
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feeds, Option
-from edgekit.errors import EdgekitError, ExportError, UsageError, require
+from edgekit.errors import EdgekitError, ExportError, UsageError, first_line, require
 
 from .coreml_convert import (COMPUTE_UNITS, DEFAULT_CALIB_SAMPLES, DEPLOYMENT_TARGETS, FRONTENDS, INT8_MODES,
                              build_package, deployment_target)
@@ -132,7 +132,7 @@ class CoreMLTarget(Exporter):
         except EdgekitError:
             raise
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = first_line(exc, None)
             raise ExportError(f"coreml-{precision}", f"{type(exc).__name__}: {msg[:300]}",
                               hint="rerun with --debug for the full trace") from exc
         if meta.get("frontend_fallback"):

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgekit.contracts import Feeds
-from edgekit.errors import ExportError, UsageError
+from edgekit.errors import ExportError, UsageError, first_line
 from edgekit.specs import InputSpec
 
 from .coreml_quant import quantize_w8a8, quantize_weights
@@ -156,7 +156,7 @@ def build_package(model, inputs: tuple[InputSpec, ...], outputs: Sequence[str], 
             used = fe
             break
         except Exception as exc:  # the frontend's own error types; both are reported below
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc, None, empty="")
             notes.append(f"{FRONTEND_STEP[fe]}: {type(exc).__name__}: {first[:200]}")
             last = exc
     if mlmodel is None:

@@ -36,7 +36,7 @@ from edgekit import verdict
 from edgekit.compare import Comparison, Tolerance
 from edgekit.console import quiet_logs
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feeds, Option
-from edgekit.errors import ExportError, require
+from edgekit.errors import ExportError, first_line, require
 from edgekit.specs import InputSpec
 
 from .executorch_runner import ExecuTorchRunner
@@ -313,7 +313,7 @@ class ExecuTorchTarget(Exporter):
         except ExportError:
             raise
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = first_line(exc, None)
             raise ExportError(f"executorch-{precision}", f"{type(exc).__name__}: {msg[:300]}",
                               hint="rerun with --debug for the full trace") from exc
         meta["export_seconds"] = round(time.perf_counter() - t0, 2)

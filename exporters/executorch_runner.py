@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.contracts import Feed
-from edgekit.errors import ArtifactError, require
+from edgekit.errors import ArtifactError, first_line, require
 from edgekit.specs import InputSpec
 
 METHOD = "forward"
@@ -69,7 +69,7 @@ class ExecuTorchRunner:
             self._method = self._program.load_method(METHOD)
         except Exception as exc:
             self._restore_threads()
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = first_line(exc, None)
             raise ArtifactError(f"ExecuTorch cannot load {self.path.name}: {msg[:300]}",
                                 hint="was it written by this executorch version?") from None
         if self._method is None:

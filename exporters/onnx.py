@@ -25,7 +25,7 @@ import numpy as np
 from edgekit import signals
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feed
-from edgekit.errors import ArtifactError, ExportError, UsageError, require
+from edgekit.errors import ArtifactError, ExportError, UsageError, first_line, require
 from edgekit.specs import InputSpec
 
 DEFAULT_OPSET = 18   # the dynamo exporter's own opset (torch 2.13: TORCHLIB_OPSET)
@@ -72,7 +72,7 @@ def load_onnx(path: Path):
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc, None)
         raise ArtifactError(f"{Path(path).name} is not a valid ONNX model: {msg[:200]}") from None
     return model
 
@@ -175,11 +175,6 @@ def _quiet_torch_onnx():
                 sys.stderr.write(capture.read().decode(errors="replace"))
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's first line without terminal colour codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
-
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
@@ -217,7 +212,7 @@ class OrtRunner:
         try:
             self._session = ort.InferenceSession(str(self.path), so, providers=self.providers)
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = first_line(exc, None)
             raise ArtifactError(f"ONNX Runtime cannot load {self.path.name}: {msg[:300]}") from None
         sess_inputs = self._session.get_inputs()
         self._input_types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in sess_inputs}

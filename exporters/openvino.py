@@ -26,7 +26,7 @@ from typing import Any
 
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Option
-from edgekit.errors import ExportError, MissingDependencyError, UsageError
+from edgekit.errors import ExportError, MissingDependencyError, UsageError, first_line
 
 from .openvino_runner import HINTS, INFERENCE_PRECISIONS, OpenVinoRunner, ir_xml, resolve_device
 
@@ -129,7 +129,7 @@ class OpenVinoTarget(Exporter):
         try:
             model = ov.convert_model(str(src.path))
         except Exception as exc:
-            raise ExportError("openvino", f"openvino.convert_model failed: {_first_line(exc)}",
+            raise ExportError("openvino", f"openvino.convert_model failed: {first_line(exc)}",
                               hint="rerun with --debug for the full trace") from exc
         convert_s = time.perf_counter() - t0
         meta: dict[str, Any] = {"source": src.stage, "source_precision": src.precision,
@@ -148,7 +148,7 @@ class OpenVinoTarget(Exporter):
         try:
             ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
         except Exception as exc:
-            raise ExportError("openvino", f"openvino.save_model failed: {_first_line(exc)}") from exc
+            raise ExportError("openvino", f"openvino.save_model failed: {first_line(exc)}") from exc
         meta.update({"xml": xml.name, "bin": xml.with_suffix(".bin").name, "runtime": runtime,
                      "seconds": round(time.perf_counter() - t0, 2), "ops": _op_counts(model)})
         return Artifact(path=folder, stage="openvino", format="openvino-ir", precision=precision, target=self.name,
@@ -182,7 +182,3 @@ def _op_counts(model) -> dict[str, int]:
     return dict(Counter(op.get_type_name() for op in model.get_ops() if op.get_type_name() not in skip)
                 .most_common())
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -33,7 +33,7 @@ import numpy as np
 
 from edgekit.compare import Comparison, Tolerance
 from edgekit.contracts import Feed
-from edgekit.errors import ExportError, require
+from edgekit.errors import ExportError, first_line, require
 
 from .openvino_runner import OpenVinoRunner
 
@@ -103,7 +103,7 @@ def quantize(fp32_model, calib: Iterable[Feed], names: Sequence[str], recipe: Nn
             return nncf.quantize(fp32_model.clone(), nncf.Dataset(feeds, input_transform(names)),
                                  **recipe.kwargs(nncf, len(feeds)))
     except Exception as exc:
-        raise ExportError("openvino", f"nncf.quantize failed: {_first_line(exc)}") from exc
+        raise ExportError("openvino", f"nncf.quantize failed: {first_line(exc)}") from exc
 
 
 def compress_weights(model) -> None:
@@ -240,7 +240,3 @@ def brief(comp: Comparison) -> str:
     top1 = f"top-1 {s.top1:.1%}, " if s.top1 is not None else ""
     return f"{top1}cosine {s.cosine:.5f}, {'pass' if comp.passed else 'FAIL'}"
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.contracts import Feed
-from edgekit.errors import ArtifactError, UnavailableError, UsageError, require
+from edgekit.errors import ArtifactError, UnavailableError, UsageError, first_line, require
 from edgekit.specs import InputSpec
 
 HINTS = ("latency", "throughput")
@@ -122,7 +122,7 @@ class OpenVinoRunner:
             try:
                 model = core.read_model(str(xml))
             except Exception as exc:
-                raise ArtifactError(f"OpenVINO cannot read {xml.name}: {_first_line(exc)}") from None
+                raise ArtifactError(f"OpenVINO cannot read {xml.name}: {first_line(exc)}") from None
         self.config = compile_config(core, self.device, self.threads, self.hint, self.inference_precision)
         self._compiled = core.compile_model(model, self.device, self.config)
         self._request = self._compiled.create_infer_request()
@@ -155,7 +155,3 @@ def ir_xml(folder: Path) -> Path:
         raise ArtifactError(f"expected one OpenVINO .xml in {folder}, found {len(xmls)}")
     return xmls[0]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

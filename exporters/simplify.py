@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from edgekit.artifact import Artifact, tool_versions
-from edgekit.errors import EdgekitError, ExportError, UsageError, require
+from edgekit.errors import EdgekitError, ExportError, UsageError, first_line, require
 
 from .onnx import node_counts
 
@@ -34,7 +34,7 @@ def simplify(src: Artifact, path: Path, tool: str = "onnxsim") -> Artifact:
     except EdgekitError:
         raise
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = first_line(exc, None)
         raise ExportError("simplify", f"{tool} failed: {msg[:300]}", hint="rerun with --no-simplify to skip this stage") from exc
     before, after = src.meta.get("nodes") or sum(node_counts(src.path).values()), len(model.graph.node)
     return Artifact(path=path, stage="simplified", format="onnx", precision=src.precision, target="onnx",

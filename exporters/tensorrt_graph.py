@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ArtifactError, require
+from edgekit.errors import ArtifactError, first_line, require
 
 from .tensorrt_ops import ONNX_TYPES
 
@@ -23,7 +23,7 @@ class GraphView:
             try:
                 model = onnx.load(str(model_or_path))
             except Exception as exc:
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                msg = first_line(exc, None)
                 raise ArtifactError(f"{Path(model_or_path).name} is not a readable ONNX model: {msg[:200]}") from None
         else:
             model = model_or_path

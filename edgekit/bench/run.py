@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import EdgekitError, UsageError
+from ..errors import EdgekitError, UsageError, first_line
 from ..report.schema import PARITY_ONLY, make_row, manifest_parity
 from .device import runtime_versions
 from .timing import measure, paired_ratio, synthetic_feed, time_runners
@@ -39,7 +39,7 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, EdgekitError):
         text = str(exc)
     else:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, None, empty="")
         text = f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
     return " ".join(_ANSI.sub("", text).split())
 

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str], debug: bool) -> int:
     from edgekit import signals
-    from edgekit.errors import EdgekitError, UsageError
+    from edgekit.errors import EdgekitError, UsageError, first_line
 
     try:
         parser = build_parser()
@@ -92,7 +92,7 @@ def _run(argv: list[str], debug: bool) -> int:
                 print(f"hint: {exc.hint}", file=sys.stderr)
             return exc.exit_code
         # an edgekit bug or an unexpected backend failure
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, None, empty="")
         print(f"error: unexpected {type(exc).__name__}: {first[:300]}", file=sys.stderr)
         print("hint: rerun with --debug for the traceback, and please report it", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from . import require_ray
 
 DEVICE_PREFIX = "device:"
@@ -57,7 +57,7 @@ def connect(value: str | None = "ray") -> str:
             return "a local Ray started for this run (device 'local')"
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, None)
         raise UsageError(f"cannot connect to the Ray cluster at {address}: {first[:200]}",
                          hint="start a head with 'ray start --head' and pass the address it prints") from None
     return f"Ray cluster at {address}"

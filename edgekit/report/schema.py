@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import ArtifactError, UsageError
+from ..errors import ArtifactError, UsageError, first_line
 
 SCHEMA = "edgekit.report/1"
 KINDS = ("bench", "matrix", "ci", "merged")
@@ -355,7 +355,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, or not UTF-8 (a binary file)
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        why = first_line(exc, None)
         raise ArtifactError(f"{path} is not readable JSON: {why}") from None
     return validate(data, str(path))
 
