@@ -16,7 +16,10 @@ photos from outside the project):
 
 JSON per network: the yardstick (FP32 against itself under ±½ pixel step of input noise) and,
 per method, top-1 agreement with FP32, top-1 on confident crops (FP32 softmax top-1 minus
-top-2 ≥ 0.2), cosine, SQNR, seconds. ``--methods`` picks a subset.
+top-2 ≥ 0.2), cosine, SQNR, seconds. ``--methods`` picks a subset. ``--latency`` adds, per
+network, each method's batch-1 latency on its runtime and its speed against FP32 on the same
+runtime (bench/int8_speed.py): the ONNX files on ONNX Runtime, edgekit's shared graph and NNCF's
+model on OpenVINO.
 """
 from __future__ import annotations
 
@@ -88,7 +91,7 @@ def _ort(src, cal, work: Path, name: str, method: str) -> Path:
     return path
 
 
-def _nncf(src, cal, held) -> np.ndarray:
+def _nncf(src, cal, held, keep: dict | None = None) -> np.ndarray:
     import nncf
     import openvino as ov
 
@@ -96,6 +99,8 @@ def _nncf(src, cal, held) -> np.ndarray:
     model = core.read_model(str(src.path))
     ds = nncf.Dataset(list(cal), lambda f: next(iter(f.values())))
     q = nncf.quantize(model, ds, subset_size=len(cal))
+    if keep is not None:
+        keep["nncf"] = q
     compiled = core.compile_model(q, "CPU", {"INFERENCE_NUM_THREADS": 2})
     out = compiled.output(0)
     return np.concatenate([compiled(next(iter(f.values())))[out] for f in held])
@@ -108,6 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--calib", type=int, default=96)
+    ap.add_argument("--latency", action="store_true", help="also time every method on its runtime (bench/int8_speed.py)")
     args = ap.parse_args(argv)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name in args.networks:
@@ -116,22 +122,32 @@ def main(argv=None) -> int:
         row["yardstick"] = yardstick(src.path, held, ref, inp, pre)
         row["calibration_samples"], row["heldout_samples"] = len(cal), len(held)
         print(name, "yardstick", row["yardstick"], flush=True)
+        onnx_paths, ov_models = {"fp32": src.path}, {"fp32": src.path}
         for method in args.methods.split(","):
             t0 = time.perf_counter()
             try:
                 if method == "nncf":
-                    test = _nncf(src, cal, held)
+                    test = _nncf(src, cal, held, ov_models)
                 else:
                     path = {"edgekit": lambda: _edgekit(src, cal, held, args.work, name, inp, pre),
                             "edgekit_ort": lambda: _edgekit_ort(src, cal, args.work, name)}.get(
                         method, lambda: _ort(src, cal, args.work, name, method.removeprefix("ort_")))()
                     test = run_onnx(path, held)
+                    onnx_paths[method] = path
+                    if method == "edgekit":
+                        ov_models["edgekit"] = path  # the shared Q/DQ graph, as the openvino target delivers it
                 s = scores(ref, test)
             except Exception as exc:  # a peer that fails on a network is reported, not fatal
                 s = {"error": f"{type(exc).__name__}: {exc}"}
             s["seconds"] = round(time.perf_counter() - t0, 1)
             row[method] = s
             print(name, method, s, flush=True)
+            args.out.write_text(json.dumps(results, indent=1))
+        if args.latency:
+            from bench.int8_speed import latency
+
+            row["latency"] = latency(onnx_paths, ov_models, held[0])
+            print(name, "latency", row["latency"], flush=True)
             args.out.write_text(json.dumps(results, indent=1))
     return 0
 

@@ -250,3 +250,23 @@ def test_paired_ratio_is_the_median_of_the_per_round_ratios():
     for t in times.values():  # a result without per-round figures: the pooled p50s
         del t["round_p50_ms"]
     assert paired_ratio(times, "int8", "fp32") == {"ratio": 1.25, "rounds": 0, "rounds_faster": 0}
+
+
+def test_int8_speed_times_each_method_on_its_runtime(artifact):
+    """bench/int8_speed.py (issue 20's peer speed table): every ONNX on ONNX Runtime, every
+    OpenVINO model on OpenVINO, in interleaved rounds, each with its speed against FP32 measured
+    in the same rounds. Numbers are not asserted (benchmarks measure speed, tests do not), only
+    that each method was timed on the runtime it was given for and the ratio is the paired one."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'edgekit[openvino]')")
+    from bench.int8_speed import latency
+
+    onnx = Manifest.read(artifact).final.path
+    feed = synthetic_feed((InputSpec(shape=(1, 3, 32, 32)),))
+    out = latency({"fp32": onnx, "same": onnx}, {"fp32": onnx, "nncf_stand_in": onnx}, feed, seconds=0.1)
+    assert set(out["onnxruntime"]) == {"fp32", "same"} and set(out["openvino"]) == {"fp32", "nncf_stand_in"}
+    for runtime, rows in (("onnxruntime", out["onnxruntime"]), ("openvino", out["openvino"])):
+        assert "vs_fp32" not in rows["fp32"]
+        for k, row in rows.items():
+            assert 0 < row["p50_ms"] <= row["p90_ms"], (runtime, k, row)
+        other = next(k for k in rows if k != "fp32")
+        assert 0 < rows[other]["vs_fp32"] < 1e6, rows
