@@ -188,9 +188,12 @@ def test_trained_weights_at_reduced_precision_get_the_stability_yardstick(tmp_pa
     out = tmp_path / "out"
     proc = run_edgekit("export", f"{src}:tiny", "--weights", str(ckpt), "--input-shape", "1x3x32x32", "--fp16",
                        "--out", str(out), "--no-bench", "--samples", "12")
-    assert proc.returncode in (0, 1), proc.stderr
-    s = json.loads((out / "artifact.json").read_text())["reports"]["reference_stability"]
-    assert s["samples"] == 12 and s["amplitude_steps"] == 0.5 and 0.0 <= s["top1"] <= 1.0
+    m = json.loads((out / "artifact.json").read_text())
+    # exit 1 exactly when a parity row failed (the tiny checkpoint's FP16 may or may not pass)
+    assert proc.returncode == (0 if all(c["passed"] for c in m["parity"]) else 1), proc.stderr
+    s = m["reports"]["reference_stability"]
+    # a fraction of the 12 samples it was measured on
+    assert s["samples"] == 12 and s["amplitude_steps"] == 0.5 and abs(s["top1"] * 12 - round(s["top1"] * 12)) < 1e-6
     assert 0.9 < s["cosine"] <= 1.0 and s["sqnr_db"] > 10
     assert "yardstick: FP32 reference vs itself" in proc.stdout
 
