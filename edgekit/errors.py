@@ -92,6 +92,11 @@ class ArtifactError(EdgekitError):
     """An artifact or manifest that cannot be read (corrupt ONNX, missing files)."""
 
 
+class MilError(EdgekitError):
+    """edgekit's Core ML program interpreter (exporters/mil) cannot execute a program: an unknown
+    op, an unsupported configuration, an input it lacks."""
+
+
 class CalibrationError(EdgekitError):
     """Calibration data that cannot be used (empty folder, no images)."""
 

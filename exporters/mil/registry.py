@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import MilError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .program import Op
@@ -20,10 +20,6 @@ OPS: dict[str, Callable[["OpCall"], Any]] = {}
 CONST_TIME: set[str] = set()   # ops evaluated once when the program is loaded (constexpr_*)
 
 _MISSING = object()
-
-
-class MilError(EdgekitError):
-    """The interpreter cannot execute this program (unknown op, unsupported configuration)."""
 
 
 def op(*names: str, const_time: bool = False):
