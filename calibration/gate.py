@@ -1,6 +1,6 @@
 """The INT8 accuracy gate: the Q/DQ model against its FP32 source on held-out feeds.
 
-Both models run on ONNX Runtime's CPU provider (:class:`exporters.onnx.OrtRunner`).
+Both models run on ONNX Runtime's CPU provider (:func:`calibration.graph.infer_fn`).
 What users care about is judged: top-1 agreement with the FP32 model (when the
 weights are trained, so the top-1 class means something), cosine and SQNR of the
 outputs — not an elementwise tolerance.
@@ -40,10 +40,10 @@ def without_top1(tol: Tolerance, gate_top1: bool) -> Tolerance:
 
 def run_outputs(path: Path, feeds: Iterable[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     """Outputs of the ONNX model at ``path`` for every feed (ONNX Runtime, CPU)."""
-    from exporters.onnx import OrtRunner
+    from .graph import infer_fn
 
-    with OrtRunner(Path(path)) as r:
-        return [r.infer(f) for f in feeds]
+    infer = infer_fn(Path(path))
+    return [infer(f) for f in feeds]
 
 
 def score(test: Path, feeds: Iterable[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]],
@@ -52,13 +52,13 @@ def score(test: Path, feeds: Iterable[dict[str, np.ndarray]], reference: list[di
     """Compare the model at ``test`` with precomputed FP32 ``reference`` outputs; ``yardstick_top1``:
     the FP32 model's own top-1 stability on these feeds (edgekit/stability.py), which sets the
     top-1 floor as in the export's verdict."""
-    from exporters.onnx import OrtRunner
+    from .graph import infer_fn
 
     c = Comparison(stage, "onnxruntime-cpu", precision, tolerance, inputs_source=source,
                    yardstick_top1=yardstick_top1)
-    with OrtRunner(Path(test)) as r:
-        for feed, ref in zip(feeds, reference):
-            c.add(ref, r.infer(feed))
+    infer = infer_fn(Path(test))
+    for feed, ref in zip(feeds, reference):
+        c.add(ref, infer(feed))
     return c
 
 
@@ -89,9 +89,9 @@ def yardstick(path: Path, feeds: Iterable[dict[str, np.ndarray]], input, pre) ->
     weights, measured before calibration so the float fallback aims at the export's own bar.
     None when the input is not an image."""
     from edgekit.stability import reference_stability
-    from exporters.onnx import OrtRunner
 
-    feeds = list(feeds)
-    with OrtRunner(Path(path)) as r:
-        pairs = [(f, r.infer(f)) for f in feeds]
-        return reference_stability(r.infer, input, pre, pairs)
+    from .graph import infer_fn
+
+    infer = infer_fn(Path(path))
+    pairs = [(f, infer(f)) for f in list(feeds)]
+    return reference_stability(infer, input, pre, pairs)

@@ -204,6 +204,20 @@ def session(model_or_path, threads: int | None = None, optimize: bool = True):
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
+def infer_fn(model_or_path, threads: int | None = None):
+    """``infer(feed) -> {output: float32 array}`` on one ONNX Runtime CPU session. Calibration runs
+    its graphs itself, so that it never needs a target's runner (tests/test_boundaries.py)."""
+    sess = session(model_or_path, threads)
+    names = [o.name for o in sess.get_outputs()]
+    inputs = {i.name for i in sess.get_inputs()}
+
+    def infer(feed):
+        outs = sess.run(names, {k: np.asarray(v, dtype=np.float32) for k, v in feed.items() if k in inputs})
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(names, outs)}
+
+    return infer
+
+
 def toposort(model) -> None:
     """Reorder the main graph's nodes topologically, in place (stable where possible).
 
