@@ -58,7 +58,7 @@ def _check_tolerance(tol: dict, where: str) -> None:
             raise ArtifactError(f"artifact.json: {where}.{k} must be a finite number, got {v!r}")
 
 
-def _model_for(m: Manifest, args, console) -> str:
+def _model_for(m: Manifest, given: ExportRequest, console) -> str:
     """The model to compare with: the zoo model the manifest names, or the user's --model."""
     from .models.user import is_user_ref
 
@@ -70,16 +70,16 @@ def _model_for(m: Manifest, args, console) -> str:
         if not isinstance(recorded, str) or not recorded or not recorded.isprintable():
             raise ArtifactError(f"artifact.json: manifest field 'model.user_ref' must be a one-line string, "
                                 f"got {recorded!r}")
-        if not args.model:
+        if not given.model:
             raise UsageError(f"this artifact was made from a user model ({recorded}); pass --model {recorded} "
                              "to re-check it", hint="edgekit never imports a file because a manifest names it")
-        return args.model
+        return given.model
     name = _manifest_field(m, "model", "name", (str,), "a zoo model name")
     if not name.isprintable():
         raise ArtifactError(f"artifact.json: manifest field 'model.name' holds control characters: {name!r}")
-    if args.model and args.model not in (name, m.model.get("alias")):
-        console.warn(f"comparing with --model {args.model}; the artifact was exported from '{name}'")
-    return args.model or name
+    if given.model and given.model not in (name, m.model.get("alias")):
+        console.warn(f"comparing with --model {given.model}; the artifact was exported from '{name}'")
+    return given.model or name
 
 
 def _check_source(m: Manifest, ref: str, console) -> None:
@@ -97,9 +97,9 @@ def _check_source(m: Manifest, ref: str, console) -> None:
                      f"was {recorded[:12]}): parity compares the artifact with the model as it is now")
 
 
-def _request_from_manifest(m: Manifest, args, console) -> ExportRequest:
+def _request_from_manifest(m: Manifest, given: ExportRequest, console) -> ExportRequest:
     req = m.request
-    model = _model_for(m, args, console)
+    model = _model_for(m, given, console)
     shape = _manifest_field(m, "model", "input_shape", (list,), "a list of positive integers")
     if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
         raise ArtifactError("artifact.json: manifest field 'model.input_shape' must be a list of positive integers")
@@ -120,46 +120,49 @@ def _request_from_manifest(m: Manifest, args, console) -> ExportRequest:
         if not isinstance(st.meta.get("tolerance", {}), dict):
             raise ArtifactError(f"artifact.json: stages[{i}].meta.tolerance must be an object")
         _check_tolerance(st.meta.get("tolerance", {}), f"stages[{i}].meta.tolerance")
-    weights = args.weights or (req.get("weights") and Path(req["weights"]))
+    weights = given.weights or (req.get("weights") and Path(req["weights"]))
     return ExportRequest(model=model, target=target, precision=precision,
                          input_shape=tuple(shape), weights=weights,
-                         pretrained=bool(req.get("pretrained")), calib=args.calib or req.get("calib"),
-                         samples=args.samples or samples, dynamic_batch=bool(req.get("dynamic_batch")),
-                         tolerance=tol, threads=args.threads, device=args.device)
+                         pretrained=bool(req.get("pretrained")), calib=given.calib or req.get("calib"),
+                         samples=given.samples or samples, dynamic_batch=bool(req.get("dynamic_batch")),
+                         tolerance=tol, threads=given.threads, device=given.device)
 
 
-def _bare_onnx(args) -> tuple[Manifest, ExportRequest]:
+def _bare_onnx(path: Path, given: ExportRequest) -> tuple[Manifest, ExportRequest]:
     from exporters.onnx import load_onnx
 
-    model = load_onnx(args.artifact)  # a corrupt file is an ArtifactError (exit 2)
-    if not args.model:
+    model = load_onnx(path)  # a corrupt file is an ArtifactError (exit 2)
+    if not given.model:
         raise UsageError("a bare ONNX file needs --model NAME to know what to compare it with")
-    shape = args.input_shape
+    shape = given.input_shape
     if shape is None:
         dims = model.graph.input[0].type.tensor_type.shape.dim
         shape = tuple(d.dim_value or 1 for d in dims)
     inp = InputSpec(model.graph.input[0].name, tuple(shape))
-    art = Artifact(path=args.artifact.resolve(), stage="onnx", format="onnx", precision="fp32", target="onnx",
+    art = Artifact(path=path.resolve(), stage="onnx", format="onnx", precision="fp32", target="onnx",
                    inputs=(inp,), outputs=tuple(o.name for o in model.graph.output))
-    req = ExportRequest(model=args.model, input_shape=tuple(shape), weights=args.weights, calib=args.calib,
-                        samples=args.samples, threads=args.threads)
+    req = ExportRequest(model=given.model, input_shape=tuple(shape), weights=given.weights, calib=given.calib,
+                        samples=given.samples, threads=given.threads)
     return Manifest(model={}, request=req.to_dict(), stages=[art]), req
 
 
-def recheck(args, console) -> tuple[list, Any]:
+def recheck(artifact: Path, given: ExportRequest, console) -> tuple[list, Any]:
+    """Re-run parity for an artifact folder (or one ONNX file) against PyTorch. ``given`` holds
+    what the user passed (``edgekit parity`` flags: model, weights, calib, samples, threads,
+    device, localize, arch options); everything else comes from the verified manifest."""
     from .parity import reference_outputs, run_parity
     from .pipeline import parity_feeds, resolve, stage_device, tolerance_fn
     from .targets import get_target
     from .torch_runner import TorchRunner, fp32_rounding_error
 
-    path = Path(args.artifact)
+    path = Path(artifact)
     if path.is_file() and path.suffix == ".onnx":
-        manifest, request = _bare_onnx(args)
+        manifest, request = _bare_onnx(path, given)
     else:
         manifest = Manifest.read(path)
         if not manifest.stages:
             raise ArtifactError(f"{path} has no stages to re-check (a --dry-run manifest?)", hint="re-export it")
-        request = _request_from_manifest(manifest, args, console)
+        request = _request_from_manifest(manifest, given, console)
     manifest.verify()  # sha256 of every stage, and every stage inside the folder, before any work
     res = resolve(request, console)
     if res.user_ref and manifest.root is not None:
@@ -173,15 +176,15 @@ def recheck(args, console) -> tuple[list, Any]:
         reference = TorchRunner(res.model, res.inputs, manifest.stages[0].outputs)
         pairs = reference_outputs(reference, feeds.heldout)
         comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
-    if getattr(args, "arch", None):
+    if given.arch:
         from .arm.compare import hook as arm_hook
 
-        comps += arm_hook(manifest.stages, pairs, tol, args, console, feeds.heldout.source)
+        comps += arm_hook(manifest.stages, pairs, tol, given, console, feeds.heldout.source)
     from .verdict import apply_yardstick
 
     apply_yardstick(comps, (manifest.reports or {}).get("reference_stability"))  # the export's measured yardstick
     localization = None
-    if args.localize:
+    if given.localize:
         onnx_stages = [s for s in manifest.stages if s.format == "onnx"]
         if len(onnx_stages) < 2:
             raise UsageError("--localize needs a float ONNX stage and a second ONNX stage to compare it with")

@@ -129,16 +129,16 @@ def precheck(request) -> None:
     usable_userland(runtime_for(fmt))
 
 
-def hook(stages: Sequence[Artifact], pairs, tolerance, request_or_args, console, source: str = "") -> list[Comparison]:
-    """What export / parity call after their own parity: [] unless ``--arch aarch64``."""
-    arch = getattr(request_or_args, "arch", None)
+def hook(stages: Sequence[Artifact], pairs, tolerance, request, console, source: str = "") -> list[Comparison]:
+    """What export / parity call after their own parity: [] unless ``request.arch`` is aarch64
+    (``request``: the ``ExportRequest`` of the export, or what ``edgekit parity`` was given)."""
+    arch = request.arch
     if not arch or arch in ("x86_64", "host"):
         return []
     if arch != "aarch64":
         from ..errors import UsageError
 
         raise UsageError(f"unknown --arch '{arch}'", hint="use --arch aarch64")
-    return arm_rows(stages, pairs, tolerance, cpus=parse_cpus(getattr(request_or_args, "arm_cpus", None)),
-                    samples=getattr(request_or_args, "arm_samples", None),
-                    threads=getattr(request_or_args, "threads", None), source=source,
+    return arm_rows(stages, pairs, tolerance, cpus=parse_cpus(request.arm_cpus or None),
+                    samples=request.arm_samples, threads=request.threads, source=source,
                     log=console.info, step=console.step)

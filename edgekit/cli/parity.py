@@ -35,10 +35,14 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edgekit.console import Console
+    from edgekit.contracts import ExportRequest
     from edgekit.recheck import recheck
 
     console = Console(quiet=args.quiet)
-    comps, localization = recheck(args, console)
+    given = ExportRequest(model=args.model or "", input_shape=args.input_shape, weights=args.weights, calib=args.calib,
+                          samples=args.samples, threads=args.threads, device=args.device, localize=args.localize,
+                          arch=args.arch, arm_cpus=tuple(args.arm_cpus or ()), arm_samples=args.arm_samples)
+    comps, localization = recheck(args.artifact, given, console)
     from edgekit.parity import parity_table
 
     console.print(parity_table(comps))
