@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from calibration.feeds import ImageFeeds, crops  # noqa: E402
+from edgekit.feeds import ImageFeeds, crops  # noqa: E402
 from edgekit.images import bundled_photos, split_images  # noqa: E402
 from edgekit.models import create_model, get_spec  # noqa: E402
 from edgekit.specs import InputSpec, Preprocess  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.feeds import ImageFeeds, crops, photo_feeds
+from edgekit.feeds import ImageFeeds, crops, photo_feeds
 from edgekit.compare import OutputScore
 from edgekit.specs import InputSpec, Preprocess
 
@@ -35,7 +35,7 @@ class ListFeeds(list):
         self.source = source
 
     @property
-    def count(self) -> int:  # shadows list.count: calibration.feeds.feeds_info reads it
+    def count(self) -> int:  # shadows list.count: edgekit.feeds.feeds_info reads it
         return len(self)
 
 

@@ -89,7 +89,7 @@ def latency(args, work: Path, console) -> list[dict]:
 
 def _context(name: str, target: str, precision: str, res: int | None, heldout: int, calib: int,
              pretrained: bool = False, options: dict | None = None):
-    from calibration.feeds import photo_feeds
+    from edgekit.feeds import photo_feeds
     from edgekit.contracts import ExportContext, ExportRequest
     from edgekit.models.build import build
     from edgekit.models.registry import get_spec

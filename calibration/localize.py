@@ -16,9 +16,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgekit.compare import cosine, sqnr_db
+from edgekit.feeds import take
 
 from . import graph as g
-from .feeds import take
 
 DEFAULT_THRESHOLD_DB = 20.0
 

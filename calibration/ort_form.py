@@ -48,8 +48,9 @@ from typing import Iterable
 
 import numpy as np
 
+from edgekit.feeds import take
+
 from . import graph as g
-from .feeds import take
 from .ort_activations import integer_activations, swish_points
 from .ort_channels import pad_depthwise_channels, pad_input_channels, pools_as_depthwise
 from .ort_gates import full_size_gates

@@ -30,13 +30,13 @@ import numpy as np
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.compare import Comparison, Tolerance
 from edgekit.errors import CalibrationError, UsageError
+from edgekit.feeds import feeds_fingerprint, feeds_info, take
 
 from . import gate as gate_mod
 from . import graph as g
 from . import equalize as eq
 from . import methods, qdq, ranges
 from .cache import CalibrationCache, make_key
-from .feeds import feeds_fingerprint, feeds_info, take
 from .weights import calibrate_weights
 from .sensitivity import rank_layers
 from .stats import collect

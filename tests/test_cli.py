@@ -70,7 +70,7 @@ def test_export_mobilenet_v3_onnx_end_to_end(demo):
 def test_exported_onnx_matches_the_zoo_model_independently(demo):
     import onnxruntime as ort
 
-    from calibration.feeds import bundled_photos, load_image
+    from edgekit.feeds import bundled_photos, load_image
     from edgekit import create_model, get_spec
 
     out, proc = demo

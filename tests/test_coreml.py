@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("coremltools", reason="the Core ML target needs coremltools (pip install 'edgekit[coreml]')")
 
-from calibration.feeds import photo_feeds  # noqa: E402
+from edgekit.feeds import photo_feeds  # noqa: E402
 from edgekit.compare import Tolerance, tolerance_for  # noqa: E402
 from edgekit.contracts import ExportContext, ExportRequest  # noqa: E402
 from edgekit.errors import UsageError  # noqa: E402

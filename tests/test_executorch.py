@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("executorch.runtime")
 pytest.importorskip("executorch.exir")
 
-from calibration.feeds import photo_feeds  # noqa: E402
+from edgekit.feeds import photo_feeds  # noqa: E402
 from edgekit.artifact import Artifact  # noqa: E402
 from edgekit.compare import ROUNDING_FACTOR, Comparison, tolerance_for  # noqa: E402
 from edgekit.contracts import ExportContext, ExportRequest  # noqa: E402

@@ -48,3 +48,19 @@ def test_exporters_and_calibration_import_backends_lazily():
     offenders = {str(p.relative_to(ROOT)): _top_level_imports(p) & set(HEAVY)
                  for d in ("exporters", "calibration", "edgekit") for p in (ROOT / d).rglob("*.py")}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_an_fp32_export_never_imports_calibration(tmp_path):
+    """Photo feeds live in edgekit (edgekit/feeds.py): an FP32 export and its parity check run
+    without the calibration package (issue 22)."""
+    out = tmp_path / "out"
+    mods = _modules_after(
+        "from pathlib import Path\n"
+        "from edgekit.console import Console\n"
+        "from edgekit.contracts import ExportRequest\n"
+        "from edgekit.pipeline import export\n"
+        f"r = export(ExportRequest(model='lenet5', target='onnx', out=Path({str(out)!r}), bench=False, samples=4), "
+        "Console(quiet=True))\n"
+        "assert r.passed, r.manifest.parity")
+    assert (out / "artifact.json").is_file()
+    assert "edgekit.feeds" in mods and not {m for m in mods if m.split(".")[0] == "calibration"}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from calibration.feeds import photo_feeds
+from edgekit.feeds import photo_feeds
 from calibration.quantize import quantize_int8
 from calibration.torch_transfer import read_qdq, transfer
 from edgekit.compare import Tolerance

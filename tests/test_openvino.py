@@ -18,7 +18,7 @@ pytest.importorskip("nncf", reason="OpenVINO INT8 needs nncf (pip install 'edgek
 
 import torch  # noqa: E402
 
-from calibration.feeds import photo_feeds  # noqa: E402
+from edgekit.feeds import photo_feeds  # noqa: E402
 from calibration.quantize import Int8Options, quantize_int8  # noqa: E402
 from edgekit.artifact import Artifact  # noqa: E402
 from edgekit.compare import Comparison, tolerance_for  # noqa: E402

@@ -11,7 +11,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from calibration.feeds import photo_feeds
+from edgekit.feeds import photo_feeds
 from calibration.gate import run_outputs, score
 from calibration.ort_form import build_ort_int8
 from calibration.quantize import quantize_int8

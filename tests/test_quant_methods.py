@@ -13,7 +13,7 @@ from torch import nn
 from calibration import equalize as eq
 from calibration import graph as g
 from calibration import methods, qdq, ranges
-from calibration.feeds import photo_feeds, take
+from edgekit.feeds import photo_feeds, take
 from calibration.stats import collect
 from calibration.weights import calibrate_weights
 from edgekit.specs import InputSpec, Preprocess

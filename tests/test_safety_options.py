@@ -349,7 +349,7 @@ def test_16bit_png_is_scaled_not_clipped(tmp_path):
 def test_calibration_folder_gets_one_warning_naming_converted_and_skipped(tmp_path):
     from PIL import Image
 
-    from calibration.feeds import photo_feeds
+    from edgekit.feeds import photo_feeds
     from edgekit.specs import InputSpec, Preprocess
 
     for i in range(4):

@@ -91,13 +91,13 @@ def test_same_name_same_weights():
 
 @pytest.fixture(scope="module")
 def photos():
-    from calibration.feeds import bundled_photos
+    from edgekit.feeds import bundled_photos
 
     return bundled_photos()[:2]
 
 
 def _inputs(spec, photos):
-    from calibration.feeds import load_image
+    from edgekit.feeds import load_image
 
     return np.stack([load_image(p, spec.preprocess, spec.input.shape[2:]) for p in photos]).astype(np.float32)
 

@@ -178,7 +178,7 @@ def test_lite_stride2_convs_pad_like_tensorflow_same(size, kernel):
 
 @pytest.fixture(scope="module")
 def lite0_probs():
-    from calibration.feeds import PHOTOS_DIR, load_image
+    from edgekit.feeds import PHOTOS_DIR, load_image
 
     spec = get_spec("efficientnet_lite0")
     model = create_model("efficientnet_lite0", pretrained=True)
@@ -261,7 +261,7 @@ def test_lite1_lite2_weights_map_every_packaged_key(n, count):
 @pytest.fixture(scope="module")
 def lite_top1():
     """Top-1 and its probability of pretrained Lite0/1/2 on three unambiguous photos."""
-    from calibration.feeds import PHOTOS_DIR, load_image
+    from edgekit.feeds import PHOTOS_DIR, load_image
 
     out = {}
     for n in (0, 1, 2):
