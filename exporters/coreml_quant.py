@@ -219,7 +219,11 @@ def _match_shared_graph(prepared, layers: dict[str, LayerWeights]) -> tuple[int,
     import torch
 
     by_weight = {weight_fingerprint(lw.weight): lw for lw in layers.values() if lw.input_clip}
-    mods = dict(prepared.named_modules())
+
+    def module(node):
+        # get_submodule, not named_modules(): a fake quant shared by two ops (an average pool's
+        # input and output) is registered under two names and named_modules() lists it once
+        return prepared.get_submodule(node.target) if node.op == "call_module" else None
 
     def clip_of(node) -> float | None:
         clips, stack, seen = [], list(node.users), set()
@@ -228,7 +232,7 @@ def _match_shared_graph(prepared, layers: dict[str, LayerWeights]) -> tuple[int,
             if user in seen or user.op != "call_module":
                 continue
             seen.add(user)
-            mod = mods.get(user.target)
+            mod = module(user)
             weight = getattr(mod, "weight", None)
             if isinstance(weight, torch.Tensor) and weight.ndim >= 2:
                 lw = by_weight.get(weight_fingerprint(weight))
@@ -238,9 +242,10 @@ def _match_shared_graph(prepared, layers: dict[str, LayerWeights]) -> tuple[int,
                 stack.extend(user.users)
         return max(clips) if clips else None
 
-    clipped, removed = 0, 0
+    kept: dict[int, tuple[Any, list[float]]] = {}
+    removed = 0
     for node in list(prepared.graph.nodes):
-        fq = mods.get(node.target) if node.op == "call_module" else None
+        fq = module(node)
         obs = getattr(fq, "activation_post_process", None)
         if obs is None or getattr(obs, "ch_axis", -1) != -1 or not hasattr(obs, "min_val") or obs.min_val.numel() != 1:
             continue
@@ -249,16 +254,18 @@ def _match_shared_graph(prepared, layers: dict[str, LayerWeights]) -> tuple[int,
             node.replace_all_uses_with(node.args[0])
             prepared.graph.erase_node(node)
             removed += 1
-            continue
-        obs.min_val.clamp_(min=-clip)
-        obs.max_val.clamp_(max=clip)
+        else:
+            kept.setdefault(id(fq), (fq, []))[1].append(clip)
+    for fq, clips in kept.values():  # a shared fake quant takes the widest clip of the tensors it still quantizes
+        obs = fq.activation_post_process
+        obs.min_val.clamp_(min=-max(clips))
+        obs.max_val.clamp_(max=max(clips))
         scale, zero = fq.calculate_qparams()
         fq.scale.resize_(scale.shape).copy_(scale)
         fq.zero_point.resize_(zero.shape).copy_(zero)
-        clipped += 1
     if removed:
         prepared.recompile()
-    return clipped, removed
+    return len(kept), removed
 
 
 def quantize_weights(mlmodel) -> tuple[Any, dict[str, Any]]:

@@ -3,6 +3,8 @@
 is the range the program quantizes with. Pretrained Lite0/1/2 figures: docs/mobile.md."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,3 +81,43 @@ def test_the_program_quantizes_with_the_pinned_range():
     # three observed tensors now span at most [-0.01, 0.01] (255 steps), the others keep their range
     tight = [s for s in scales(narrow) if s <= 0.02 / 255 * (1 + 1e-6)]
     assert len(tight) >= 3 and len([s for s in scales(wide) if s <= 0.02 / 255 * (1 + 1e-6)]) == 0, scales(narrow)
+
+
+class SENet(nn.Module):
+    """conv → ReLU → squeeze-excite (average pool → 1x1 fc → sigmoid → scale) → conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        gate = torch.sigmoid(self.fc(F.adaptive_avg_pool2d(x, 1)))
+        return self.head(x * gate)
+
+
+def test_an_observer_shared_with_a_feature_map_is_not_pinned_to_the_pooled_clip():
+    """XNNPACK's quantizer gives an average pool its input's observer. Pinning it to the clip of
+    the layer that reads the pooled vector would saturate the feature map too (untrained
+    MobileNetV3 fell to 0.5 dB from the shared graph), so that observer keeps its range."""
+    pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
+    from edgekit.specs import InputSpec
+    from exporters import executorch_quant as eq
+    from exporters.executorch_ranges import observer_consumers
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    torch.manual_seed(0)
+    inp = InputSpec("input", (1, 3, 16, 16))
+    feeds = [{"input": torch.randn(4, 3, 16, 16).numpy()} for _ in range(4)]
+    cal = eq.calibrate(SENet().eval(), (inp,), feeds, 16, True)
+    prepared = prepare_pt2e(copy.deepcopy(cal.graph), eq.make_quantizer(True, []))
+    shared = [t for t in observer_consumers(prepared).values() if len(t) > 1]
+    assert any(any("fc" in r for r in readers) for t in shared for readers in t), observer_consumers(prepared)
+    cal.ranges = {"fc": 1e-3}
+    cal.convert([])
+    assert cal.pinned == 0, cal.pinned  # the fc's input observer is the feature map's: left alone
+    cal.ranges = {"fc": 1e-3, "head": 1e-3}
+    cal.convert([])
+    assert cal.pinned >= 1, cal.pinned  # the scaled map feeds only the head: pinned
