@@ -36,6 +36,7 @@ class LayerWeights:
     scales: np.ndarray | None       # per-output-channel scales; None: the layer stays float
     int8: np.ndarray | None = None
     input_clip: float | None = None  # edgekit's symmetric clip (127 × scale) of the input; None: float input
+    node: str = ""                   # the ONNX node's name (the calibration's sensitivity ranking uses it)
 
     @property
     def quantized(self) -> bool:
@@ -83,6 +84,7 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
             continue
         if layer.module:
             layer.input_clip = input_clip(node) if layer.quantized else None
+            layer.node = node.name
             layers[layer.module] = layer
     return layers
 

@@ -132,7 +132,7 @@ def _edgekit_float_layers(ctx: ExportContext, cal, layers, tol: Tolerance, selec
     meta["activation_ranges"] = {"pinned_to_edgekit": getattr(cal, "pinned", 0), "layers_with_range": len(cal.ranges)}
     options = (ctx.source.meta or {}).get("options") or {}
     budget = int(round(float(options.get("max_float_fraction", 0.2)) * len(weighted)))
-    ranking = [by_path[p] for p in er.sensitivity_order(ctx.source) if p in by_path]
+    ranking = [by_path[p] for p in er.sensitivity_order(ctx.source, layers) if p in by_path]
     candidates = [n for n in ranking if n not in float_nodes]
     if not tol.assessed or not candidates or len(float_nodes) >= budget:
         return module, float_nodes
@@ -153,7 +153,7 @@ def _edgekit_float_layers(ctx: ExportContext, cal, layers, tol: Tolerance, selec
     ok = passes(module, len(float_nodes))
     while not ok and candidates and len(float_nodes) < budget:
         nxt, *candidates = candidates
-        grown, extra, blocked = er.float_closure(cal.graph, [*float_nodes, nxt], weighted)
+        grown, _, blocked = er.float_closure(cal.graph, [*float_nodes, nxt], weighted)
         if blocked or len(grown) > budget:
             continue
         float_nodes = grown

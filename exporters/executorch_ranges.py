@@ -23,7 +23,6 @@ and edgekit's ranges 24.7 dB (docs/mobile.md has the exported figures).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -31,39 +30,29 @@ import numpy as np
 
 def input_ranges(layers: dict[str, Any]) -> dict[str, float]:
     """Module path → edgekit's clip of the tensor the layer reads (``LayerWeights.input_clip``)."""
-    return {path: lw.input_clip for path, lw in layers.items() if getattr(lw, "input_clip", None)}
+    return {path: lw.input_clip for path, lw in layers.items() if lw.input_clip}
 
 
-def sensitivity_order(source: Any) -> list[str]:
-    """Module paths of the shared graph's weighted layers, most INT8-sensitive first (the
-    calibration's per-layer SQNR ranking, ``meta["sensitivity"]``)."""
-    import onnx
-
-    from calibration.qdq import INT8_SUFFIX
-
+def sensitivity_order(source: Any, layers: dict[str, Any]) -> list[str]:
+    """Module paths of the Q/DQ stage's weighted layers, most INT8-sensitive first: the
+    calibration's per-layer SQNR ranking (``source.meta["sensitivity"]``, by ONNX node), named
+    through ``layers`` (:func:`calibration.torch_transfer.read_qdq` of the same stage)."""
+    by_node = {lw.node: path for path, lw in layers.items() if lw.node}
     ranking = (getattr(source, "meta", None) or {}).get("sensitivity") or []
-    if not ranking:
-        return []
-    model = onnx.load(str(source.path), load_external_data=False)
-    prod = {o: n for n in model.graph.node for o in n.output}
-    by_node: dict[str, str] = {}
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
-            w = node.input[1]
-            dq = prod.get(w)
-            name = dq.input[0] if dq is not None and dq.op_type == "DequantizeLinear" else w
-            by_node[node.name] = name.removesuffix(INT8_SUFFIX).removesuffix(".weight")
     ranked = sorted((r for r in ranking if r.get("node") in by_node), key=lambda r: r.get("sqnr_db", 0.0))
     return [by_node[r["node"]] for r in ranked]
 
 
-def _passthrough():
+def _ops():
+    """(clamps a weighted layer's output passes through, pads, weighted ops): PT2E's op sets
+    (:func:`exporters.executorch_quant._targets`) with ``relu6``, which ``F.relu6`` exports to."""
     import torch
 
+    from .executorch_quant import _targets
+
     aten = torch.ops.aten
-    return {aten.hardtanh.default, aten.hardtanh_.default, aten.relu.default, aten.relu_.default,
-            aten.relu6.default}, \
-        {aten.pad.default, aten.constant_pad_nd.default}
+    clamps, weighted = _targets()
+    return clamps | {aten.relu6.default}, {aten.pad.default, aten.constant_pad_nd.default}, weighted
 
 
 def float_closure(gm, wanted: Iterable[str], weighted: Sequence[Any]) -> tuple[list[str], list[str], list[str]]:
@@ -72,7 +61,7 @@ def float_closure(gm, wanted: Iterable[str], weighted: Sequence[Any]) -> tuple[l
     A wanted layer is runnable in float when its input reaches it without a pad, or through a
     pad from the graph input or from a layer that is float too; in the last case the producer
     (itself runnable) is added."""
-    clamps, pads = _passthrough()
+    clamps, pads, _ = _ops()
     names = {n.name: n for n in weighted}
     wanted = [n for n in wanted if n in names]
     chosen: set[str] = set()
@@ -117,12 +106,9 @@ def observer_consumers(prepared) -> dict[int, list[set[str]]]:
     """id(observer module) → for each tensor it observes (a module shared by a spec such as an
     average pool's input and output observes several), the module paths of the weighted layers
     that read that tensor, through pads and further observers."""
-    import torch
-
-    aten = torch.ops.aten
-    _, pads = _passthrough()
-    weighted = {aten.conv1d.default, aten.conv2d.default, aten.convolution.default, aten.linear.default}
     from .executorch_quant import module_path
+
+    _, pads, weighted = _ops()
 
     out: dict[int, list[set[str]]] = {}
     for node in prepared.graph.nodes:

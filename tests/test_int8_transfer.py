@@ -48,6 +48,13 @@ def test_read_qdq_names_layers_by_torch_module(qdq):
     assert len(floats) == len(art.meta["float_layers"]) == 1, (floats, art.meta["float_layers"])
     for name, lw in layers.items():
         assert (lw.input_clip is not None and lw.input_clip > 0) == lw.quantized, (name, lw.input_clip)
+    # the calibration's sensitivity ranking (by ONNX node) named by torch module, worst first
+    from exporters.executorch_ranges import sensitivity_order
+
+    ranking = sorted(art.meta["sensitivity"], key=lambda r: r["sqnr_db"])
+    by_node = {lw.node: k for k, lw in layers.items()}
+    assert ranking and sensitivity_order(art, layers) == [by_node[r["node"]] for r in ranking if r["node"] in by_node]
+    assert len(sensitivity_order(art, layers)) == len(ranking), (ranking, by_node)
     for name, lw in int8_layers(layers).items():
         assert lw.int8.dtype == np.int8 and np.abs(lw.int8).max() <= 127
         axes = (slice(None),) + (None,) * (lw.weight.ndim - 1)
