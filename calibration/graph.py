@@ -165,6 +165,37 @@ def quant_targets(model) -> list[QuantTarget]:
     return out
 
 
+NONNEG_SOURCES = ("Relu", "Sigmoid", "HardSigmoid", "Softmax")
+NONNEG_PASS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Squeeze",
+               "Unsqueeze", "Transpose", "Identity", "ReduceMean", "ReduceMax", "Concat", "Mul")
+
+
+def nonnegative_tensors(model) -> set[str]:
+    """Tensors that are never negative for any input, by construction of the graph: outputs of
+    ReLU, ``Clip(lo >= 0, ...)`` and the gates, and what pools, reshapes, concatenates or
+    multiplies only such tensors. The calibration data play no part (a tensor merely *seen*
+    non-negative could go negative on another photo)."""
+    inits = initializers(model)
+    nonneg: set[str] = set()
+    for n in model.graph.node:  # topological order (ONNX requires it)
+        op = n.op_type
+        if op in NONNEG_SOURCES:
+            ok = True
+        elif op == "Clip":
+            lo = attr(n, "min", None)
+            if len(n.input) > 1 and n.input[1]:
+                lo = float(to_array(inits[n.input[1]])) if n.input[1] in inits else None
+            ok = lo is not None and float(lo) >= 0
+        elif op in NONNEG_PASS:
+            data = [i for i in n.input[:1]] if op not in ("Concat", "Mul") else [i for i in n.input if i]
+            ok = bool(data) and all(i in nonneg or (i in inits and (to_array(inits[i]) >= 0).all()) for i in data)
+        else:
+            ok = False
+        if ok:
+            nonneg.add(n.output[0])
+    return nonneg
+
+
 def float_tensors(model) -> set[str]:
     """Names of tensors known (after shape inference) to be float32."""
     onnx = onnx_mod()

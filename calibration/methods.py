@@ -22,6 +22,7 @@ from .stats import TensorStats
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 QMAX = 127
+UQMAX = 255   # an unsigned (uint8, zero point 0) activation: 255 steps of threshold / 255
 
 
 def check_method(method: str) -> str:
@@ -45,8 +46,21 @@ def threshold(stats: TensorStats, method: str, percentile: float = 99.99) -> flo
     return _mse(stats)
 
 
-def scale_for(t: float) -> float:
-    return float(max(t, 1e-12) / QMAX)
+def scale_for(t: float, unsigned: bool = False) -> float:
+    return float(max(t, 1e-12) / (UQMAX if unsigned else QMAX))
+
+
+def qbounds(unsigned: bool) -> tuple[int, int]:
+    """The integer range of an activation: signed int8, or uint8 for a tensor that is never negative."""
+    return (0, UQMAX) if unsigned else (-QMAX - 1, QMAX)
+
+
+def fake_quant(x, scale: float, unsigned: bool = False):
+    """``x`` (a torch tensor) rounded on the activation grid of ``scale``."""
+    import torch
+
+    lo, hi = qbounds(unsigned)
+    return torch.clamp(torch.round(x / scale), lo, hi) * scale
 
 
 def _percentile(stats: TensorStats, p: float) -> float:

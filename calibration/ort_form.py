@@ -92,6 +92,9 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     for q in act_q:
         t, sname, zname = q.input[0], q.input[1], q.input[2]
         zp = g.to_array(inits[zname])
+        if zp.dtype == np.uint8 and not zp.any() and zp.ndim == 0:
+            unsigned += 1  # the shared graph already holds it as uint8 (a tensor that is never negative)
+            continue
         if zp.dtype != np.int8 or zp.any() or zp.ndim != 0:
             continue  # not the shared graph's symmetric per-tensor form: leave it
         scale = float(g.to_array(inits[sname]))

@@ -4,8 +4,14 @@ Form (TensorRT "Working with Quantized Types" / "Explicit Quantization",
 https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/work-quantized-types.html
 and .../quantized-types-explicit-quantization.html):
 
-* symmetric INT8 only: every zero point is 0, activations in [-128, 127], weights in
-  [-127, 127] (signed INT8, scale > 0);
+* every zero point is 0; weights signed INT8 in [-127, 127]; activations signed INT8 in
+  [-128, 127] (scale > 0). That is the form TensorRT accepts. For other runtimes a
+  tensor that the graph proves never negative (a ReLU / ReLU6 / gate output, and what
+  pools or reshapes it: :func:`calibration.graph.nonnegative_tensors`) may instead be
+  ``uint8`` with zero point 0, listed in ``QdqPlan.unsigned``: the same threshold on 255
+  steps instead of 127, which halves the rounding step of most activations of a ReLU
+  network (ONNX Runtime's and NNCF's own choice for such tensors). TensorRT exports
+  calibrate with ``Int8Options(unsigned=False)``;
 * weights pre-quantized: an INT8 initializer followed by a ``DequantizeLinear`` with
   per-channel scales on the output-channel axis (K = axis 0 for Conv; the output
   column axis for Gemm / MatMul);
@@ -45,6 +51,7 @@ class QdqPlan:
     weight_scales: dict[str, np.ndarray] = field(default_factory=dict)  # weight name -> fixed per-channel scales
     residual: bool = True
     per_channel: bool = True   # False: one scale per weight tensor (a naive baseline)
+    unsigned: set[str] = field(default_factory=set)  # activations held as uint8 (zero point 0)
 
     def quantized(self) -> list[QuantTarget]:
         return [t for t in self.targets if t.node not in self.float_nodes]
@@ -105,8 +112,9 @@ def build(model, plan: QdqPlan):
             return act_dq[t]
         base = g.safe_name(t)
         sname, zname = f"{base}_qscale", f"{base}_qzero"
+        zdtype = np.uint8 if t in plan.unsigned else np.int8
         new_inits.extend([nh.from_array(np.asarray(plan.act_scales[t], np.float32), sname),
-                          nh.from_array(np.asarray(0, np.int8), zname)])
+                          nh.from_array(np.asarray(0, zdtype), zname)])
         q = helper.make_node("QuantizeLinear", [t, sname, zname], [f"{base}_quantized"], name=f"{base}_QuantizeLinear")
         dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", sname, zname], [dequantized_name(t)],
                               name=f"{base}_DequantizeLinear")

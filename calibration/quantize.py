@@ -42,7 +42,7 @@ from .sensitivity import rank_layers
 from .stats import collect
 
 Feeds = Iterable[dict[str, np.ndarray]]
-CACHE_VERSION = 3  # 3: biases on the accumulator grid, the SQNR target (2026-12-04)
+CACHE_VERSION = 4  # 3: biases on the accumulator grid, the SQNR target; 4: uint8 activations (2026-12-04)
 DEFAULT_METHOD = "auto"
 
 
@@ -77,6 +77,7 @@ class Int8Options:
     equalize_relu6: bool = False    # data-aware ReLU6 scaling: exact on calibration only (equalize.py)
     absorb_bias: bool = False       # likewise
     range_feeds: int = 8
+    unsigned: bool = True           # uint8 activations where the graph proves them >= 0 (qdq.py); False: TensorRT
 
     def __post_init__(self):
         methods.check_method(self.method)
@@ -158,12 +159,14 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     # 2-3. ranges, weight rounding, bias correction
     t0 = time.perf_counter()
     range_choices: dict[str, str] = {}
+    unsigned = g.nonnegative_tensors(model) & set(tensors) if options.unsigned else set()
     if options.method == "auto":
-        picked, range_choices = ranges.select(model, targets, stats, calib, max_feeds=options.range_feeds)
-        act_scales = {t: methods.scale_for(th) for t, th in picked.items()}
+        picked, range_choices = ranges.select(model, targets, stats, calib, max_feeds=options.range_feeds,
+                                              unsigned=unsigned)
     else:
-        act_scales = _scales(stats, tensors, options.method, options.percentile)
-    plan = qdq.QdqPlan(targets, act_scales, residual=options.residual)
+        picked = {t: methods.threshold(stats[t], options.method, options.percentile) for t in tensors}
+    act_scales = {t: methods.scale_for(th, t in unsigned) for t, th in picked.items()}
+    plan = qdq.QdqPlan(targets, act_scales, residual=options.residual, unsigned=unsigned)
     choices = calibrate_weights(model, plan, calib, max_feeds=options.weight_feeds, gptq=options.gptq,
                                 bias_correction=options.bias_correction, ls_target=options.ls_target,
                                 progress=_step(progress, "weights"))
@@ -276,7 +279,8 @@ def _meta(model, targets, plan, options, stats, choices, first, final, steps, ra
         "method": options.method,
         "options": options.to_dict(),
         "scheme": {"weights": "int8 symmetric per-channel (axis: output channels)", "activations":
-                   "int8 symmetric per-tensor", "zero_point": 0, "qdq_placement": "inputs of Conv/Gemm/MatMul",
+                   "per-tensor, zero point 0: uint8 where never negative, else int8" if plan.unsigned
+                   else "int8 symmetric per-tensor", "zero_point": 0, "qdq_placement": "inputs of Conv/Gemm/MatMul",
                    "residual_add_inputs_quantized": options.residual, "bias": "float"},
         "calibration": {**calib_info, "fingerprint": calib_fp, "statistics_samples":
                         min(calib_info["samples"], options.stats_feeds)},
@@ -286,7 +290,9 @@ def _meta(model, targets, plan, options, stats, choices, first, final, steps, ra
                    "int8_conv_fraction": round(1 - len(float_convs) / len(convs), 4) if convs else None},
         "float_layers": sorted(plan.float_nodes),
         "weight_rounding": {"counts": rounding, "gptq_layers": gptq_layers, "bias_corrected": len(plan.biases)},
-        "activation_ranges": {t: round(s * methods.QMAX, 6) for t, s in sorted(plan.act_scales.items())},
+        "activation_ranges": {t: round(s * (methods.UQMAX if t in plan.unsigned else methods.QMAX), 6)
+                              for t, s in sorted(plan.act_scales.items())},
+        "unsigned_activations": sorted(plan.unsigned),
         "gate": {"tolerance": options.gate.to_dict(), "top1_gated": options.gate.top1 is not None,
                  "passed": bool(final), "before": gate_mod.summary(first), "after": gate_mod.summary(final),
                  "fallback": steps},

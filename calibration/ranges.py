@@ -69,8 +69,10 @@ def candidates(stats: TensorStats) -> dict[str, float]:
 
 
 def select(model, targets, stats: dict[str, TensorStats], feeds: Iterable[dict[str, np.ndarray]],
-           max_feeds: int = 8) -> tuple[dict[str, float], dict[str, str]]:
-    """(tensor → threshold, tensor → chosen candidate) for every activation in ``targets``."""
+           max_feeds: int = 8, unsigned: frozenset[str] | set[str] = frozenset()
+           ) -> tuple[dict[str, float], dict[str, str]]:
+    """(tensor → threshold, tensor → chosen candidate) for every activation in ``targets``;
+    a tensor in ``unsigned`` is scored on the uint8 grid it will have."""
     tensors = sorted({t.activation for t in targets})
     thresholds: dict[str, float] = {}
     chosen: dict[str, str] = {}
@@ -96,7 +98,7 @@ def select(model, targets, stats: dict[str, TensorStats], feeds: Iterable[dict[s
             if bound is not None:
                 cands = {k: min(v, bound) for k, v in cands.items()}
             refs = [op(x) for op in ops[t]]
-            errs = {label: output_error(ops[t], x, th, refs) for label, th in cands.items()}
+            errs = {label: output_error(ops[t], x, th, refs, t in unsigned) for label, th in cands.items()}
             # within TIE of the least error, the widest range: clipping error grows on photos that
             # calibration did not see, rounding error does not
             least = min(errs.values())
@@ -126,11 +128,10 @@ def activations(model, tensors: list[str], feeds) -> dict[str, np.ndarray]:
     return {t: np.concatenate(v, axis=0).astype(np.float32) for t, v in acts.items()}
 
 
-def output_error(ops, x: torch.Tensor, threshold: float, refs=None) -> float:
-    """Relative squared error at the consumers' outputs when ``x`` is rounded on the symmetric
-    INT8 grid of ``threshold`` (summed over consumers)."""
-    s = methods.scale_for(threshold)
-    xq = torch.clamp(torch.round(x / s), -128, 127) * s
+def output_error(ops, x: torch.Tensor, threshold: float, refs=None, unsigned: bool = False) -> float:
+    """Relative squared error at the consumers' outputs when ``x`` is rounded on the INT8 grid
+    of ``threshold`` (signed, or uint8 for an ``unsigned`` tensor; summed over consumers)."""
+    xq = methods.fake_quant(x, methods.scale_for(threshold, unsigned), unsigned)
     refs = refs if refs is not None else [op(x) for op in ops]
     return sum(float(((op(xq) - r) ** 2).sum() / max(float((r ** 2).sum()), 1e-30)) for op, r in zip(ops, refs))
 

@@ -56,14 +56,16 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
         return numpy_helper.to_array(init[name])
 
     def input_clip(node) -> float | None:
-        """127 × the scale of the symmetric int8 Q/DQ pair on the layer's input, if it has one."""
+        """The threshold of the Q/DQ pair on the layer's input, if it has one: 127 × its scale
+        (signed int8) or 255 × its scale (uint8, a tensor that is never negative)."""
         dq = prod.get(node.input[0])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in init:
             return None
         zero = array(dq.input[2]) if len(dq.input) > 2 and dq.input[2] in init else None
-        if zero is not None and (zero.dtype != np.int8 or np.any(zero != 0)):
+        if zero is not None and (zero.dtype not in (np.int8, np.uint8) or np.any(zero != 0)):
             return None
-        return 127.0 * float(array(dq.input[1]).reshape(-1)[0])
+        steps = 255.0 if zero is not None and zero.dtype == np.uint8 else 127.0
+        return steps * float(array(dq.input[1]).reshape(-1)[0])
 
     layers: dict[str, LayerWeights] = {}
     for node in model.graph.node:

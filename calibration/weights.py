@@ -27,6 +27,7 @@ import torch
 from edgekit.feeds import take
 
 from . import graph as g
+from . import methods
 from .layerwise import _broadcast, _patches, _weight_rows, gptq_rows
 from .qdq import W_QMAX, QdqPlan, weight_scales
 
@@ -93,7 +94,8 @@ def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray
                 x = torch.from_numpy(np.array(acts[t.activation], np.float32))
                 s = plan.act_scales.get(t.activation)
                 if t.activation not in rounded:
-                    rounded[t.activation] = torch.clamp(torch.round(x / s), -128, 127) * s if s else x
+                    rounded[t.activation] = (methods.fake_quant(x, s, t.activation in plan.unsigned)
+                                             if s else x)
                 p, ph = _patches(nodes[t.node], x), _patches(nodes[t.node], rounded[t.activation])
                 if p.shape[-1] > MAX_POSITIONS:
                     keep = torch.randperm(p.shape[-1], generator=gen)[:MAX_POSITIONS]

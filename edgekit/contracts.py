@@ -129,6 +129,9 @@ class Exporter:
     extra: ClassVar[str] = "onnx"          # pip extra that installs the backend
     packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions go in the manifest
     options: ClassVar[tuple[Option, ...]] = ()
+    # The runtime takes signed INT8 activations only (TensorRT): the shared Q/DQ graph then holds no
+    # uint8 activation (calibration/qdq.py)
+    signed_activations: ClassVar[bool] = False
 
     def available(self) -> tuple[bool, str]:
         """(True, version) when the backend can run here, else (False, why not)."""

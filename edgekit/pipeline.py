@@ -207,6 +207,7 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
                     d["summary"] = f"top-1 {yard['top1']:.1%}"
         opts = Int8Options(tolerance=calibration_target(gate), gate_top1=trained, fallback=trained,
                            yardstick_top1=None if yard is None else round(yard["top1"], 4),
+                           unsigned=not target.signed_activations,
                            **({"method": request.calib_method} if request.calib_method else {}))
         if feeds.bundled:
             console.warn("calibrating on edgekit's bundled photos: production INT8 needs your own data (--calib DIR)")

@@ -113,6 +113,7 @@ class TensorRTTarget(Exporter):
     source = "onnx"
     extra = "tensorrt"
     packages = ("tensorrt", "onnx")
+    signed_activations = True   # INT8 Q/DQ: zero point 0, signed (tensorrt_qdq.py)
     options = (
         Option("--workspace", "workspace", "TensorRT builder workspace limit in MiB (default: TensorRT's)", type=int),
         Option("--tf32", "tf32", "allow TF32 in FP32 layers (faster on Ampere+, ~1e-3 error; default off)",

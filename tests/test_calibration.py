@@ -176,19 +176,33 @@ def test_each_method_produces_a_runnable_int8_model(tiny, tmp_path, method):
     assert np.isfinite(next(iter(out.values()))).all()
 
 
-def test_qdq_form_is_symmetric_int8_per_channel(tiny, tmp_path):
+@pytest.mark.parametrize("unsigned", [True, False], ids=["default", "tensorrt"])
+def test_qdq_form_is_symmetric_int8_per_channel(tiny, tmp_path, unsigned):
+    """Zero point 0 everywhere; an activation the graph proves non-negative (a ReLU output) is
+    uint8 by default and signed int8 in TensorRT's form (``unsigned=False``); the input is int8."""
     src, fs = tiny
     art = quantize_int8(src, tmp_path / "q.onnx", fs.calib, fs.heldout,
-                        fast(baselines=True, cache_dir=tmp_path / "cache"), log=lambda m: None)
+                        fast(baselines=True, cache_dir=tmp_path / "cache", unsigned=unsigned), log=lambda m: None)
     m = onnx.load(str(art.path))
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     prod = {o: n for n in m.graph.node for o in n.output}
     qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert qdq
+    kinds = []
     for n in qdq:
         zp = inits[n.input[2]]
-        assert zp.dtype == np.int8 and not zp.any(), n.name  # symmetric: zero point 0, signed INT8
+        if n.op_type == "QuantizeLinear":
+            # ReLU6 outputs and the mean of the head's ReLU6 output are never negative; the input
+            # and the residual sum can be
+            p = prod.get(n.input[0])
+            nonneg = p is not None and (p.op_type == "Clip" or p.op_type in ("ReduceMean", "GlobalAveragePool")
+                                        and prod[p.input[0]].op_type == "Clip")
+            assert zp.dtype == (np.uint8 if unsigned and nonneg else np.int8), n.name
+            kinds.append(zp.dtype.name)
+        assert zp.dtype in (np.int8, np.uint8) and not zp.any(), n.name
         assert (inits[n.input[1]] > 0).all()
+    assert sorted(kinds) == (["int8"] * 2 + ["uint8"] * 4 if unsigned else ["int8"] * 6), kinds
+    assert art.meta["unsigned_activations"] if unsigned else not art.meta["unsigned_activations"]
     weighted = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm")]
     assert len(weighted) == 6 and not art.meta["float_layers"]
     for n in weighted:

@@ -183,3 +183,31 @@ def test_a_gate_read_by_a_conv_keeps_the_fixed_unit_grid():
     assert stats["s"].absmax < 0.9  # calibration never saw a gate near 1 ...
     picked, chosen = ranges.select(m, targets, stats, take(feeds, 4))
     assert picked["s"] == 1.0 and chosen["s"] == "gate[0,1]"  # ... the grid still covers [0, 1]
+
+
+def test_nonnegative_tensors_are_proved_from_the_graph_not_the_data():
+    """uint8 activations only where no input can make the tensor negative (calibration/graph.py)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from calibration.graph import nonnegative_tensors
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    lo0, lo_neg, hi = (numpy_helper.from_array(np.asarray(v, np.float32), n)
+                       for v, n in ((0.0, "lo0"), (-1.0, "loneg"), (6.0, "hi")))
+    nodes = [
+        helper.make_node("Relu", ["x"], ["relu"]),
+        helper.make_node("Clip", ["x", "lo0", "hi"], ["relu6"]),
+        helper.make_node("Clip", ["x", "loneg", "hi"], ["hardtanh"]),      # can be negative
+        helper.make_node("MaxPool", ["relu"], ["pool"], kernel_shape=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["relu6"], ["gap"]),
+        helper.make_node("Concat", ["relu", "relu6"], ["cat"], axis=1),
+        helper.make_node("Concat", ["relu", "hardtanh"], ["mixed"], axis=1),  # one input can be negative
+        helper.make_node("Sigmoid", ["x"], ["gate"]),
+        helper.make_node("Mul", ["relu6", "gate"], ["se"]),
+        helper.make_node("Mul", ["x", "gate"], ["swish"]),                   # SiLU: not non-negative
+        helper.make_node("Add", ["relu", "relu6"], ["sum"]),                 # Add is not propagated
+        helper.make_node("Identity", ["sum"], ["y"]),
+    ]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [lo0, lo_neg, hi]))
+    assert nonnegative_tensors(m) == {"relu", "relu6", "pool", "gap", "cat", "gate", "se"}
