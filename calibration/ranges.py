@@ -12,7 +12,7 @@ float Conv / Gemm / MatMul, on a few calibration feeds).
 Fixed ranges, not calibrated:
 
 * a ``Sigmoid`` / ``HardSigmoid`` output (squeeze-excite and swish gates) lives in
-  [0, 1] by construction: threshold exactly 1 (step 1/127), so a gate of 1 stays 1 and
+  [0, 1] by construction: threshold exactly 1 (step 1/255 as uint8, 1/127 signed), so a gate of 1 stays 1 and
   the grid does not depend on which photos were seen;
 * a ``Clip(0, c)`` output (ReLU6) never exceeds ``c``: no candidate above it.
 

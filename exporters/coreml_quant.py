@@ -155,7 +155,7 @@ def quantize_w8a8(model, args, calib: Feeds, inputs: tuple[InputSpec, ...], max_
             raise ExportError("coreml-int8", "no calibration samples", hint="pass --calib DIR with images")
         quantizer.step()                      # step 1: observers off, ranges frozen
         scaled = _set_weight_scales(prepared, layers) if layers else 0
-        pinned, unquantized = _match_shared_graph(prepared, layers) if layers else (0, 0)
+        pinned, unquantized, unsigned = _match_shared_graph(prepared, layers) if layers else (0, 0, 0)
         final = quantizer.finalize(inplace=False).eval()
     meta = {"mode": "w8a8", "api": "coremltools.optimize.torch.quantization.LinearQuantizer",
             "scheme": "symmetric int8 per-channel weights, uint8/int8 activations (zero point 0 or 128)",
@@ -166,7 +166,7 @@ def quantize_w8a8(model, args, calib: Feeds, inputs: tuple[InputSpec, ...], max_
         quantized = sum(1 for l in layers.values() if l.quantized)
         meta.update({"float_layers": float_modules, "edgekit_weight_layers": scaled, "edgekit_int8_layers": quantized,
                      "activation_ranges_pinned_to_edgekit": pinned,
-                     "activation_quantizers_removed": unquantized})
+                     "activation_quantizers_removed": unquantized, "activation_quantizers_unsigned": unsigned})
     return final, meta
 
 
@@ -202,7 +202,7 @@ def _set_weight_scales(prepared, layers: dict[str, LayerWeights]) -> int:
     return done
 
 
-def _match_shared_graph(prepared, layers: dict[str, LayerWeights]) -> tuple[int, int]:
+def _match_shared_graph(prepared, layers: dict[str, LayerWeights]) -> tuple[int, int, int]:
     """Quantize activations where edgekit's shared Q/DQ graph does, with its ranges.
 
     The shared graph quantizes the input of each INT8 layer only; coremltools' W8A8 puts a
@@ -212,7 +212,9 @@ def _match_shared_graph(prepared, layers: dict[str, LayerWeights]) -> tuple[int,
     (symmetric, zero point 0 or 128) stays coremltools'. Every other activation fake quant (a
     projection's output before its residual add, a tensor between two float layers, the
     logits) is taken out of the graph, as ``convert_fx`` does itself for observers whose
-    producer and consumers are all unquantized. Returns (clipped, removed).
+    producer and consumers are all unquantized. A kept quantizer whose tensor never went negative
+    takes zero point 0 on all 256 levels, the shared graph's uint8 grid. Returns (clipped, removed,
+    unsigned).
 
     Measured on pretrained Lite0 (fake-quant module, 200 held-out crops): coremltools' ranges
     23.5 dB, edgekit's ranges 24.8 dB, and without the 20 other quantizers 25.5 dB (docs/coreml.md)."""
@@ -243,7 +245,7 @@ def _match_shared_graph(prepared, layers: dict[str, LayerWeights]) -> tuple[int,
         return max(clips) if clips else None
 
     kept: dict[int, tuple[Any, list[float]]] = {}
-    removed = 0
+    removed = unsigned = 0
     for node in list(prepared.graph.nodes):
         fq = module(node)
         obs = getattr(fq, "activation_post_process", None)
@@ -260,12 +262,17 @@ def _match_shared_graph(prepared, layers: dict[str, LayerWeights]) -> tuple[int,
         obs = fq.activation_post_process
         obs.min_val.clamp_(min=-max(clips))
         obs.max_val.clamp_(max=max(clips))
+        if float(obs.min_val) >= 0 and obs.dtype == torch.quint8:
+            # a tensor that never went negative: [0, clip] on all 256 levels (zero point 0), the
+            # shared graph's uint8 grid, instead of the symmetric scheme's 128
+            fq.qscheme = obs.qscheme = torch.per_tensor_affine
+            unsigned += 1
         scale, zero = fq.calculate_qparams()
         fq.scale.resize_(scale.shape).copy_(scale)
         fq.zero_point.resize_(zero.shape).copy_(zero)
     if removed:
         prepared.recompile()
-    return len(kept), removed
+    return len(kept), removed, unsigned
 
 
 def quantize_weights(mlmodel) -> tuple[Any, dict[str, Any]]:
