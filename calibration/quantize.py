@@ -42,7 +42,7 @@ from .sensitivity import rank_layers
 from .stats import collect
 
 Feeds = Iterable[dict[str, np.ndarray]]
-CACHE_VERSION = 4  # 3: biases on the accumulator grid, the SQNR target; 4: uint8 activations (2026-12-04)
+CACHE_VERSION = 5  # 3: biases on the accumulator grid, the SQNR target; 4: uint8 activations; 5: their manifest list (2026-12-04)
 DEFAULT_METHOD = "auto"
 
 
@@ -292,7 +292,7 @@ def _meta(model, targets, plan, options, stats, choices, first, final, steps, ra
         "weight_rounding": {"counts": rounding, "gptq_layers": gptq_layers, "bias_corrected": len(plan.biases)},
         "activation_ranges": {t: round(s * (methods.UQMAX if t in plan.unsigned else methods.QMAX), 6)
                               for t, s in sorted(plan.act_scales.items())},
-        "unsigned_activations": sorted(plan.unsigned),
+        "unsigned_activations": sorted(plan.unsigned & {t.activation for t in plan.quantized()}),
         "gate": {"tolerance": options.gate.to_dict(), "top1_gated": options.gate.top1 is not None,
                  "passed": bool(final), "before": gate_mod.summary(first), "after": gate_mod.summary(final),
                  "fallback": steps},

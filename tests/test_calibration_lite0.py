@@ -56,12 +56,17 @@ def test_pretrained_lite0_passes_the_int8_gate(tmp_path):
     assert layers["int8_conv_fraction"] >= 0.80 and layers["convs"] == 49
     base = meta["baselines"]
     assert base["per_tensor_minmax"]["top1"] < 0.8 and base["per_channel_minmax"]["top1"] < 0.95
-    # symmetric form: every zero point is an INT8 zero
+    # every zero point is 0: int8, or uint8 on exactly the activations the graph proves never
+    # negative (the ReLU6 outputs of Lite0)
     m = onnx.load(str(art.path))
     inits = {t.name: t for t in m.graph.initializer}
-    zps = [numpy_helper.to_array(inits[n.input[2]]) for n in m.graph.node
-           if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+    zps = {n.input[0]: numpy_helper.to_array(inits[n.input[2]]) for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    zps.update({n.output[0]: numpy_helper.to_array(inits[n.input[2]]) for n in m.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in inits})  # weights
+    assert zps and not any(z.any() for z in zps.values())
+    unsigned = {t for t, z in zps.items() if z.dtype == np.uint8}
+    assert unsigned == set(meta["unsigned_activations"]) and len(unsigned) >= 25, len(unsigned)
+    assert all(z.dtype in (np.int8, np.uint8) for z in zps.values())
 
 
 def _noise_floor(model, feeds, spec) -> float:

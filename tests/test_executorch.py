@@ -115,7 +115,9 @@ def test_parity_reduced_resolution(name, precision, tmp_path):
         # not garbage: 0.89-0.95 on most focus models; 0.77 measured on EfficientNetV2-S (deepest, ill-conditioned)
         assert s.nonfinite == 0 and s.cosine > 0.7, comp.to_dict()
         assert abs(gate["cosine"] - s.cosine) < 1e-6 and gate["rows"] == HELDOUT, gate
-        assert gate["passed"] == (s.cosine >= 0.99) and gate["tolerance"]["top1"] is None
+        # untrained weights: quantization accuracy is "not assessed" (edgekit/verdict.py), so the
+        # gate passes whatever the cosine (0.97 here: below the trained-weights floor of 0.99)
+        assert gate["passed"] and not gate["failures"] and gate["trained_weights"] is False, gate
         assert art.meta["quantization"]["calibration_rows"] == CALIB
 
 
