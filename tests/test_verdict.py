@@ -145,6 +145,19 @@ def swish_stages(tmp_path_factory):
     return src, fs, qdq, ort
 
 
+def last_activation_scale_times(path, factor, out):
+    """A copy of ``path`` whose last activation DequantizeLinear scale (the classifier
+    input's) is multiplied by ``factor``."""
+    m = onnx.load(path)
+    inits = {i.name: i for i in m.graph.initializer}
+    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits
+          and numpy_helper.to_array(inits[n.input[1]]).size == 1 and n.input[0] not in inits][-1]
+    scale = numpy_helper.to_array(inits[dq.input[1]])
+    inits[dq.input[1]].CopyFrom(numpy_helper.from_array((scale * factor).astype(scale.dtype), dq.input[1]))
+    onnx.save(m, out)
+    return out
+
+
 def _parity(src, fs, stages, trained=False):
     from edgekit.parity import run_parity
     from exporters.onnx import OrtRunner
@@ -177,14 +190,7 @@ def test_perturbed_scale_in_the_target_artifact_fails_fidelity_and_names_the_sta
 
     # one activation DequantizeLinear scale (the last one: the classifier's input), in the target
     # artifact only, off by 50%
-    m = onnx.load(ort.path)
-    inits = {i.name: i for i in m.graph.initializer}
-    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits
-          and numpy_helper.to_array(inits[n.input[1]]).size == 1 and n.input[0] not in inits][-1]
-    scale = numpy_helper.to_array(inits[dq.input[1]])
-    inits[dq.input[1]].CopyFrom(numpy_helper.from_array((scale * 1.5).astype(scale.dtype), dq.input[1]))
-    bad_path = tmp_path / "perturbed.ort.int8.onnx"
-    onnx.save(m, bad_path)
+    bad_path = last_activation_scale_times(ort.path, 1.5, tmp_path / "perturbed.ort.int8.onnx")
     bad = Artifact(path=bad_path, stage="ort", format="onnx", precision="int8", target="onnx", inputs=ort.inputs,
                    outputs=ort.outputs)
     comps = _parity(src, fs, [src, qdq, bad])
@@ -203,23 +209,11 @@ def test_a_rewrite_that_costs_more_than_half_a_db_is_rejected_on_trained_weights
     src, fs, qdq, ort = swish_stages
     ctx = SimpleNamespace(fp32_source=src, heldout_feeds=fs.heldout, trained=True,
                           request=SimpleNamespace(weights=None, pretrained=True))
-    m = onnx.load(qdq.path)  # a rewrite that moves the numbers a little: one scale 0.02 % off
-    inits = {i.name: i for i in m.graph.initializer}
-    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits
-          and numpy_helper.to_array(inits[n.input[1]]).size == 1 and n.input[0] not in inits][-1]
-    scale = numpy_helper.to_array(inits[dq.input[1]])
-    inits[dq.input[1]].CopyFrom(numpy_helper.from_array((scale * 1.0002).astype(scale.dtype), dq.input[1]))
-    onnx.save(m, tmp_path / "close.onnx")
-    ok = rewrite_cost(ctx, qdq.path, tmp_path / "close.onnx")
+    # a rewrite that moves the numbers a little: one scale 0.02 % off
+    ok = rewrite_cost(ctx, qdq.path, last_activation_scale_times(qdq.path, 1.0002, tmp_path / "close.onnx"))
     assert not ok["rejected"] and 0 < ok["cost_db"] <= verdict.REWRITE_MAX_COST_DB, ok
-    m = onnx.load(ort.path)  # a rewrite that loses accuracy: the classifier input's scale off by 10%
-    inits = {i.name: i for i in m.graph.initializer}
-    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits
-          and numpy_helper.to_array(inits[n.input[1]]).size == 1 and n.input[0] not in inits][-1]
-    scale = numpy_helper.to_array(inits[dq.input[1]])
-    inits[dq.input[1]].CopyFrom(numpy_helper.from_array((scale * 1.1).astype(scale.dtype), dq.input[1]))
-    worse = tmp_path / "worse.onnx"
-    onnx.save(m, worse)
+    # a rewrite that loses accuracy: the classifier input's scale off by 10%
+    worse = last_activation_scale_times(ort.path, 1.1, tmp_path / "worse.onnx")
     bad = rewrite_cost(ctx, qdq.path, worse)
     assert bad["rejected"] and bad["cost_db"] > 10 and "at most 0.5 dB" in bad["reason"], bad
     ctx.trained = False  # untrained: the cost is reported, the rewrite is delivered
