@@ -145,8 +145,8 @@ def build(name: str, work: Path):
 
 def prepare(name: str, work: Path, calib: int = 96, heldout: int = 100, external: int = 100):
     """(FP32 ONNX artifact, calib feeds, held-out feeds, FP32 held-out outputs, model, input, pre)."""
-    from exporters.onnx import export_onnx
-    from exporters.simplify import simplify
+    from exporters.onnx.exporter import export_onnx
+    from exporters.onnx.simplify import simplify
 
     from edgekit.artifact import Artifact
 

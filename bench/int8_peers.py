@@ -8,7 +8,7 @@ photos from outside the project):
 
 * ``edgekit``: the shared Q/DQ graph of ``calibration.quantize_int8`` with its defaults (the
   float fallback on, as the pipeline runs it for trained weights), on ONNX Runtime;
-  ``edgekit_ort``: the ONNX Runtime form written from it (``calibration.ort_form``);
+  ``edgekit_ort``: the ONNX Runtime form written from it (``exporters.onnx.ort_form``);
 * ``ort_minmax`` / ``ort_entropy`` / ``ort_percentile``: ONNX Runtime ``quantize_static``,
   QDQ format, per-channel weights, its default activation type, on ONNX Runtime;
 * ``nncf``: ``nncf.quantize`` on the OpenVINO model read from the same ONNX (default preset),
@@ -56,7 +56,7 @@ def _edgekit(src, cal, held, work: Path, name: str, inp, pre) -> Path:
 
 
 def _edgekit_ort(src, cal, work: Path, name: str) -> Path:
-    from calibration.ort_form import build_ort_int8
+    from exporters.onnx.ort_form import build_ort_int8
 
     path = work / name / "edgekit.ort.int8.onnx"
     build_ort_int8(work / name / "edgekit.int8.onnx", path, cal)

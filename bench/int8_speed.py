@@ -48,7 +48,7 @@ def latency(onnx_paths: Mapping[str, Path], openvino_models: Mapping[str, Any], 
     import contextlib
 
     from edgekit.bench.timing import paired_ratio, time_runners
-    from exporters.onnx import OrtRunner
+    from exporters.onnx.runner import OrtRunner
 
     groups = {"onnxruntime": {k: (lambda p=p: OrtRunner(p, threads=THREADS)) for k, p in onnx_paths.items()},
               "openvino": {k: (lambda m=m: OpenVinoModel(m)) for k, m in openvino_models.items()}}

@@ -10,7 +10,8 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Protocol, runtime_checkable
 
@@ -187,3 +188,29 @@ class Exporter:
 
     def open(self, artifact: "Artifact", device: str | None = None, **options: Any) -> Runner:
         raise NotImplementedError
+
+    def settings(self, request: ExportRequest) -> Any:
+        """This target's options in ``request`` as a typed, frozen record: one field per declared
+        :class:`Option`, its default where the request leaves it unset (``None``), ints and
+        floats converted. ``settings(req).coreml_calib_samples`` instead of a string lookup."""
+        record = options_record(type(self))
+        values = {}
+        for o in self.options:
+            v = (request.options or {}).get(o.dest)
+            if v is None:
+                v = o.default
+            elif o.type in (int, float) and not isinstance(v, bool):
+                v = o.type(v)
+            values[o.dest] = v
+        return record(**values)
+
+
+@lru_cache(maxsize=None)
+def options_record(cls: type) -> type:
+    """The frozen dataclass ``<Target>Options`` built from ``cls.options``."""
+    def kind(o: Option) -> Any:
+        if o.action == "store_true":
+            return bool
+        return o.type if isinstance(o.type, type) else Any
+    fields = [(o.dest, kind(o), field(default=o.default)) for o in cls.options]
+    return make_dataclass(f"{cls.__name__}Options", fields, frozen=True)

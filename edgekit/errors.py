@@ -93,7 +93,7 @@ class ArtifactError(EdgekitError):
 
 
 class MilError(EdgekitError):
-    """edgekit's Core ML program interpreter (exporters/mil) cannot execute a program: an unknown
+    """edgekit's Core ML program interpreter (exporters/coreml/mil) cannot execute a program: an unknown
     op, an unsupported configuration, an input it lacks."""
 
 

@@ -124,7 +124,7 @@ def check_opset(request: ExportRequest) -> None:
     if target.source != "onnx" and target.handles_precision(request):
         raise UsageError(f"--opset applies to ONNX, and target '{target.name}' converts from PyTorch without it",
                          hint="drop --opset")
-    from exporters.onnx import check_opset as check_onnx_opset
+    from exporters.onnx.exporter import check_opset as check_onnx_opset
 
     check_onnx_opset(request.opset)
 
@@ -164,8 +164,8 @@ def parity_feeds(res: Resolved, request: ExportRequest, console: Console | None 
 
 def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Path, stem: str,
                  console: Console) -> list[Artifact]:
-    from exporters.onnx import export_onnx
-    from exporters.onnx_hygiene import pruned
+    from exporters.onnx.exporter import export_onnx
+    from exporters.onnx.hygiene import pruned
 
     stages = _Clean(pruned)
     with console.step("export torch → ONNX") as d:
@@ -173,7 +173,7 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
                                   dynamic_batch=request.dynamic_batch))
         d["summary"] = f"{stages[-1].meta['nodes']} nodes, opset {stages[-1].meta['opset']}"
     if request.simplify:
-        from exporters.simplify import simplify
+        from exporters.onnx.simplify import simplify
 
         with console.step(f"simplify ({request.simplifier})") as d:
             stages.append(simplify(stages[-1], work / f"{stem}.sim.onnx", request.simplifier))
@@ -226,7 +226,7 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
 
 class _Clean(list):
     """The stage list of :func:`_onnx_stages`: every ONNX appended is pruned first (no unused
-    initializer or dangling node in a delivered ONNX, exporters/onnx_hygiene.py)."""
+    initializer or dangling node in a delivered ONNX, exporters/onnx/hygiene.py)."""
 
     def __init__(self, prune):
         super().__init__()

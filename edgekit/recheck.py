@@ -129,7 +129,7 @@ def _request_from_manifest(m: Manifest, given: ExportRequest, console) -> Export
 
 
 def _bare_onnx(path: Path, given: ExportRequest) -> tuple[Manifest, ExportRequest]:
-    from exporters.onnx import load_onnx
+    from exporters.onnx.exporter import load_onnx
 
     model = load_onnx(path)  # a corrupt file is an ArtifactError (exit 2)
     if not given.model:

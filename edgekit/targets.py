@@ -17,12 +17,12 @@ from .errors import EdgekitError, UnknownTargetError
 GROUP = "edgekit.targets"
 
 _BUILTIN = {
-    "onnx": "exporters.onnx:OnnxTarget",
-    "openvino": "exporters.openvino:OpenVinoTarget",
-    "tensorrt": "exporters.tensorrt:TensorRTTarget",
-    "coreml": "exporters.coreml:CoreMLTarget",
-    "executorch": "exporters.executorch:ExecuTorchTarget",
-    "ncnn": "exporters.ncnn:NcnnTarget",
+    "onnx": "exporters.onnx.exporter:OnnxTarget",
+    "openvino": "exporters.openvino.exporter:OpenVinoTarget",
+    "tensorrt": "exporters.tensorrt.exporter:TensorRTTarget",
+    "coreml": "exporters.coreml.exporter:CoreMLTarget",
+    "executorch": "exporters.executorch.exporter:ExecuTorchTarget",
+    "ncnn": "exporters.ncnn.exporter:NcnnTarget",
 }
 
 

@@ -46,7 +46,7 @@ def write_artifact(folder, dynamic_batch=False):
     from edgekit.compare import tolerance_for
     from edgekit.parity import run_parity
     from edgekit.torch_runner import TorchRunner
-    from exporters.onnx import OrtRunner, export_onnx
+    from exporters.onnx.exporter import OrtRunner, export_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     model = tiny_model()
@@ -74,7 +74,7 @@ def dyn_artifact(tmp_path_factory):
 
 
 def _runner(folder):
-    from exporters.onnx import OrtRunner
+    from exporters.onnx.runner import OrtRunner
 
     m = Manifest.read(folder)
     return OrtRunner(m.final.path, m.final.inputs, threads=1)

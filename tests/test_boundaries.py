@@ -25,9 +25,9 @@ CORE = ("edgekit.errors", "edgekit.specs", "edgekit.contracts", "edgekit.compare
 
 # (importing module, imported module): why it is still there
 KNOWN = {
-    ("edgekit.pipeline", "exporters.onnx"): "the pipeline builds the shared ONNX stages itself (issue 22 moves them)",
-    ("edgekit.pipeline", "exporters.simplify"): "same",
-    ("edgekit.pipeline", "exporters.onnx_hygiene"): "same",
+    ("edgekit.pipeline", "exporters.onnx.exporter"): "the pipeline builds the shared ONNX stages itself (issue 22 moves them)",
+    ("edgekit.pipeline", "exporters.onnx.simplify"): "same",
+    ("edgekit.pipeline", "exporters.onnx.hygiene"): "same",
 }
 
 
@@ -128,13 +128,13 @@ def test_a_forbidden_import_fails_with_its_file_and_line(tmp_path):
         (tmp_path / package / "__init__.py").write_text("")
     (tmp_path / "calibration" / "bad.py").write_text(
         "from typing import TYPE_CHECKING\n"
-        "if TYPE_CHECKING:\n    from exporters.onnx import OrtRunner\n"
-        "def f():\n    from exporters.onnx import OrtRunner\n    return OrtRunner\n")
+        "if TYPE_CHECKING:\n    from exporters.onnx.runner import OrtRunner\n"
+        "def f():\n    from exporters.onnx.runner import OrtRunner\n    return OrtRunner\n")
     (tmp_path / "edgekit" / "models").mkdir()
     (tmp_path / "edgekit" / "models" / "zoo.py").write_text("from ..targets import get_target\n")
     (tmp_path / "edgekit" / "errors.py").write_text("import numpy\nfrom .pipeline import export\n")
     found = sorted(violations(tmp_path))
-    assert found == ["calibration/bad.py:5: imports exporters.onnx: calibration hands graphs, not targets",
+    assert found == ["calibration/bad.py:5: imports exporters.onnx.runner: calibration hands graphs, not targets",
                      "edgekit/errors.py:2: imports edgekit.pipeline: the core imports nothing above it",
                      "edgekit/models/zoo.py:1: imports edgekit.targets: the zoo knows nothing of targets, "
                      "quantization, the pipeline or the CLI"], found

@@ -23,8 +23,8 @@ from calibration.stats import TensorStats, collect
 from edgekit.compare import Tolerance
 from edgekit.errors import CalibrationError
 from edgekit.specs import InputSpec, Preprocess
-from exporters.onnx import OrtRunner, export_onnx
-from exporters.simplify import simplify
+from exporters.onnx.exporter import OrtRunner, export_onnx
+from exporters.onnx.simplify import simplify
 
 SIZE = 40
 INPUT = InputSpec("input", (1, 3, SIZE, SIZE))

@@ -26,8 +26,8 @@ from calibration.gate import yardstick  # noqa: E402
 from calibration.quantize import Int8Options, quantize_int8  # noqa: E402
 from edgekit.models import create_model, get_spec  # noqa: E402
 from edgekit.verdict import calibration_target, gate_tolerance  # noqa: E402
-from exporters.onnx import export_onnx  # noqa: E402
-from exporters.simplify import simplify  # noqa: E402
+from exporters.onnx.exporter import export_onnx  # noqa: E402
+from exporters.onnx.simplify import simplify  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -29,10 +29,10 @@ from edgekit.models.build import build  # noqa: E402
 from edgekit.models.registry import get_spec  # noqa: E402
 from edgekit.targets import get_target  # noqa: E402
 from edgekit.torch_runner import fp32_rounding_error  # noqa: E402
-from exporters.coreml import CoreMLTarget, compare  # noqa: E402
-from exporters.coreml_convert import deployment_target  # noqa: E402
-from exporters.mil import Interpreter, MilRunner, load_program  # noqa: E402
-from exporters.mil.blob import METADATA, BlobFile  # noqa: E402
+from exporters.coreml.exporter import CoreMLTarget, compare  # noqa: E402
+from exporters.coreml.convert import deployment_target  # noqa: E402
+from exporters.coreml.mil import Interpreter, MilRunner, load_program  # noqa: E402
+from exporters.coreml.mil.blob import METADATA, BlobFile  # noqa: E402
 from tests.conftest import torch_fp16_floor  # noqa: E402
 
 pytestmark = pytest.mark.coreml
@@ -157,7 +157,7 @@ def test_blob_reader_agrees_with_coremltools(small_package):
 
 
 def _blob_values(package: Path):
-    from exporters.mil.program import read_spec
+    from exporters.coreml.mil.program import read_spec
 
     spec = read_spec(package)
     block = spec.mlProgram.functions["main"].block_specializations[spec.mlProgram.functions["main"].opset]

@@ -1,7 +1,7 @@
 """Each MIL op the interpreter executes, against PyTorch, on small random tensors.
 
 The programs are written with coremltools' MIL builder, saved as real ``.mlpackage``
-folders (weights in ``weight.bin``) and executed by :mod:`exporters.mil` — so every
+folders (weights in ``weight.bin``) and executed by :mod:`exporters.coreml.mil` — so every
 case checks the op's serialized form as well as its arithmetic. One FP32 program holds
 the iOS17 cases, one the iOS18 weight-compression op, and the same cases are run again
 with every op computing in FP16 (coremltools' ``add_fp16_cast`` pass).
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 ct = pytest.importorskip("coremltools", reason="the Core ML target needs coremltools (pip install 'edgekit[coreml]')")
 
-from exporters.mil import Interpreter, MilError, supported_ops  # noqa: E402
-from exporters.mil.program import Op, Program, Var  # noqa: E402
+from exporters.coreml.mil import Interpreter, MilError, supported_ops  # noqa: E402
+from exporters.coreml.mil.program import Op, Program, Var  # noqa: E402
 
 pytestmark = pytest.mark.coreml
 
@@ -199,7 +199,7 @@ IOS18_CASES = {
 def build_package(path, cases: dict, opset, fp16: bool = False):
     from coremltools.converters.mil import Builder as mb
 
-    from exporters.mil.quiet import quiet_logs
+    from exporters.coreml.mil.quiet import quiet_logs
 
     specs = [mb.TensorSpec(shape=a.shape) for a in (X, Y, P, V)]
 

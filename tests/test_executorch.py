@@ -30,7 +30,7 @@ from edgekit.models.build import build  # noqa: E402
 from edgekit.models.registry import get_spec  # noqa: E402
 from edgekit.targets import get_target  # noqa: E402
 from edgekit.torch_runner import TorchRunner, fp32_rounding_error  # noqa: E402
-from exporters.executorch import ExecuTorchTarget  # noqa: E402
+from exporters.executorch.exporter import ExecuTorchTarget  # noqa: E402
 
 pytestmark = pytest.mark.mobile
 
@@ -137,7 +137,7 @@ def test_lite0_int8_top1_gate(lite0_int8):
 
     Measured with every layer INT8: top-1 agreement ~87-91%, cosine ~0.988 (5 held-out photos,
     many texture crops whose top-2 logits nearly tie; top-5 agreement is ~100%). Before the ReLU6
-    fusion in exporters/executorch_quant.py the same model scored cosine 0.89 / top-1 72%, so the
+    fusion in exporters/executorch/quant.py the same model scored cosine 0.89 / top-1 72%, so the
     floors below fail if that regresses."""
     ctx, art, logs = lite0_int8
     gate, q = art.meta["gate"], art.meta["quantization"]

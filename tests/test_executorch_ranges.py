@@ -1,5 +1,5 @@
 """edgekit's activation ranges and float layers carried into the PT2E (XNNPACK) program
-(exporters/executorch_ranges.py): which float layers XNNPACK can run, and that a pinned range
+(exporters/executorch/ranges.py): which float layers XNNPACK can run, and that a pinned range
 is the range the program quantizes with. Pretrained Lite0/1/2 figures: docs/mobile.md."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.executorch_ranges import float_closure
+from exporters.executorch.ranges import float_closure
 
 
 class PadNet(nn.Module):
@@ -33,7 +33,7 @@ class PadNet(nn.Module):
 
 
 def _graph(model):
-    from exporters.executorch_quant import weighted_nodes
+    from exporters.executorch.quant import weighted_nodes
 
     gm = torch.export.export(model.eval(), (torch.zeros(1, 3, 16, 16),)).module()
     nodes = weighted_nodes(gm)
@@ -62,7 +62,7 @@ def test_a_pad_whose_producer_has_other_readers_stays_int8():
 def test_the_program_quantizes_with_the_pinned_range():
     pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
     from edgekit.specs import InputSpec
-    from exporters import executorch_quant as eq
+    from exporters.executorch import quant as eq
 
     torch.manual_seed(0)
     inp = InputSpec("input", (1, 3, 16, 16))
@@ -104,8 +104,8 @@ def test_an_observer_shared_with_a_feature_map_is_not_pinned_to_the_pooled_clip(
     MobileNetV3 fell to 0.5 dB from the shared graph), so that observer keeps its range."""
     pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
     from edgekit.specs import InputSpec
-    from exporters import executorch_quant as eq
-    from exporters.executorch_ranges import observer_consumers
+    from exporters.executorch import quant as eq
+    from exporters.executorch.ranges import observer_consumers
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     torch.manual_seed(0)

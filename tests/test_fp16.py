@@ -8,7 +8,7 @@ from calibration.fp16 import convert_fp16
 from edgekit.compare import Comparison, tolerance_for
 from edgekit.images import bundled_photos, load_image
 from edgekit.models import create_model, get_spec
-from exporters.onnx import OrtRunner, export_onnx
+from exporters.onnx.exporter import OrtRunner, export_onnx
 
 
 @pytest.fixture(scope="module")

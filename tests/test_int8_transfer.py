@@ -19,8 +19,8 @@ from edgekit.compare import Tolerance
 from edgekit.contracts import ExportContext, ExportRequest
 from edgekit.errors import CalibrationError
 from edgekit.models.registry import get_spec
-from exporters.onnx import export_onnx
-from exporters.simplify import simplify
+from exporters.onnx.exporter import export_onnx
+from exporters.onnx.simplify import simplify
 from tests.test_calibration import INPUT, PRE, TinyNet, fast
 
 
@@ -49,7 +49,7 @@ def test_read_qdq_names_layers_by_torch_module(qdq):
     for name, lw in layers.items():
         assert (lw.input_clip is not None and lw.input_clip > 0) == lw.quantized, (name, lw.input_clip)
     # the calibration's sensitivity ranking (by ONNX node) named by torch module, worst first
-    from exporters.executorch_ranges import sensitivity_order
+    from exporters.executorch.ranges import sensitivity_order
 
     ranking = sorted(art.meta["sensitivity"], key=lambda r: r["sqnr_db"])
     by_node = {lw.node: k for k, lw in layers.items()}
@@ -102,7 +102,7 @@ def _holds_exactly(found: list[np.ndarray], layers) -> list[str]:
 
 def test_executorch_program_holds_edgekit_int8_weights(qdq, tmp_path):
     pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
-    from exporters import executorch_quant as eq
+    from exporters.executorch import quant as eq
 
     art, fs = qdq
     layers = read_qdq(art.path)
@@ -113,7 +113,7 @@ def test_executorch_program_holds_edgekit_int8_weights(qdq, tmp_path):
     assert _holds_exactly(_int8_arrays([c.detach().numpy() for c in consts if isinstance(c, torch.Tensor)]),
                           layers) == sorted(int8_layers(layers))
 
-    from exporters.executorch import ExecuTorchTarget
+    from exporters.executorch.exporter import ExecuTorchTarget
 
     out = ExecuTorchTarget().export(_ctx("executorch", art, fs), tmp_path)
     q = out.meta["quantization"]
@@ -128,8 +128,8 @@ def test_executorch_program_holds_edgekit_int8_weights(qdq, tmp_path):
 
 def test_coreml_package_holds_edgekit_int8_weights(qdq, tmp_path):
     pytest.importorskip("coremltools", reason="the Core ML target needs coremltools (pip install 'edgekit[coreml]')")
-    from exporters.coreml import CoreMLTarget
-    from exporters.mil import load_program
+    from exporters.coreml.exporter import CoreMLTarget
+    from exporters.coreml.mil import load_program
 
     art, fs = qdq
     layers = read_qdq(art.path)
@@ -149,8 +149,8 @@ def test_coreml_package_holds_edgekit_int8_weights(qdq, tmp_path):
 
 def test_native_rounding_stays_available(qdq, tmp_path):
     """--et-weights pt2e / --coreml-weights coremltools: the pipeline skips the Q/DQ stage."""
-    from exporters.coreml import CoreMLTarget
-    from exporters.executorch import ExecuTorchTarget
+    from exporters.coreml.exporter import CoreMLTarget
+    from exporters.executorch.exporter import ExecuTorchTarget
 
     req = ExportRequest(model="tiny", target="executorch", precision="int8")
     assert not ExecuTorchTarget().handles_precision(req) and not CoreMLTarget().handles_precision(
@@ -172,7 +172,7 @@ def test_coreml_w8a8_follows_the_shared_graph_around_a_squeeze_excite(tmp_path):
     pytest.importorskip("coremltools", reason="the Core ML target needs coremltools (pip install 'edgekit[coreml]')")
     import onnxruntime as ort
 
-    from exporters.coreml_quant import quantize_w8a8
+    from exporters.coreml.quant import quantize_w8a8
     from tests.test_executorch_ranges import SENet
 
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ from edgekit.models.build import build  # noqa: E402
 from edgekit.models.registry import get_spec  # noqa: E402
 from edgekit.targets import get_target  # noqa: E402
 from edgekit.torch_runner import TorchRunner, fp32_rounding_error  # noqa: E402
-from exporters.ncnn import NcnnTarget  # noqa: E402
+from exporters.ncnn.exporter import NcnnTarget  # noqa: E402
 
 pytestmark = pytest.mark.mobile
 

@@ -27,12 +27,12 @@ from edgekit.errors import MissingDependencyError, UnavailableError, UsageError 
 from edgekit.models import build, get_spec  # noqa: E402
 from edgekit.specs import InputSpec  # noqa: E402
 from edgekit.torch_runner import TorchRunner  # noqa: E402
-from exporters.onnx import export_onnx  # noqa: E402
+from exporters.onnx.exporter import export_onnx  # noqa: E402
 from edgekit.compare import ROUNDING_FACTOR  # noqa: E402
 from edgekit.torch_runner import fp32_rounding_error  # noqa: E402
-from exporters.openvino import OpenVinoTarget  # noqa: E402
-from exporters.openvino_runner import resolve_device  # noqa: E402
-from exporters.simplify import simplify  # noqa: E402
+from exporters.openvino.exporter import OpenVinoTarget  # noqa: E402
+from exporters.openvino.runner import resolve_device  # noqa: E402
+from exporters.onnx.simplify import simplify  # noqa: E402
 from tests.conftest import torch_fp16_floor  # noqa: E402
 
 pytestmark = pytest.mark.openvino
@@ -222,7 +222,7 @@ def test_pretrained_lite0_int8_full_resolution(tmp_path):
 def test_restoring_every_layer_gives_back_fp32(zoo):
     """The mixed-precision fallback's building block: bypassing every quantizer and putting the
     FP32 biases back reproduces the FP32 model."""
-    from exporters import openvino_nncf as nq
+    from exporters.openvino import nncf as nq
 
     b = zoo("mobilenet_v1")
     fp32 = ov.convert_model(str(b.source.path))

@@ -1,4 +1,4 @@
-"""The ONNX Runtime form of the shared Q/DQ graph (calibration.ort_form, calibration.ort_activations):
+"""The ONNX Runtime form of the shared Q/DQ graph (exporters.onnx.ort_form, exporters.onnx.ort_activations):
 what ONNX Runtime runs after its QDQ fusions, and that the numbers stay with the shared graph's."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from torch import nn
 
 from edgekit.feeds import photo_feeds
 from calibration.gate import run_outputs, score
-from calibration.ort_form import build_ort_int8
+from exporters.onnx.ort_form import build_ort_int8
 from calibration.quantize import quantize_int8
 from edgekit.compare import Tolerance
-from exporters.onnx import export_onnx
-from exporters.simplify import simplify
+from exporters.onnx.exporter import export_onnx
+from exporters.onnx.simplify import simplify
 from tests.test_calibration import INPUT, PRE, SIZE, TinyNet, fast
 
 
@@ -161,7 +161,7 @@ def _tiny_shufflenet() -> nn.Module:
 
 def test_channel_shuffle_as_gather_is_exact(tmp_path):
     from calibration.graph import load, session
-    from calibration.ort_movement import shuffle_to_gather
+    from exporters.onnx.ort_movement import shuffle_to_gather
 
     raw = export_onnx(_tiny_shufflenet(), (INPUT,), tmp_path / "s.onnx")
     src = simplify(raw, tmp_path / "s.sim.onnx")
@@ -201,9 +201,9 @@ def test_shufflenet_v1_shuffle_folds_into_its_neighbours(tmp_path, monkeypatch):
     """ShuffleNetV1's shuffle sits between the grouped 1×1 and the depthwise convolution: it
     moves into their weights (depthwise channels permuted, the next 1×1 read in that order,
     made dense), so the ONNX Runtime form runs no shuffle at all and the numbers do not move."""
-    import calibration.ort_form as ort_form
+    import exporters.onnx.ort_form as ort_form
     from calibration.graph import load, session
-    from calibration.ort_movement import fold_shuffles
+    from exporters.onnx.ort_movement import fold_shuffles
     from edgekit.models.shufflenet_v1 import ShuffleNetV1, ShuffleNetV1Config
 
     torch.manual_seed(11)
@@ -272,8 +272,8 @@ def test_odd_widths_are_padded_and_the_gate_expanded_exactly(tmp_path, monkeypat
     full tensor before its multiply; ONNX Runtime's outputs do not move by one integer step
     and no transpose is left for it to run. The gate here (40×20×20) is below the size ONNX
     Runtime splits across threads, so it is expanded only once that line is moved to 0."""
-    import calibration.ort_form as ort_form
-    import calibration.ort_gates as ort_gates
+    import exporters.onnx.ort_form as ort_form
+    import exporters.onnx.ort_gates as ort_gates
     from calibration.graph import initializers, producers, session
 
     src, fs, art = _built(OddChannelNet(), tmp_path)

@@ -17,8 +17,8 @@ from edgekit.feeds import photo_feeds, take
 from calibration.stats import collect
 from calibration.weights import calibrate_weights
 from edgekit.specs import InputSpec, Preprocess
-from exporters.onnx import export_onnx
-from exporters.simplify import simplify
+from exporters.onnx.exporter import export_onnx
+from exporters.onnx.simplify import simplify
 
 SIZE = 32
 INPUT = InputSpec("input", (1, 3, SIZE, SIZE))

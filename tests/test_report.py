@@ -52,7 +52,7 @@ def measured(tmp_path_factory):
     from edgekit.parity import run_parity
     from edgekit.specs import InputSpec
     from edgekit.torch_runner import TorchRunner
-    from exporters.onnx import OrtRunner, export_onnx
+    from exporters.onnx.exporter import OrtRunner, export_onnx
 
     folder = tmp_path_factory.mktemp("report") / "tiny-onnx-fp32"
     folder.mkdir()

@@ -17,8 +17,8 @@ from edgekit.artifact import Artifact, Manifest  # noqa: E402
 from edgekit.contracts import ExportContext, ExportRequest  # noqa: E402
 from edgekit.errors import ArtifactError, MissingDependencyError, UsageError  # noqa: E402
 from edgekit.specs import InputSpec  # noqa: E402
-from exporters.tensorrt import TensorRTTarget, table_version  # noqa: E402
-from exporters.tensorrt_lint import lint_onnx  # noqa: E402
+from exporters.tensorrt.exporter import TensorRTTarget, table_version  # noqa: E402
+from exporters.tensorrt.lint import lint_onnx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_SKIP = "TensorRT needs an NVIDIA GPU with the tensorrt package"
@@ -100,8 +100,8 @@ def zoo_onnx(tmp_path_factory) -> Path:
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxsim")
     from edgekit.models import create_model, get_spec
-    from exporters.onnx import export_onnx
-    from exporters.simplify import simplify
+    from exporters.onnx.exporter import export_onnx
+    from exporters.onnx.simplify import simplify
 
     work = tmp_path_factory.mktemp("zoo")
     spec = get_spec("mobilenet_v3_large")
@@ -260,8 +260,8 @@ def test_table_version_selection():
 
 # -- no removed API ------------------------------------------------------------------------------
 def test_exporter_source_uses_no_api_removed_in_tensorrt_11():
-    files = sorted((ROOT / "exporters").glob("tensorrt*.py"))
-    assert {f.name for f in files} >= {"tensorrt.py", "tensorrt_runner.py", "tensorrt_lint.py", "tensorrt_ops.py"}
+    files = sorted((ROOT / "exporters" / "tensorrt").glob("*.py"))
+    assert {f.name for f in files} >= {"exporter.py", "runner.py", "lint.py", "ops.py", "qdq.py", "graph.py"}
     removed = ("BuilderFlag.INT8", "BuilderFlag.FP16", "int8_calibrator", "IInt8", "platform_has_fast_")
     found = [(f.name, r) for f in files for r in removed if r in f.read_text()]
     assert found == []
@@ -334,7 +334,7 @@ def _gpu_ready() -> bool:
         import tensorrt  # noqa: F401
     except Exception:  # noqa: BLE001
         return False
-    from exporters.tensorrt_runner import cuda_device
+    from exporters.tensorrt.runner import cuda_device
 
     return cuda_device() is not None
 
@@ -353,7 +353,7 @@ def test_engine_build_and_parity_on_gpu(tmp_path, tiny_onnx):
     if not _gpu_ready():
         pytest.skip(GPU_SKIP)
     from edgekit.compare import cosine
-    from exporters.onnx import OrtRunner
+    from exporters.onnx.runner import OrtRunner
 
     spec = (InputSpec("input", (1, 3, 16, 16)),)
     fp32_src = Artifact(path=tiny_onnx, stage="simplified", format="onnx", precision="fp32", target="onnx",
@@ -385,7 +385,7 @@ def test_engine_build_and_parity_on_gpu(tmp_path, tiny_onnx):
 def test_dynamic_batch_profile_on_gpu(tmp_path):
     if not _gpu_ready():
         pytest.skip(GPU_SKIP)
-    from exporters.onnx import OrtRunner
+    from exporters.onnx.runner import OrtRunner
 
     path = tmp_path / "dyn.onnx"
     onnx.save(tiny_model(batch="N"), str(path))

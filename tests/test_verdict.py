@@ -114,7 +114,7 @@ def _ort_load_log(path, capfd) -> str:
 
 
 def test_prune_removes_unused_initializers_and_dangling_nodes(tmp_path, capfd):
-    from exporters.onnx_hygiene import prune
+    from exporters.onnx.hygiene import prune
 
     path = tmp_path / "messy.onnx"
     onnx.save(_messy_model(), path)
@@ -129,13 +129,13 @@ def test_prune_removes_unused_initializers_and_dangling_nodes(tmp_path, capfd):
 
 @pytest.fixture(scope="module")
 def swish_stages(tmp_path_factory):
-    from calibration.ort_form import build_ort_int8
+    from exporters.onnx.ort_form import build_ort_int8
     from tests.test_ort_form import SwishNet, _built
 
     d = tmp_path_factory.mktemp("fid")
     src, fs, qdq = _built(SwishNet(), d)
     from edgekit.artifact import Artifact
-    from exporters.onnx_hygiene import prune
+    from exporters.onnx.hygiene import prune
 
     path = d / "m.ort.int8.onnx"
     build_ort_int8(qdq.path, path, fs.calib)
@@ -160,7 +160,7 @@ def last_activation_scale_times(path, factor, out):
 
 def _parity(src, fs, stages, trained=False):
     from edgekit.parity import run_parity
-    from exporters.onnx import OrtRunner
+    from exporters.onnx.runner import OrtRunner
 
     tol = lambda a: verdict.quantization_tolerance(a.precision, trained)  # noqa: E731
     return run_parity(OrtRunner(src.path, src.inputs), [(a, OrtRunner(a.path, a.inputs)) for a in stages],
@@ -170,7 +170,7 @@ def _parity(src, fs, stages, trained=False):
 def test_delivered_onnx_loads_without_warnings(swish_stages, capfd):
     _, _, qdq, ort = swish_stages
     for art in (qdq, ort):
-        from exporters.onnx_hygiene import prune
+        from exporters.onnx.hygiene import prune
 
         prune(art.path)
         log = _ort_load_log(art.path, capfd)
@@ -204,7 +204,7 @@ def test_perturbed_scale_in_the_target_artifact_fails_fidelity_and_names_the_sta
 def test_a_rewrite_that_costs_more_than_half_a_db_is_rejected_on_trained_weights(swish_stages, tmp_path):
     from types import SimpleNamespace
 
-    from exporters.onnx_int8 import rewrite_cost
+    from exporters.onnx.quant import rewrite_cost
 
     src, fs, qdq, ort = swish_stages
     ctx = SimpleNamespace(fp32_source=src, heldout_feeds=fs.heldout, trained=True,

@@ -104,7 +104,7 @@ def _inputs(spec, photos):
 
 @pytest.mark.parametrize("name", ALL)
 def test_model_builds_runs_and_exports(name, photos, tmp_path):
-    from exporters.onnx import OrtRunner, export_onnx
+    from exporters.onnx.exporter import OrtRunner, export_onnx
 
     spec = get_spec(name)
     model = create_model(name)

@@ -1,0 +1,1 @@
+"""Core ML: conversion, INT8/FP16 quantization, the runner and the MIL interpreter (mil/)."""

@@ -1,0 +1,166 @@
+"""edgekit's activation ranges and float layers, carried into a PT2E (XNNPACK) program.
+
+:mod:`calibration.torch_transfer` carries edgekit's INT8 *weights* into PyTorch. This module
+carries the rest of the calibration that XNNPACK can express:
+
+* **Activation ranges.** edgekit chose each tensor's clipping range by output error (MSE,
+  percentile or entropy per tensor, ``calibration/ranges.py``) and wrote it as the scale of the
+  Q/DQ pair on the input of each Conv/Gemm. PT2E's ``HistogramObserver`` picks its own. Here
+  the observer of every tensor that feeds a weighted layer takes edgekit's clip (±127 × scale),
+  intersected with the range the observer saw, so XNNPACK's asymmetric int8 spends its 256
+  levels on that interval (a ReLU6 output gets [0, 6], twice the resolution of the shared
+  graph's symmetric step). Tensors the shared graph keeps in float (a projection's output before
+  its residual add) have no edgekit range; their observers keep PT2E's choice.
+* **Float layers XNNPACK can run.** XNNPACK runs a float convolution that reads a dequantized
+  tensor, but ExecuTorch's ``InsertPadQDQPass`` re-quantizes a zero pad that reads one, and the
+  conv behind it then fails to lower ("Weight and Input should both be quantized"). A float
+  layer behind a pad therefore also needs its producer in float (an expand 1x1 before a padded
+  depthwise conv, as a rule).
+
+Measured on pretrained EfficientNet-Lite0 (PT2E simulation, 200 held-out crops, SQNR vs FP32):
+PT2E's observers with 3 of edgekit's 6 float layers 21.0 dB; all 6 float 24.0 dB; all 6 float
+and edgekit's ranges 24.7 dB (docs/mobile.md has the exported figures).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+
+def input_ranges(layers: dict[str, Any]) -> dict[str, float]:
+    """Module path → edgekit's clip of the tensor the layer reads (``LayerWeights.input_clip``)."""
+    return {path: lw.input_clip for path, lw in layers.items() if lw.input_clip}
+
+
+def sensitivity_order(source: Any, layers: dict[str, Any]) -> list[str]:
+    """Module paths of the Q/DQ stage's weighted layers, most INT8-sensitive first: the
+    calibration's per-layer SQNR ranking (``source.meta["sensitivity"]``, by ONNX node), named
+    through ``layers`` (:func:`calibration.torch_transfer.read_qdq` of the same stage)."""
+    by_node = {lw.node: path for path, lw in layers.items() if lw.node}
+    ranking = (getattr(source, "meta", None) or {}).get("sensitivity") or []
+    ranked = sorted((r for r in ranking if r.get("node") in by_node), key=lambda r: r.get("sqnr_db", 0.0))
+    return [by_node[r["node"]] for r in ranked]
+
+
+def _ops():
+    """(clamps a weighted layer's output passes through, pads, weighted ops): PT2E's op sets
+    (:func:`exporters.executorch.quant._targets`) with ``relu6``, which ``F.relu6`` exports to."""
+    import torch
+
+    from .quant import _targets
+
+    aten = torch.ops.aten
+    clamps, weighted = _targets()
+    return clamps | {aten.relu6.default}, {aten.pad.default, aten.constant_pad_nd.default}, weighted
+
+
+def float_closure(gm, wanted: Iterable[str], weighted: Sequence[Any]) -> tuple[list[str], list[str], list[str]]:
+    """(float nodes, producers added, wanted nodes that stay INT8) for XNNPACK.
+
+    A wanted layer is runnable in float when its input reaches it without a pad, or through a
+    pad from the graph input or from a layer that is float too; in the last case the producer
+    (itself runnable) is added."""
+    clamps, pads, _ = _ops()
+    names = {n.name: n for n in weighted}
+    wanted = [n for n in wanted if n in names]
+    chosen: set[str] = set()
+    added: list[str] = []
+
+    def source(node):
+        """(node the weighted layer reads through clamps and pads, whether a pad was crossed,
+        whether anything on the way, or that node, has other readers)."""
+        src, padded, shared = node.args[0] if node.args else None, False, False
+        while getattr(src, "op", None) == "call_function" and src.target in clamps | pads:
+            padded = padded or src.target in pads
+            shared = shared or len(src.users) > 1
+            src = src.args[0]
+        return src, padded, shared or len(getattr(src, "users", ())) > 1
+
+    def runnable(name: str, depth: int = 0) -> bool:
+        if name in chosen:
+            return True
+        src, padded, shared = source(names[name])
+        if not padded or getattr(src, "op", None) == "placeholder":
+            return True
+        prev = getattr(src, "name", None)
+        if prev in chosen:
+            return True
+        if depth < 2 and prev in names and not shared and runnable(prev, depth + 1):
+            chosen.add(prev)
+            added.append(prev)
+            return True
+        return False
+
+    kept = []
+    for name in wanted:
+        if runnable(name):
+            chosen.add(name)
+        else:
+            kept.append(name)
+    order = [n.name for n in weighted]
+    return [n for n in order if n in chosen], [n for n in added if n not in wanted], kept
+
+
+def observer_consumers(prepared) -> dict[int, list[set[str]]]:
+    """id(observer module) → for each tensor it observes (a module shared by a spec such as an
+    average pool's input and output observes several), the module paths of the weighted layers
+    that read that tensor, through pads and further observers."""
+    from .quant import module_path
+
+    _, pads, weighted = _ops()
+
+    out: dict[int, list[set[str]]] = {}
+    for node in prepared.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = getattr(prepared, node.target)
+        readers: set[str] = set()
+        out.setdefault(id(mod), []).append(readers)
+        stack, seen = list(node.users), {node}
+        while stack:
+            user = stack.pop()
+            if user in seen:
+                continue
+            seen.add(user)
+            if user.op == "call_module" or (user.op == "call_function" and user.target in pads):
+                stack.extend(user.users)
+            elif user.op == "call_function" and user.target in weighted and user.args and user.args[0] in seen:
+                readers.add(module_path(user))
+    return out
+
+
+def pin_activations(prepared, ranges: dict[str, float]) -> int:
+    """Give every activation observer whose tensor feeds a layer in ``ranges`` the qparams of
+    edgekit's clip ∩ its observed [min, max] (asymmetric int8, as XNNPACK's activations are).
+    An observer shared by several tensors is pinned only when each of them feeds such a layer:
+    a squeeze-excite average pool shares its input's observer, and the pooled vector's clip
+    would saturate the feature map (untrained MobileNetV3: 0.5 dB from the shared graph).
+    Returns how many observers were pinned."""
+    import torch
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    consumers = observer_consumers(prepared)
+    pinned, done = 0, set()
+    for node in prepared.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = getattr(prepared, node.target)
+        if id(mod) in done or not isinstance(mod, ObserverBase) or getattr(mod, "ch_axis", None) is not None:
+            continue
+        done.add(id(mod))
+        tensors = consumers.get(id(mod), [])
+        per_tensor = [[ranges[p] for p in readers if p in ranges] for readers in tensors]
+        if not tensors or not all(per_tensor) or not hasattr(mod, "min_val") or mod.min_val.numel() != 1:
+            continue
+        clips = [c for cs in per_tensor for c in cs]
+        qmin, qmax = int(mod.quant_min), int(mod.quant_max)
+        clip = max(clips)
+        lo = min(max(float(mod.min_val), -clip), 0.0)
+        hi = max(min(float(mod.max_val), clip), 0.0)
+        scale = max((hi - lo) / (qmax - qmin), float(torch.finfo(torch.float32).eps))
+        zero = int(np.clip(qmin - round(lo / scale), qmin, qmax))
+        mod.calculate_qparams = (lambda s=scale, z=zero: (torch.tensor([s], dtype=torch.float32),
+                                                          torch.tensor([z], dtype=torch.int32)))
+        pinned += 1
+    return pinned

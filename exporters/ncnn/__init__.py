@@ -1,0 +1,1 @@
+"""ncnn: conversion with pnnx and the runner."""

@@ -1,0 +1,228 @@
+"""torch → ONNX, and the ONNX target (its runner: :mod:`exporters.onnx.runner`).
+
+Export uses ``torch.onnx.export(dynamo=True)`` (the TorchScript exporter is
+deprecated) into a single file (``external_data=False``), optionally with a symbolic
+batch dimension. Every ONNX stage (exported, simplified, FP16, Q/DQ) is run by
+:class:`OrtRunner` on ONNX Runtime's CPU provider.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edgekit import signals
+from edgekit.artifact import Artifact, tool_versions
+from edgekit.contracts import ExportContext, Exporter, ExportRequest
+from edgekit.errors import ArtifactError, ExportError, UsageError, first_line, require
+from edgekit.specs import InputSpec
+
+from .runner import OrtRunner, ort_providers
+
+DEFAULT_OPSET = 18   # the dynamo exporter's own opset (torch 2.13: TORCHLIB_OPSET)
+MIN_OPSET = 7        # the oldest the ONNX version converter adapts to
+
+
+def supported_opsets() -> range:
+    """Opsets ``--opset`` may ask for: up to the installed ``onnx``'s newest. Below
+    DEFAULT_OPSET the file is version-converted, which works only when every operator of the
+    model has an adapter; the written file is checked either way."""
+    onnx = require("onnx", "onnx")
+    return range(MIN_OPSET, int(onnx.defs.onnx_opset_version()) + 1)
+
+
+def check_opset(opset: int | None) -> None:
+    """Refuse an opset outside :func:`supported_opsets` before any work (exit 2)."""
+    if opset is None:
+        return
+    ok = supported_opsets()
+    if opset not in ok:
+        raise UsageError(f"ONNX opset {opset} is not supported: edgekit writes opsets {ok.start}-{ok.stop - 1}",
+                         hint=f"use --opset {DEFAULT_OPSET} (the exporter's own; {ok.start}-{DEFAULT_OPSET - 1} only "
+                              "where every operator converts)")
+
+
+def file_opset(model) -> int:
+    """The default-domain opset an ONNX model declares."""
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+ONNX_PACKAGES = ("onnx", "onnxruntime", "onnxscript")
+
+
+def node_counts(path_or_model: Any) -> dict[str, int]:
+    """Op type → count over the main graph."""
+    onnx = require("onnx", "onnx")
+    model = onnx.load(str(path_or_model), load_external_data=False) if isinstance(path_or_model, (str, Path)) \
+        else path_or_model
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def load_onnx(path: Path):
+    """Load and check an ONNX file; a corrupt file is an ArtifactError, not a traceback."""
+    onnx = require("onnx", "onnx")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        msg = first_line(exc, None)
+        raise ArtifactError(f"{Path(path).name} is not a valid ONNX model: {msg[:200]}") from None
+    return model
+
+
+def export_onnx(model, inputs: tuple[InputSpec, ...], path: Path, opset: int | None = None,
+                dynamic_batch: bool = False, output_names: tuple[str, ...] = ("output",)) -> Artifact:
+    """Export an eval-mode module to one ONNX file; returns the ``onnx`` stage."""
+    import torch
+
+    require("onnxscript", "onnx", "ONNX export")
+    onnx = require("onnx", "onnx")
+    opset = opset or DEFAULT_OPSET
+    args = tuple(torch.zeros(i.shape, dtype=getattr(torch, i.dtype)) for i in inputs)
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        dynamic_shapes = tuple({0: batch} for _ in inputs)
+    t0 = time.perf_counter()
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_torch_onnx():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.eval(), args, str(path), dynamo=True, external_data=False,
+                              opset_version=opset, input_names=[i.name for i in inputs],
+                              output_names=list(output_names), dynamic_shapes=dynamic_shapes,
+                              verbose=False)
+    except Exception as exc:
+        # Ctrl-C/SIGTERM inside the exporter can come out wrapped, or as a later failure of a
+        # half-finished import (AttributeError: torch._dynamo has no 'exc'): an interrupt, not
+        # the model's traceability
+        signals.check()
+        interrupt = signals.interrupt_in(exc)
+        if interrupt is not None:
+            raise interrupt from None
+        cause = exc.__cause__ or exc
+        raise ExportError("onnx", f"torch.onnx.export failed: {first_line(exc)}"
+                          + (f" (cause: {first_line(cause, 200)})" if cause is not exc else ""),
+                          hint="the model must be traceable by torch.export (no data-dependent Python control "
+                               "flow); rerun with --debug for the full trace") from exc
+    seconds = time.perf_counter() - t0
+    m = onnx.load(str(path))
+    written = file_opset(m)
+    if written != opset:  # the exporter fell back to its own opset when conversion failed
+        m = _convert_opset(m, opset, written, path)
+    outs = tuple(o.name for o in m.graph.output)
+    specs = tuple(InputSpec(i.name, i.shape, i.dtype, i.layout, dynamic_batch) for i in inputs)
+    return Artifact(path=path, stage="onnx", format="onnx", precision="fp32", target="onnx", inputs=specs,
+                    outputs=outs, meta={"opset": file_opset(m), "exporter": "torch.onnx.export(dynamo=True)",
+                                        "export_seconds": round(seconds, 2), "nodes": len(m.graph.node),
+                                        "node_counts": node_counts(m), "dynamic_batch": dynamic_batch},
+                    tools=tool_versions(*ONNX_PACKAGES))
+
+
+def _convert_opset(m, opset: int, written: int, path: Path):
+    """Convert ``m`` to ``opset`` with the ONNX version converter and rewrite ``path``, or
+    refuse (exit 2): the file must carry the opset the user asked for, and the manifest the
+    opset the file carries."""
+    onnx = require("onnx", "onnx")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = onnx.version_converter.convert_version(m, opset)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError/ValueError/...
+        why = re.sub(r"^.*Assertion `false` failed:\s*", "", first_line(exc, 300)).replace("$", "")[:160]
+        raise UsageError(f"--opset {opset}: the model converts no lower than the exporter's opset {written} "
+                         f"(ONNX version converter: {why})",
+                         hint=f"use --opset {written} or newer (up to {supported_opsets().stop - 1})") from None
+    if file_opset(converted) != opset:
+        raise UsageError(f"--opset {opset}: the converted file declares opset {file_opset(converted)}",
+                         hint=f"use --opset {written}")
+    onnx.save(converted, str(path))
+    return converted
+
+
+@contextlib.contextmanager
+def _quiet_torch_onnx():
+    """The dynamo exporter logs progress, torchvision-missing notes and, on failure, whole
+    graph dumps straight to stderr. Capture file descriptor 2 while it runs; the capture is
+    replayed only with EDGEKIT_DEBUG=1 (set by --debug)."""
+    names = ["torch.onnx", "torch.onnx._internal.exporter", "onnxscript", "torch.fx", "torch.export",
+             "torch._dynamo", "torch._export"]
+    saved = [(n, logging.getLogger(n).level) for n in names]
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            for n, lvl in saved:
+                logging.getLogger(n).setLevel(lvl)
+            if os.environ.get("EDGEKIT_DEBUG") == "1":
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode(errors="replace"))
+
+
+
+class OnnxTarget(Exporter):
+    """The ONNX file itself is the deployable artifact (ONNX Runtime on any CPU)."""
+
+    name = "onnx"
+    aliases = ("onnxruntime", "ort")
+    description = "ONNX file, run with ONNX Runtime (CPU); FP16 and INT8 as graph transforms"
+    precisions = ("fp32", "fp16", "int8")
+    source = "onnx"
+    extra = "onnx"
+    packages = ONNX_PACKAGES
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            ort = require("onnxruntime", "onnx")
+            require("onnx", "onnx")
+            require("onnxscript", "onnx")
+        except Exception as exc:
+            return False, str(exc)
+        return True, f"onnxruntime {ort.__version__}"
+
+    def check(self, request: ExportRequest) -> None:
+        super().check(request)
+        for mod in ("onnx", "onnxruntime", "onnxscript"):
+            require(mod, "onnx", "ONNX export")
+        if request.simplify and request.simplifier in ("onnxsim", "onnxslim"):
+            require(request.simplifier, "onnx", f"the {request.simplifier} simplifier")
+
+    def builds_artifact(self, request: ExportRequest) -> bool:
+        # FP32/FP16: the pipeline's last ONNX stage is the deliverable. INT8: one more stage,
+        # the shared Q/DQ graph in the form ONNX Runtime's CPU kernels fuse (quant.py).
+        return request.precision == "int8"
+
+    def export(self, ctx: ExportContext, workdir: Path) -> Artifact:
+        if ctx.source is None:
+            raise ExportError("onnx", "no ONNX stage to deliver")
+        if ctx.request.precision != "int8":
+            return ctx.source
+        from .quant import build
+
+        return build(ctx, workdir)
+
+    def devices(self) -> tuple[str, ...]:
+        return ("CPU", "CUDA", "GPU") if "CUDAExecutionProvider" in ort_providers() else ("CPU",)
+
+    def open(self, artifact: Artifact, device: str | None = None, **options: Any) -> OrtRunner:
+        device = (self.check_device(device) or "CPU").upper()
+        if device == "CPU":
+            return OrtRunner(artifact.path, artifact.inputs, None, threads=options.get("threads"))
+        return OrtRunner(artifact.path, artifact.inputs, None, threads=options.get("threads"),
+                         providers=["CUDAExecutionProvider"], name="onnxruntime-cuda")

@@ -1,0 +1,1 @@
+"""TensorRT: strongly typed engines from the ONNX graph, its lint and the runner."""
