@@ -164,14 +164,17 @@ def _batch_of(feed: Mapping[str, np.ndarray]) -> int:
 
 def measure(runner: Any, feeds: Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]] | None = None, *,
             warmup: int = 10, iters: int | None = None, seconds: float = 2.0, batch: int | None = None,
-            opened: bool = False, min_iters: int = 5) -> LatencyStats:
+            opened: bool = False, min_iters: int = 5, collect: bool = True) -> LatencyStats:
     """Time ``runner`` (an unopened Runner: ``measure`` enters it, timing that as load).
 
     ``feeds``: one feed, a list of feeds (used in turn), or None for a seeded synthetic
     feed shaped like ``runner.inputs`` (with ``batch`` as leading dimension when given).
     ``iters`` fixes the number of timed runs; otherwise runs continue until ``seconds``
     of timed runs have passed and at least ``min_iters`` runs were made. ``opened=True`` measures a runner that
-    is already inside its ``with`` block (load is then not measured).
+    is already inside its ``with`` block (load is then not measured). The garbage collector
+    is off while runs are timed; ``collect=False`` skips the full collection before them (a
+    caller timing many short rounds collects once: with torch loaded one collection takes
+    ~0.25 s, more than a 20 ms round).
     """
     if warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {warmup}")
@@ -191,7 +194,7 @@ def measure(runner: Any, feeds: Mapping[str, np.ndarray] | Iterable[Mapping[str,
         if feed_list is None:
             feed_list = [synthetic_feed(runner.inputs, batch)]
         n_images = batch if batch is not None else _batch_of(feed_list[0])
-        samples, first_ms, timed_s = _run(runner, feed_list, warmup, iters, seconds, max(min_iters, 1))
+        samples, first_ms, timed_s = _run(runner, feed_list, warmup, iters, seconds, max(min_iters, 1), collect)
         rss1 = _rss_bytes()
         peak = _peak_rss_bytes()
     finally:
@@ -212,7 +215,7 @@ def measure(runner: Any, feeds: Mapping[str, np.ndarray] | Iterable[Mapping[str,
 
 
 def _run(runner: Any, feeds: list[dict], warmup: int, iters: int | None, seconds: float,
-         min_iters: int) -> tuple[list[float], float, float]:
+         min_iters: int, collect: bool = True) -> tuple[list[float], float, float]:
     clock = time.perf_counter_ns
     t = clock()
     runner.infer(feeds[0])
@@ -222,7 +225,8 @@ def _run(runner: Any, feeds: list[dict], warmup: int, iters: int | None, seconds
     samples: list[float] = []
     budget_ns = None if iters is not None else int(seconds * 1e9)
     gc_was_enabled = gc.isenabled()
-    gc.collect()
+    if collect:
+        gc.collect()
     gc.disable()
     try:
         start = clock()
@@ -259,9 +263,11 @@ def time_runners(runners: Mapping[str, Any], feed: Mapping[str, np.ndarray], sec
     pooled: dict[str, list[float]] = {k: [] for k in runners}
     per_round_p50: dict[str, list[float]] = {k: [] for k in runners}
     per_round = seconds / max(1, rounds) / max(1, len(runners))
+    gc.collect()  # once: the rounds allocate little, and a collection per round would cost more than the round
     for rnd in range(max(1, rounds)):
         for k, r in runners.items():
-            s = measure(r, feed, warmup=warmup if rnd == 0 else 1, seconds=per_round, opened=True, min_iters=1)
+            s = measure(r, feed, warmup=warmup if rnd == 0 else 1, seconds=per_round, opened=True, min_iters=1,
+                        collect=False)
             pooled[k] += s.samples_ms
             per_round_p50[k].append(round(float(np.median(s.samples_ms)), 4))
     out = {}
