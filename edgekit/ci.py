@@ -12,10 +12,11 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cells import Cell, cell_folder, cell_request, export_cell
 from .errors import EdgekitError, UsageError
 from .specs import PRECISIONS, parse_shape
 
@@ -29,25 +30,6 @@ MODEL_KEYS = {"targets": list, "precisions": list, "calib": str, "input_shape": 
 
 class ConfigError(UsageError):
     """An edgekit.toml that cannot be used (exit 2, before any export)."""
-
-
-@dataclass
-class Cell:
-    model: str                    # as written in the project file (zoo names canonical)
-    target: str
-    precision: str
-    ref: str = ""                 # what the export resolves: a user model file made absolute
-    input_shape: tuple[int, ...] | None = None
-    batch: int = 1
-    calib: Path | None = None
-    weights: Path | None = None
-    pretrained: bool = False
-    samples: int | None = None
-    tolerance: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}/{self.target}/{self.precision}"
 
 
 @dataclass
@@ -221,13 +203,7 @@ def _load_config(path: Path) -> CiConfig:
 
 
 def _request(cfg: CiConfig, cell: Cell):
-    from .contracts import ExportRequest
-
-    folder = cfg.out / "artifacts" / f"{cell.model.replace(':', '_').replace('/', '_')}-{cell.target}-{cell.precision}"
-    return ExportRequest(model=cell.ref or cell.model, target=cell.target, precision=cell.precision, out=folder,
-                         batch=cell.batch, input_shape=cell.input_shape, weights=cell.weights,
-                         pretrained=cell.pretrained, calib=cell.calib, threads=cfg.threads, samples=cell.samples,
-                         tolerance=dict(cell.tolerance), parity=True, bench=False, force=True)
+    return cell_request(cell, cell_folder(cfg.out, cell.model, cell.target, cell.precision), threads=cfg.threads)
 
 
 def failure_message(cell: Cell, comparisons) -> str:
@@ -248,9 +224,8 @@ def failure_message(cell: Cell, comparisons) -> str:
 def run_ci_cell(cfg: CiConfig, cell: Cell, dev: str, console, debug: bool = False):
     """Export and check one cell: (JUnit case, report row). Never raises for the cell's own
     failures (unless ``debug``). The same function runs in this process and as a Ray task."""
-    from .bench.run import BenchSettings, bench_artifact, error_text, target_versions
+    from .bench.run import BenchSettings, bench_artifact, target_versions
     from .parity import parity_table
-    from .pipeline import export
     from .report.junit import Case
     from .report.schema import make_row, manifest_parity
     from .targets import get_target
@@ -271,13 +246,10 @@ def run_ci_cell(cfg: CiConfig, cell: Cell, dev: str, console, debug: bool = Fals
             return Case(cell.name, classname, skipped=msg), make_row(**base, status="skipped", error=msg)
         console.warn(msg)
         return Case(cell.name, classname, error=msg), make_row(**base, status="error", error=msg)
-    try:
-        result = export(_request(cfg, cell), console)
-    except Exception as exc:
-        msg = f"{cell.name}: export failed: {error_text(exc)}"
+    result, error = export_cell(_request(cfg, cell), console, debug=debug)
+    if result is None:
+        msg = f"{cell.name}: export failed: {error}"
         console.warn(msg)
-        if debug:
-            raise
         return (Case(cell.name, classname, seconds=time.perf_counter() - t0, error=msg),
                 make_row(**base, status="error", error=msg))
     table = parity_table(result.comparisons) if result.comparisons else "parity not run"

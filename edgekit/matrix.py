@@ -24,6 +24,7 @@ from typing import Any
 
 from .bench.device import fingerprint
 from .bench.progress import Progress
+from .cells import Cell, cell_folder, cell_request, export_cell
 from .bench.run import (BenchSettings, bench_artifact, bench_torch, error_text, pair_int8_with_fp32,
                         pair_with_baseline, target_versions, torch_reference)
 from .errors import EdgekitError, UsageError
@@ -160,16 +161,10 @@ class _Index:
 
 
 def _request(cfg: MatrixConfig, model: str, target: str, precision: str, folder: Path):
-    from .contracts import ExportRequest
+    cell = Cell(model=model, target=target, precision=precision, input_shape=cfg.input_shape, batch=cfg.batch,
+                calib=cfg.calib, pretrained=cfg.pretrained, samples=cfg.samples, tolerance=dict(cfg.tolerance))
+    return cell_request(cell, folder.resolve(), threads=cfg.threads, device=cfg.device)
 
-    return ExportRequest(model=model, target=target, precision=precision, out=folder.resolve(), batch=cfg.batch,
-                         input_shape=cfg.input_shape, calib=cfg.calib, pretrained=cfg.pretrained,
-                         device=cfg.device, threads=cfg.threads, parity=True, bench=False, samples=cfg.samples,
-                         tolerance=dict(cfg.tolerance), force=True)
-
-
-def _cell_name(model: str, target: str, precision: str) -> str:
-    return f"{model.replace(':', '_').replace('/', '_')}-{target}-{precision}"
 
 
 def result_text(row: dict[str, Any]) -> str:
@@ -209,22 +204,20 @@ def build_cell(cfg: MatrixConfig, model: str, target: str, precision: str, base:
                weights: str | None, index: "_Index | None", pipeline_console) -> "Built | dict[str, Any]":
     """Export (or reuse) one cell's artifact into ``cfg.out``; a skipped or error row when
     there is none. Never raises for the cell's own failures. ``index`` None: never reuse."""
-    from .pipeline import export
     from .targets import get_target
 
     exporter = get_target(target)
     if precision not in exporter.precisions:
         return make_row(**base, status="skipped", error=f"{target} does not support {precision}")
-    folder = cfg.out / "artifacts" / _cell_name(model, target, precision)
+    folder = cell_folder(cfg.out, model, target, precision)
     request = _request(cfg, model, target, precision, folder)
     if cfg.reuse and weights and index is not None:
         manifest = index.reusable(folder.name, folder, request, weights, base["versions"])
         if manifest is not None:
             return Built(folder, manifest, reused=True)
-    try:
-        result = export(request, pipeline_console)
-    except Exception as exc:  # the cell's content is its error; the matrix goes on
-        return make_row(**base, status="error", error=error_text(exc),
+    result, error = export_cell(request, pipeline_console)
+    if result is None:
+        return make_row(**base, status="error", error=error,
                         warnings=list(getattr(pipeline_console, "warnings", []))[-5:])
     if weights and index is not None:
         index.record(folder.name, folder, weights, base["versions"])

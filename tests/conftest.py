@@ -10,6 +10,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# pytest-xdist runs one worker per core (`make test`: 2 on 2 cores). Each torch process would
+# start one OpenMP thread per core, so the workers' threads outnumber the cores and spin
+# against each other: test_zoo.py + test_openvino.py took 344 s with the default, 258 s with
+# one thread per worker (2026-12-05, 2 cores). Set before torch is imported here or in a
+# subprocess the tests start (the CLI, Ray nodes); an explicit OMP_NUM_THREADS is kept, and a
+# runner given ``threads=N`` still sets its own count.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 
 def run_edgekit(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (exit codes and stderr exactly as a user sees them)."""
@@ -62,3 +71,16 @@ def torch_fp16_floor(model, feeds, compute: bool = True, name: str = "input") ->
             got.append(half(x.half() if compute else x).float().numpy())
     ref, got = np.concatenate(ref), np.concatenate(got)
     return cosine(ref, got), sqnr_db(ref, got)
+
+
+def make_context(request, *, spec=None, model=None, inputs=(), source=None, calib=None, heldout=(), log=None,
+                 warn=None, stem: str | None = None, fp32_source=None):
+    """The tests' one ExportContext factory, filled as the pipeline fills it. ``log`` (default:
+    silent) also receives the warnings unless ``warn`` is given; ``stem`` defaults to the
+    spec's name."""
+    from edgekit.contracts import ExportContext
+
+    log = log or (lambda m: None)
+    return ExportContext(request=request, spec=spec, model=model, inputs=tuple(inputs), source=source,
+                         calib_feeds=calib, heldout_feeds=heldout, log=log, warn=warn or log,
+                         stem=stem or (spec.name if spec is not None else "model"), fp32_source=fp32_source)

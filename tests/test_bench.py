@@ -24,21 +24,7 @@ from edgekit.contracts import ExportRequest  # noqa: E402
 from edgekit.errors import UsageError  # noqa: E402
 from edgekit.specs import InputSpec  # noqa: E402
 
-MODEL_SRC = '''
-import torch
-from torch import nn
-
-def tiny():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
-'''
-
-
-def tiny_model():
-    ns: dict = {}
-    exec(MODEL_SRC, ns)
-    return ns["tiny"]()
+from tests.tiny import MODEL_SRC, tiny_model  # noqa: E402  (the shared tiny model)
 
 
 def write_artifact(folder, dynamic_batch=False):

@@ -17,15 +17,7 @@ from edgekit.ci import ConfigError, load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MODEL_SRC = '''
-import torch
-from torch import nn
-
-def tiny():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
-'''
+from tests.tiny import MODEL_SRC  # noqa: E402  (the shared tiny model)
 
 
 def project(tmp_path: Path, extra: str = "") -> Path:

@@ -23,7 +23,7 @@ pytest.importorskip("coremltools", reason="the Core ML target needs coremltools 
 
 from edgekit.feeds import photo_feeds  # noqa: E402
 from edgekit.compare import Tolerance, tolerance_for  # noqa: E402
-from edgekit.contracts import ExportContext, ExportRequest  # noqa: E402
+from edgekit.contracts import ExportRequest  # noqa: E402
 from edgekit.errors import UsageError  # noqa: E402
 from edgekit.models.build import build  # noqa: E402
 from edgekit.models.registry import get_spec  # noqa: E402
@@ -33,7 +33,7 @@ from exporters.coreml.exporter import CoreMLTarget, compare  # noqa: E402
 from exporters.coreml.convert import deployment_target  # noqa: E402
 from exporters.coreml.mil import Interpreter, MilRunner, load_program  # noqa: E402
 from exporters.coreml.mil.blob import METADATA, BlobFile  # noqa: E402
-from tests.conftest import torch_fp16_floor  # noqa: E402
+from tests.conftest import make_context, torch_fp16_floor  # noqa: E402
 
 pytestmark = pytest.mark.coreml
 
@@ -73,8 +73,8 @@ def make_ctx(name: str, precision: str, res: int | None = RES, pretrained: bool 
     spec, model, inp, feeds = _model_and_feeds(name, res, pretrained, heldout, calib)
     req = ExportRequest(model=name, target="coreml", precision=precision, pretrained=pretrained, options=options)
     logs: list[str] = []
-    ctx = ExportContext(request=req, spec=spec, model=model, inputs=(inp,), source=None, calib_feeds=feeds.calib,
-                        heldout_feeds=feeds.heldout, log=logs.append, warn=logs.append, stem=name)
+    ctx = make_context(req, spec=spec, model=model, inputs=(inp,), calib=feeds.calib, heldout=feeds.heldout,
+                       log=logs.append, stem=name)
     return ctx, logs
 
 

@@ -25,6 +25,7 @@ from edgekit.feeds import photo_feeds  # noqa: E402
 from edgekit.artifact import Artifact  # noqa: E402
 from edgekit.compare import ROUNDING_FACTOR, Comparison, tolerance_for  # noqa: E402
 from edgekit.contracts import ExportContext, ExportRequest  # noqa: E402
+from tests.conftest import make_context  # noqa: E402
 from edgekit.errors import MissingDependencyError, UsageError  # noqa: E402
 from edgekit.models.build import build  # noqa: E402
 from edgekit.models.registry import get_spec  # noqa: E402
@@ -57,8 +58,8 @@ def make_ctx(name: str, precision: str, res: int | None, pretrained: bool = Fals
     req = ExportRequest(model=name, target="executorch", precision=precision, pretrained=pretrained, threads=1,
                         options={"et_max_float": 0, **options})
     logs: list[str] = []
-    ctx = ExportContext(request=req, spec=spec, model=model, inputs=(inp,), source=None, calib_feeds=feeds.calib,
-                        heldout_feeds=feeds.heldout, log=logs.append, warn=logs.append, stem=name)
+    ctx = make_context(req, spec=spec, model=model, inputs=(inp,), calib=feeds.calib, heldout=feeds.heldout,
+                       log=logs.append, stem=name)
     return ctx, weights, logs
 
 

@@ -17,6 +17,7 @@ from calibration.quantize import quantize_int8
 from calibration.torch_transfer import read_qdq, transfer
 from edgekit.compare import Tolerance
 from edgekit.contracts import ExportContext, ExportRequest
+from tests.conftest import make_context
 from edgekit.errors import CalibrationError
 from edgekit.models.registry import get_spec
 from exporters.onnx.exporter import export_onnx
@@ -85,9 +86,8 @@ def test_transfer_into_another_model_is_an_error(qdq):
 
 def _ctx(target: str, art, fs, **options) -> ExportContext:
     req = ExportRequest(model="tiny", target=target, precision="int8", threads=1, options=options)
-    return ExportContext(request=req, spec=get_spec("mobilenet_v2"), model=TinyNet(), inputs=(INPUT,), source=art,
-                         calib_feeds=fs.calib, heldout_feeds=fs.heldout, log=lambda m: None, warn=lambda m: None,
-                         stem="tiny")
+    return make_context(req, spec=get_spec("mobilenet_v2"), model=TinyNet(), inputs=(INPUT,), source=art,
+                        calib=fs.calib, heldout=fs.heldout, stem="tiny")
 
 
 def _int8_arrays(values) -> list[np.ndarray]:

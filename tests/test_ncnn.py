@@ -24,6 +24,7 @@ from edgekit.feeds import photo_feeds  # noqa: E402
 from edgekit.artifact import Artifact  # noqa: E402
 from edgekit.compare import ROUNDING_FACTOR, Comparison, tolerance_for  # noqa: E402
 from edgekit.contracts import ExportContext, ExportRequest  # noqa: E402
+from tests.conftest import make_context  # noqa: E402
 from edgekit.errors import ArtifactError, MissingDependencyError, UsageError  # noqa: E402
 from edgekit.models.build import build  # noqa: E402
 from edgekit.models.registry import get_spec  # noqa: E402
@@ -55,8 +56,7 @@ def model_and_feeds(name: str):
 def export(name: str, precision: str, workdir: Path) -> tuple[ExportContext, Artifact]:
     spec, model, _, inp, feeds = model_and_feeds(name)
     req = ExportRequest(model=name, target="ncnn", precision=precision)
-    ctx = ExportContext(request=req, spec=spec, model=model, inputs=(inp,), source=None, calib_feeds=None,
-                        heldout_feeds=feeds, log=lambda m: None, warn=lambda m: None, stem=name)
+    ctx = make_context(req, spec=spec, model=model, inputs=(inp,), heldout=feeds, stem=name)
     return ctx, NcnnTarget().export(ctx, workdir)
 
 

@@ -22,7 +22,7 @@ from edgekit.feeds import photo_feeds  # noqa: E402
 from calibration.quantize import Int8Options, quantize_int8  # noqa: E402
 from edgekit.artifact import Artifact  # noqa: E402
 from edgekit.compare import Comparison, tolerance_for  # noqa: E402
-from edgekit.contracts import ExportContext, ExportRequest  # noqa: E402
+from edgekit.contracts import ExportRequest  # noqa: E402
 from edgekit.errors import MissingDependencyError, UnavailableError, UsageError  # noqa: E402
 from edgekit.models import build, get_spec  # noqa: E402
 from edgekit.specs import InputSpec  # noqa: E402
@@ -33,7 +33,7 @@ from edgekit.torch_runner import fp32_rounding_error  # noqa: E402
 from exporters.openvino.exporter import OpenVinoTarget  # noqa: E402
 from exporters.openvino.runner import resolve_device  # noqa: E402
 from exporters.onnx.simplify import simplify  # noqa: E402
-from tests.conftest import torch_fp16_floor  # noqa: E402
+from tests.conftest import make_context, torch_fp16_floor  # noqa: E402
 
 pytestmark = pytest.mark.openvino
 
@@ -82,9 +82,9 @@ class Built:
         target.check(req)
         # as the pipeline does: a target that does not quantize itself reads the shared Q/DQ stage
         source = self.qdq() if precision == "int8" and not target.handles_precision(req) else self.source
-        ctx = ExportContext(request=req, spec=self.spec, model=self.model, inputs=self.inputs, source=source,
-                            calib_feeds=self.feeds.calib, heldout_feeds=self.feeds.heldout, log=lambda m: None,
-                            warn=warnings.append, stem=self.spec.name, fp32_source=self.source)
+        ctx = make_context(req, spec=self.spec, model=self.model, inputs=self.inputs, source=source,
+                           calib=self.feeds.calib, heldout=self.feeds.heldout, warn=warnings.append,
+                           fp32_source=self.source)
         out = self.root / f"{precision}-{len(self.arts)}"
         art = target.export(ctx, out)
         self.warnings[str(out)] = warnings

@@ -31,15 +31,7 @@ from edgekit.report.merge import merge_reports  # noqa: E402
 from edgekit.report.schema import SCHEMA, dumps, finalize  # noqa: E402
 from edgekit.report.table import ms, per_device_table  # noqa: E402
 
-MODEL_SRC = '''
-import torch
-from torch import nn
-
-def tiny():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
-'''
+from tests.tiny import tiny_model, write_tiny  # noqa: E402  (the shared tiny model)
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +48,8 @@ def measured(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("report") / "tiny-onnx-fp32"
     folder.mkdir()
-    (folder.parent / "tiny.py").write_text(MODEL_SRC)
-    ref = str(folder.parent / "tiny.py") + ":tiny"
-    ns: dict = {}
-    exec(MODEL_SRC, ns)
-    model = ns["tiny"]()
+    ref = write_tiny(folder.parent)
+    model = tiny_model()
     inputs = (InputSpec(shape=(1, 3, 32, 32)),)
     art = export_onnx(model, inputs, folder / "tiny.onnx")
     comps = run_parity(TorchRunner(model, inputs), [(art, OrtRunner(art.path, art.inputs))],

@@ -14,7 +14,8 @@ from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
 
 from edgekit.artifact import Artifact, Manifest  # noqa: E402
-from edgekit.contracts import ExportContext, ExportRequest  # noqa: E402
+from edgekit.contracts import ExportRequest  # noqa: E402
+from tests.conftest import make_context  # noqa: E402
 from edgekit.errors import ArtifactError, MissingDependencyError, UsageError  # noqa: E402
 from edgekit.specs import InputSpec  # noqa: E402
 from exporters.tensorrt.exporter import TensorRTTarget, table_version  # noqa: E402
@@ -342,8 +343,7 @@ def _gpu_ready() -> bool:
 def _build(source: Artifact, work: Path, precision: str, **kw) -> Artifact:
     request = ExportRequest(model="tiny", target="tensorrt", precision=precision, **kw)
     TensorRTTarget().check(request)
-    ctx = ExportContext(request=request, spec=None, model=None, inputs=source.inputs, source=source,
-                        calib_feeds=None, heldout_feeds=[], stem=f"tiny-{precision}")
+    ctx = make_context(request, inputs=source.inputs, source=source, heldout=[], stem=f"tiny-{precision}")
     return TensorRTTarget().export(ctx, work)
 
 

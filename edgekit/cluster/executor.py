@@ -23,7 +23,8 @@ from typing import Any, Callable
 from ..bench.progress import Progress
 from ..bench.run import error_text
 from ..errors import UsageError
-from ..matrix import (MatrixPlan, _cell_name, _Index, baseline_error_row, model_reference, result_text,
+from ..cells import cell_folder
+from ..matrix import (MatrixPlan, _Index, baseline_error_row, model_reference, result_text,
                       unavailable_row)
 from ..report.schema import make_row
 from . import require_ray, tasks
@@ -241,7 +242,7 @@ class RayExecutor:
         from ..bench.run import target_versions
         from ..matrix import _request
 
-        folder = (cfg.out / "artifacts" / _cell_name(model, target, precision)).resolve()
+        folder = cell_folder(cfg.out, model, target, precision).resolve()
         reused = None
         if cfg.reuse and weights:
             request = _request(cfg, model, target, precision, folder)
