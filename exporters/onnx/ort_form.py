@@ -10,7 +10,8 @@ threads, this machine): ONNX Runtime FP32 ≈ 4.9 ms, TensorRT-form Q/DQ ≈ 16 
 runs the convolutions as QLinearConv and the activations as QLinear* kernels (3.3 ms
 against 3.7 ms FP32 in the same run, docs/calibration.md).
 
-Same calibration, same decisions, a different encoding:
+Same calibration, same decisions, a different encoding, written as an ordered list of passes
+over a copy of the graph (:data:`PASSES`; each pass's count goes into the manifest's summary):
 
 * weights: the shared graph's INT8 per-channel weights and corrected biases, unchanged;
 * activations already quantized: the same threshold; tensors that never go negative on
@@ -43,8 +44,9 @@ https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -61,17 +63,47 @@ U8_MAX = 255
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 
 
+@dataclass(frozen=True)
+class Source:
+    """What the passes read besides the graph they rewrite: the shared Q/DQ graph as it came
+    (activation ranges are measured on it), the calibration feeds and the form's option."""
+
+    model: object
+    calib: Iterable[dict[str, np.ndarray]]
+    max_feeds: int = 32
+    linear_pairs: bool = True
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One rewrite of the copy, in order. ``run(model, source)`` returns the summary entry
+    ``key`` (a count, or a dict of counts), or with ``entries`` a dict of summary entries."""
+
+    key: str
+    run: Callable[[object, Source], object]
+    entries: bool = False
+
+
 def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 32,
                 linear_pairs: bool = True) -> tuple[object, dict]:
-    """A rewritten copy of the Q/DQ ``model`` and a summary of what changed. ``linear_pairs=False``:
-    no pair on a convolution output without an activation (a residual branch's projection): those
-    distributions are wide and heavy-tailed, and 256 levels over their calibration min/max round
-    and clip them most (pretrained EfficientNet-Lite0: the form 0.54 dB below the shared graph
-    with them, 0.21 dB without; the nine projections then run as float convolutions)."""
+    """A rewritten copy of the Q/DQ ``model`` and a summary of what changed: :data:`PASSES` in
+    order. ``linear_pairs=False``: no pair on a convolution output without an activation (a
+    residual branch's projection): those distributions are wide and heavy-tailed, and 256
+    levels over their calibration min/max round and clip them most (pretrained
+    EfficientNet-Lite0: the form 0.54 dB below the shared graph with them, 0.21 dB without;
+    the nine projections then run as float convolutions)."""
     m = g.named_copy(model)
-    folded = fold_shuffles(m)
-    shuffles = shuffle_to_gather(m)
-    rewired = read_dequantized(m)
+    source = Source(model, calib, max_feeds, linear_pairs)
+    summary: dict = {}
+    for p in PASSES:
+        out = p.run(m, source)
+        summary.update(out if p.entries else {p.key: out})
+    return m, summary
+
+
+def quantization_points(m, src: Source) -> dict:
+    """The activations' uint8 types, the new Q/DQ pairs after quantized convolutions, HardSwish /
+    SiLU outputs and pools, and one scale per Concat carried through its moves."""
     graph = m.graph
     inits = g.initializers(m)
     prod, cons = g.producers(m), g.consumers(m)
@@ -81,12 +113,13 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
               and prod[n.input[0]].op_type == "DequantizeLinear"]
     graph_outputs = {o.name for o in graph.output}  # a graph output stays float
     conv_points = [p for p in (_output_point(n.output[0], cons) for n in qconvs)
-                   if p is not None and p not in graph_outputs and (linear_pairs or p not in {n.output[0] for n in qconvs})]
+                   if p is not None and p not in graph_outputs
+                   and (src.linear_pairs or p not in {n.output[0] for n in qconvs})]
     new_points = conv_points + swish_points(graph, prod, cons, set(conv_points), graph_outputs)
     pools = pool_points(graph, prod, cons, set(new_points), graph_outputs)
     concats = concat_points(graph, prod, cons, set(new_points) | {o for o, _ in pools}, graph_outputs)
-    feeds = take(calib, max_feeds)
-    ranges = _ranges(model, [q.input[0] for q in act_q] + new_points + concats, feeds)
+    feeds = take(src.calib, src.max_feeds)
+    ranges = _ranges(src.model, [q.input[0] for q in act_q] + new_points + concats, feeds)
 
     unsigned, shifted = 0, 0
     for q in act_q:
@@ -113,9 +146,9 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
         reuse = downstream_scale(t, cons, inits)
         pairs.add(t, reuse or pairs.scale(t, ranges[t]))
         downstream += reuse is not None
-    for out, src in pools:
-        dq = prod.get(src)
-        pairs.add(out, pairs.names[src] if src in pairs.names else (dq.input[1], dq.input[2]))
+    for out, src_t in pools:
+        dq = prod.get(src_t)
+        pairs.add(out, pairs.names[src_t] if src_t in pairs.names else (dq.input[1], dq.input[2]))
     moved, rescaled = 0, 0
     for c in concats:
         names = pairs.scale(c, ranges[c])
@@ -127,21 +160,11 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
                 pairs.add(t, names)
                 moved += 1
     pairs.place()
-    integer = integer_activations(m)
-    gemms = integer_gemm_bias(m)
-    summary = {"activation_qdq_unsigned_zero0": unsigned, "activation_qdq_unsigned_zero128": shifted,
-               "conv_output_qdq_added": len(conv_points), "conv_output_downstream_scale": downstream,
-               "activation_output_qdq_added": len(new_points) - len(conv_points),
-               "inputs_read_dequantized": rewired, "pool_qdq_added": len(pools),
-               "channel_shuffles_folded": folded, "channel_shuffles_to_gather": shuffles,
-               "concat_qdq_added": len(concats), "movement_qdq_added": moved, "movement_qdq_rescaled": rescaled,
-               "integer_activations": integer, "gemm_bias_int32": gemms,
-               "average_pools_as_depthwise": pools_as_depthwise(m),
-               "depthwise_channel_sets_padded": pad_depthwise_channels(m),
-               "input_channels_padded": pad_input_channels(m),
-               "gates_full_size": full_size_gates(m),  # after the padding: it reads the padded shapes
-               "quantized_convs": len(qconvs), "range_feeds": len(feeds)}
-    return m, summary
+    return {"activation_qdq_unsigned_zero0": unsigned, "activation_qdq_unsigned_zero128": shifted,
+            "conv_output_qdq_added": len(conv_points), "conv_output_downstream_scale": downstream,
+            "activation_output_qdq_added": len(new_points) - len(conv_points),
+            "pool_qdq_added": len(pools), "concat_qdq_added": len(concats), "movement_qdq_added": moved,
+            "movement_qdq_rescaled": rescaled, "quantized_convs": len(qconvs), "range_feeds": len(feeds)}
 
 
 class _Pairs:
@@ -284,3 +307,18 @@ def build_ort_int8(src_path: Path, path: Path, calib, max_feeds: int = 32, linea
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return summary
+
+
+# The ONNX Runtime form, pass by pass, in the order they run (each reads what the previous wrote).
+PASSES: tuple[Pass, ...] = (
+    Pass("channel_shuffles_folded", lambda m, src: fold_shuffles(m)),      # ort_movement
+    Pass("channel_shuffles_to_gather", lambda m, src: shuffle_to_gather(m)),
+    Pass("inputs_read_dequantized", lambda m, src: read_dequantized(m)),
+    Pass("quantization_points", quantization_points, entries=True),        # types, pairs, concat scales
+    Pass("integer_activations", lambda m, src: integer_activations(m)),    # ort_activations
+    Pass("gemm_bias_int32", lambda m, src: integer_gemm_bias(m)),
+    Pass("average_pools_as_depthwise", lambda m, src: pools_as_depthwise(m)),   # ort_channels
+    Pass("depthwise_channel_sets_padded", lambda m, src: pad_depthwise_channels(m)),
+    Pass("input_channels_padded", lambda m, src: pad_input_channels(m)),
+    Pass("gates_full_size", lambda m, src: full_size_gates(m)),            # ort_gates: reads the padded shapes
+)
