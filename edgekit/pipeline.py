@@ -124,9 +124,7 @@ def check_opset(request: ExportRequest) -> None:
     if target.source != "onnx" and target.handles_precision(request):
         raise UsageError(f"--opset applies to ONNX, and target '{target.name}' converts from PyTorch without it",
                          hint="drop --opset")
-    from exporters.onnx.exporter import check_opset as check_onnx_opset
-
-    check_onnx_opset(request.opset)
+    get_target("onnx").check_opset(request.opset)
 
 
 def heldout_samples(request: ExportRequest) -> int:
@@ -164,19 +162,17 @@ def parity_feeds(res: Resolved, request: ExportRequest, console: Console | None 
 
 def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Path, stem: str,
                  console: Console) -> list[Artifact]:
-    from exporters.onnx.exporter import export_onnx
-    from exporters.onnx.hygiene import pruned
+    from .targets import get_target
 
-    stages = _Clean(pruned)
+    onnx = get_target("onnx")  # the shared ONNX stages are the ONNX target's work
+    stages = _Clean(onnx.pruned)
     with console.step("export torch → ONNX") as d:
-        stages.append(export_onnx(res.model, res.inputs, work / f"{stem}.onnx", opset=request.opset,
-                                  dynamic_batch=request.dynamic_batch))
+        stages.append(onnx.export_source(res.model, res.inputs, work / f"{stem}.onnx", opset=request.opset,
+                                         dynamic_batch=request.dynamic_batch))
         d["summary"] = f"{stages[-1].meta['nodes']} nodes, opset {stages[-1].meta['opset']}"
     if request.simplify:
-        from exporters.onnx.simplify import simplify
-
         with console.step(f"simplify ({request.simplifier})") as d:
-            stages.append(simplify(stages[-1], work / f"{stem}.sim.onnx", request.simplifier))
+            stages.append(onnx.simplify_source(stages[-1], work / f"{stem}.sim.onnx", request.simplifier))
             d["summary"] = f"{stages[-1].meta['nodes_before']} → {stages[-1].meta['nodes']} nodes"
     if target.handles_precision(request):
         return list(stages)

@@ -24,11 +24,7 @@ CORE = ("edgekit.errors", "edgekit.specs", "edgekit.contracts", "edgekit.compare
         "edgekit.outdir", "edgekit.signals")
 
 # (importing module, imported module): why it is still there
-KNOWN = {
-    ("edgekit.pipeline", "exporters.onnx.exporter"): "the pipeline builds the shared ONNX stages itself (issue 22 moves them)",
-    ("edgekit.pipeline", "exporters.onnx.simplify"): "same",
-    ("edgekit.pipeline", "exporters.onnx.hygiene"): "same",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path, root: Path = ROOT) -> str:

@@ -220,6 +220,28 @@ class OnnxTarget(Exporter):
     def devices(self) -> tuple[str, ...]:
         return ("CPU", "CUDA", "GPU") if "CUDAExecutionProvider" in ort_providers() else ("CPU",)
 
+    # The shared ONNX stages every ONNX-fed target starts from. The pipeline builds them through
+    # this target, found in the registry (get_target("onnx")), like any other target's work.
+    def check_opset(self, opset: int | None) -> None:
+        check_opset(opset)
+
+    def export_source(self, model, inputs: tuple[InputSpec, ...], path: Path, opset: int | None = None,
+                      dynamic_batch: bool = False) -> Artifact:
+        """torch → ONNX: the ``onnx`` stage (:func:`export_onnx`)."""
+        return export_onnx(model, inputs, path, opset=opset, dynamic_batch=dynamic_batch)
+
+    def simplify_source(self, source: Artifact, path: Path, simplifier: str) -> Artifact:
+        """The ``simplified`` stage (:mod:`exporters.onnx.simplify`)."""
+        from .simplify import simplify
+
+        return simplify(source, path, simplifier)
+
+    def pruned(self, art: Artifact) -> Artifact:
+        """``art`` without unused initializers or dangling nodes (:mod:`exporters.onnx.hygiene`)."""
+        from .hygiene import pruned
+
+        return pruned(art)
+
     def open(self, artifact: Artifact, device: str | None = None, **options: Any) -> OrtRunner:
         device = (self.check_device(device) or "CPU").upper()
         if device == "CPU":
