@@ -291,7 +291,7 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
 
                 comps += arm_hook(stages, pairs, tol, request, console, feeds.heldout.source)
             apply_yardstick(comps, stability)
-        latency = _latency(stages[-1], request, feeds, console) if (request.bench and stages) else None
+        latency = _latency(stages, res, request, feeds, console) if (request.bench and stages) else None
         model_info = {**res.spec.summary(), "alias": res.alias, "weights": res.weights.to_dict(),
                       "user_ref": res.user_ref, "user_ref_sha256": user_ref_sha256(res.user_ref),
                       "input_shape": list(res.inputs[0].shape)}
@@ -334,13 +334,35 @@ def _stability(res: Resolved, request: ExportRequest, reference, pairs, console:
     return s
 
 
-def _latency(art: Artifact, request: ExportRequest, feeds, console: Console) -> dict[str, Any] | None:
-    from .bench.timing import measure
+def _latency(stages: list[Artifact], res: Resolved, request: ExportRequest, feeds,
+             console: Console) -> dict[str, Any] | None:
+    """The final stage's latency, never alone: timed in interleaved rounds against a reference
+    on the same feed and machine (the last FP32 ONNX stage on ONNX Runtime, or torch eager when
+    the final stage is that ONNX), so that its speed-up reads the same on a busy machine
+    (:func:`edgekit.bench.timing.time_runners`, :func:`~edgekit.bench.timing.paired_ratio`)."""
+    from .bench.timing import paired_ratio, time_runners
     from .targets import get_target
+    from .torch_runner import TorchRunner
 
+    art = stages[-1]
     runner = get_target(art.target).open(art, device=stage_device(art, request), threads=request.threads)
+    fp32 = [s for s in stages if s.format == "onnx" and s.precision == "fp32"]
+    if fp32 and fp32[-1] is not art:
+        against = f"ONNX Runtime FP32 ({fp32[-1].stage})"
+        partner = get_target("onnx").open(fp32[-1], threads=request.threads)
+    else:
+        against = "torch eager FP32"
+        partner = TorchRunner(res.model, res.inputs, threads=request.threads)
     feed = next(iter(feeds.heldout))
-    with console.step(f"latency of {art.stage} ({runner.name})") as d:
-        stats = measure(runner, [feed], warmup=5, seconds=1.0)
-        d["summary"] = f"p50 {stats.p50_ms:.2f} ms"
-    return stats.to_dict()
+    with console.step(f"latency of {art.stage} ({runner.name}), interleaved with {against}") as d:
+        with runner, partner:
+            t = time_runners({"final": runner, "reference": partner}, feed, seconds=1.0)
+        pair = paired_ratio(t, "final", "reference")
+        speedup = 1.0 / max(pair["ratio"], 1e-9)
+        d["summary"] = f"p50 {t['final']['p50_ms']:.2f} ms, {speedup:.2f}x {against}"
+    first = next(iter(feed.values()))
+    return {**{k: t["final"][k] for k in ("p50_ms", "p90_ms", "mean_ms", "min_ms", "iterations")},
+            "batch": int(first.shape[0]) if getattr(first, "ndim", 0) else 1, "runner": runner.name,
+            "threads": request.threads,
+            "paired": {"against": against, "reference_p50_ms": t["reference"]["p50_ms"], "speedup": round(speedup, 3),
+                       "rounds": pair["rounds"], "rounds_faster": pair["rounds_faster"]}}

@@ -65,6 +65,11 @@ def test_export_mobilenet_v3_onnx_end_to_end(demo):
     assert [s["stage"] for s in manifest["stages"]] == ["onnx", "simplified"]
     assert manifest["stages"][1]["meta"]["nodes_before"] >= manifest["stages"][1]["meta"]["nodes"]
     assert all(p["passed"] for p in manifest["parity"])
+    # the latency line is never a lone measurement: interleaved rounds against torch eager FP32
+    lat = manifest["reports"]["latency"]
+    assert lat["p50_ms"] > 0 and lat["paired"]["against"] == "torch eager FP32"
+    assert lat["paired"]["rounds"] == 10 and lat["paired"]["speedup"] > 0 and lat["paired"]["reference_p50_ms"] > 0
+    assert "interleaved rounds" in proc.stdout
 
 
 def test_exported_onnx_matches_the_zoo_model_independently(demo):

@@ -132,7 +132,10 @@ def print_summary(result, console) -> None:
         console.print(f"\nparity: {'PASS' if result.passed else 'FAIL'}")
     if result.latency:
         lat = result.latency
+        pair = lat.get("paired") or {}
+        vs = (f"; {pair['speedup']:.2f}x {pair['against']} (median of {pair['rounds']} interleaved rounds)"
+              if pair.get("speedup") else "")
         console.print(f"latency ({m.final.stage}, batch {lat.get('batch', 1)}): p50 {fmt_num(lat.get('p50_ms'))} ms, "
-                      f"p90 {fmt_num(lat.get('p90_ms'))} ms")
+                      f"p90 {fmt_num(lat.get('p90_ms'))} ms{vs}")
     if m.reports.get("dry_run"):
         console.print("dry run: stopped before the target build")
