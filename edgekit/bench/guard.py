@@ -21,14 +21,22 @@ def int8_guard(ctx: ExportContext, fp32, int8, seconds: float, what: str, advice
     faster. ``what`` names the artifacts in the warning ("INT8 IR ... FP32 IR")."""
     feed = next(iter(ctx.heldout_feeds))
     t = time_runners({"fp32": fp32, "int8": int8}, feed, seconds=2 * seconds)
-    paired = paired_ratio(t, "int8", "fp32")
+    return guard_record(ctx, t, "int8", getattr(int8, "name", type(int8).__name__), seconds, what, advice, extra)
+
+
+def guard_record(ctx: ExportContext, t: dict[str, dict[str, Any]], key: str, runner: str, seconds: float,
+                 what: str, advice: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The guard's manifest record from a :func:`time_runners` result holding ``"fp32"`` and
+    ``key`` (timed interleaved with each other, perhaps beside other candidates); warns when
+    INT8 is not faster."""
+    paired = paired_ratio(t, key, "fp32")
     speedup = 1.0 / max(paired["ratio"], 1e-9)
-    out = {"runner": getattr(int8, "name", type(int8).__name__), "threads": ctx.request.threads, **(extra or {}),
-           "fp32_p50_ms": t["fp32"]["p50_ms"], "int8_p50_ms": t["int8"]["p50_ms"],
-           "fp32_p90_ms": t["fp32"]["p90_ms"], "int8_p90_ms": t["int8"]["p90_ms"],
+    out = {"runner": runner, "threads": ctx.request.threads, **(extra or {}),
+           "fp32_p50_ms": t["fp32"]["p50_ms"], "int8_p50_ms": t[key]["p50_ms"],
+           "fp32_p90_ms": t["fp32"]["p90_ms"], "int8_p90_ms": t[key]["p90_ms"],
            "speedup": round(speedup, 3), "int8_faster": speedup > 1.0, "seconds_each": seconds,
            "rounds": paired["rounds"], "rounds_int8_faster": paired["rounds_faster"]}
-    msg = (f"INT8 {t['int8']['p50_ms']:.2f} ms vs FP32 {t['fp32']['p50_ms']:.2f} ms p50 on {out['runner']} "
+    msg = (f"INT8 {t[key]['p50_ms']:.2f} ms vs FP32 {t['fp32']['p50_ms']:.2f} ms p50 on {runner} "
            f"({speedup:.2f}x, median of {paired['rounds']} paired rounds)")
     if speedup <= 1.0:
         ctx.warn(f"the INT8 {what} is not faster than the FP32 {what}: {msg}{advice}")
