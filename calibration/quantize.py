@@ -59,7 +59,7 @@ class Int8Options:
     percentile: float = 99.99
     tolerance: Tolerance = field(default_factory=gate_mod.gate_tolerance)
     gate_top1: bool = True
-    max_float_fraction: float = 0.20
+    max_float_fraction: float = 0.35
     yardstick_top1: float | None = None  # FP32's own top-1 stability on the held-out feeds
     cache_dir: Path | None = None
     use_cache: bool = True
