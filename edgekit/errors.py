@@ -7,6 +7,7 @@ export errors, 1 for a parity failure). No ``assert`` guards user input.
 from __future__ import annotations
 
 import difflib
+from contextlib import contextmanager
 from typing import Iterable
 
 
@@ -131,3 +132,21 @@ def first_line(exc: BaseException, limit: int | None = 300, empty: str | None = 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     line = text.splitlines()[0] if text else (type(exc).__name__ if empty is None else empty)
     return line if limit is None else line[:limit]
+
+
+DEBUG_HINT = "rerun with --debug for the full trace"
+
+
+@contextmanager
+def backend_errors(stage: str, what: str = "", hint: str | None = DEBUG_HINT, with_type: bool = True):
+    """Turn an exception from a backend (coremltools, ExecuTorch, OpenVINO, onnxsim, ...) raised
+    inside the block into ``ExportError(stage, "<what>: <Type>: <first line>", hint)``; edgekit's own
+    errors pass through unchanged. The traceback stays chained for ``--debug``."""
+    try:
+        yield
+    except EdgekitError:
+        raise
+    except Exception as exc:
+        line = first_line(exc, 300)
+        text = f"{type(exc).__name__}: {line}" if with_type else line
+        raise ExportError(stage, f"{what}: {text}" if what else text, hint=hint) from exc

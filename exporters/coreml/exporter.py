@@ -20,7 +20,7 @@ from edgekit.artifact import Artifact, tool_versions
 from edgekit import verdict
 from edgekit.compare import Comparison, Tolerance
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feeds, Option
-from edgekit.errors import EdgekitError, ExportError, UsageError, first_line, require
+from edgekit.errors import UsageError, backend_errors, require
 
 from .convert import (COMPUTE_UNITS, DEFAULT_CALIB_SAMPLES, DEPLOYMENT_TARGETS, FRONTENDS, INT8_MODES,
                              build_package, deployment_target)
@@ -122,16 +122,10 @@ class CoreMLTarget(Exporter):
         model = ctx.model.eval()
         outputs = _output_names(model, ctx.inputs)
         layers = self._edgekit_layers(ctx)
-        try:
+        with backend_errors(f"coreml-{precision}"):
             meta, converted = build_package(model, ctx.inputs, outputs, path, precision, target, mode or "w8a8",
-                                 ctx.calib_feeds, image, int(opt.coreml_calib_samples),
-                                 frontend=opt.coreml_frontend, layers=layers)
-        except EdgekitError:
-            raise
-        except Exception as exc:
-            msg = first_line(exc, None)
-            raise ExportError(f"coreml-{precision}", f"{type(exc).__name__}: {msg[:300]}",
-                              hint="rerun with --debug for the full trace") from exc
+                                            ctx.calib_feeds, image, int(opt.coreml_calib_samples),
+                                            frontend=opt.coreml_frontend, layers=layers)
         if meta.get("frontend_fallback"):
             ctx.warn(f"coremltools could not convert the TorchScript trace ({meta['frontend_fallback'][0][:160]}); "
                      "converted from torch.export instead")

@@ -36,7 +36,7 @@ from edgekit import verdict
 from edgekit.compare import Comparison, Tolerance
 from edgekit.console import quiet_logs
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Feeds, Option
-from edgekit.errors import ExportError, first_line, require
+from edgekit.errors import ExportError, backend_errors, require
 from edgekit.specs import InputSpec
 
 from .runner import ExecuTorchRunner
@@ -300,23 +300,16 @@ class ExecuTorchTarget(Exporter):
         opts = self.settings(ctx.request)
         meta: dict[str, Any] = {"runtime": "executorch", "backend": "xnnpack"}
         t0 = time.perf_counter()
-        try:
-            with quiet():
-                module = model
-                if precision == "int8":
-                    module, meta["quantization"] = quantize_pt2e(
-                        ctx, gate_tolerance(ctx, weights_trained(ctx)),
-                        max_samples=opts.et_calib_samples,
-                        per_channel=not opts.et_per_tensor,
-                        max_float=opts.et_max_float,
-                        select_samples=opts.et_select_samples)
-                meta.update(lower_to_pte(module, args, path))
-        except ExportError:
-            raise
-        except Exception as exc:
-            msg = first_line(exc, None)
-            raise ExportError(f"executorch-{precision}", f"{type(exc).__name__}: {msg[:300]}",
-                              hint="rerun with --debug for the full trace") from exc
+        with backend_errors(f"executorch-{precision}"), quiet():
+            module = model
+            if precision == "int8":
+                module, meta["quantization"] = quantize_pt2e(
+                    ctx, gate_tolerance(ctx, weights_trained(ctx)),
+                    max_samples=opts.et_calib_samples,
+                    per_channel=not opts.et_per_tensor,
+                    max_float=opts.et_max_float,
+                    select_samples=opts.et_select_samples)
+            meta.update(lower_to_pte(module, args, path))
         meta["export_seconds"] = round(time.perf_counter() - t0, 2)
         art = Artifact(path=path, stage=f"executorch-{precision}", format="pte", precision=precision,
                        target=self.name, inputs=tuple(ctx.inputs), outputs=outs, meta=meta,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from edgekit.artifact import Artifact, tool_versions
-from edgekit.errors import EdgekitError, ExportError, UsageError, first_line, require
+from edgekit.errors import UsageError, backend_errors, require
 
 from .exporter import node_counts
 
@@ -21,7 +21,7 @@ def simplify(src: Artifact, path: Path, tool: str = "onnxsim") -> Artifact:
         raise UsageError(f"unknown simplifier '{tool}'", hint=f"choose one of {', '.join(SIMPLIFIERS)}")
     onnx = require("onnx", "onnx")
     t0 = time.perf_counter()
-    try:
+    with backend_errors("simplify", f"{tool} failed", hint="rerun with --no-simplify to skip this stage", with_type=False):
         if tool == "onnxsim":
             onnxsim = require("onnxsim", "onnx", "the onnxsim simplifier")
             model, ok = onnxsim.simplify(onnx.load(str(src.path)))
@@ -31,11 +31,6 @@ def simplify(src: Artifact, path: Path, tool: str = "onnxsim") -> Artifact:
             onnxslim = require("onnxslim", "onnx", "the onnxslim simplifier")
             model = onnxslim.slim(onnx.load(str(src.path)))
         onnx.save(model, str(path))
-    except EdgekitError:
-        raise
-    except Exception as exc:
-        msg = first_line(exc, None)
-        raise ExportError("simplify", f"{tool} failed: {msg[:300]}", hint="rerun with --no-simplify to skip this stage") from exc
     before, after = src.meta.get("nodes") or sum(node_counts(src.path).values()), len(model.graph.node)
     return Artifact(path=path, stage="simplified", format="onnx", precision=src.precision, target="onnx",
                     inputs=src.inputs, outputs=tuple(o.name for o in model.graph.output), parent=src.sha256,

@@ -26,7 +26,7 @@ from typing import Any
 
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Option
-from edgekit.errors import ExportError, MissingDependencyError, UsageError, first_line
+from edgekit.errors import ExportError, MissingDependencyError, UsageError, backend_errors
 
 from .runner import HINTS, INFERENCE_PRECISIONS, OpenVinoRunner, ir_xml, resolve_device
 
@@ -126,11 +126,8 @@ class OpenVinoTarget(Exporter):
         folder.mkdir(parents=True, exist_ok=True)
         xml = folder / f"{ctx.stem}.xml"
         t0 = time.perf_counter()
-        try:
+        with backend_errors("openvino", "openvino.convert_model failed", with_type=False):
             model = ov.convert_model(str(src.path))
-        except Exception as exc:
-            raise ExportError("openvino", f"openvino.convert_model failed: {first_line(exc)}",
-                              hint="rerun with --debug for the full trace") from exc
         convert_s = time.perf_counter() - t0
         meta: dict[str, Any] = {"source": src.stage, "source_precision": src.precision,
                                 "convert_seconds": round(convert_s, 2)}
@@ -146,10 +143,8 @@ class OpenVinoTarget(Exporter):
         if precision == "fp16":
             meta["fp16"] = ("weights compressed to FP16 by openvino.save_model(compress_to_fp16=True); "
                             "compute precision is the device's (inference_precision)")
-        try:
+        with backend_errors("openvino", "openvino.save_model failed", hint=None, with_type=False):
             ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
-        except Exception as exc:
-            raise ExportError("openvino", f"openvino.save_model failed: {first_line(exc)}") from exc
         meta.update({"xml": xml.name, "bin": xml.with_suffix(".bin").name, "runtime": runtime,
                      "seconds": round(time.perf_counter() - t0, 2), "ops": _op_counts(model)})
         return Artifact(path=folder, stage="openvino", format="openvino-ir", precision=precision, target=self.name,

@@ -33,7 +33,7 @@ import numpy as np
 
 from edgekit.compare import Comparison, Tolerance
 from edgekit.contracts import Feed
-from edgekit.errors import ExportError, first_line, require
+from edgekit.errors import ExportError, backend_errors, require
 
 from .runner import OpenVinoRunner
 
@@ -98,12 +98,9 @@ def quantize(fp32_model, calib: Iterable[Feed], names: Sequence[str], recipe: Nn
     feeds = list(calib)
     if not feeds:
         raise ExportError("openvino", "no calibration feeds for NNCF")
-    try:
-        with quiet_nncf():
-            return nncf.quantize(fp32_model.clone(), nncf.Dataset(feeds, input_transform(names)),
-                                 **recipe.kwargs(nncf, len(feeds)))
-    except Exception as exc:
-        raise ExportError("openvino", f"nncf.quantize failed: {first_line(exc)}") from exc
+    with backend_errors("openvino", "nncf.quantize failed", hint=None, with_type=False), quiet_nncf():
+        return nncf.quantize(fp32_model.clone(), nncf.Dataset(feeds, input_transform(names)),
+                             **recipe.kwargs(nncf, len(feeds)))
 
 
 def compress_weights(model) -> None:
