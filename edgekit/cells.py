@@ -36,16 +36,18 @@ def cell_folder(out: Path, model: str, target: str, precision: str) -> Path:
     return Path(out) / "artifacts" / cell_name(model, target, precision)
 
 
-def cell_request(cell: Cell, folder: Path, threads: int | None = None, device: str | None = None):
+def cell_request(cell: Cell, folder: Path, threads: int | None = None, device: str | None = None,
+                 seconds: float | None = None):
     """The pipeline's request for ``cell``: parity on, the pipeline's own bench off (the caller
-    measures), an existing folder replaced."""
+    measures), an existing folder replaced; ``seconds``, the caller's timing budget per runner,
+    also bounds the exporters' INT8 latency guards (a quick matrix gets quick guards)."""
     from .contracts import ExportRequest
 
     return ExportRequest(model=cell.ref or cell.model, target=cell.target, precision=cell.precision, out=folder,
                          batch=cell.batch, input_shape=cell.input_shape, weights=cell.weights,
                          pretrained=cell.pretrained, calib=cell.calib, device=device, threads=threads,
                          samples=cell.samples, tolerance=dict(cell.tolerance), parity=True, bench=False,
-                         force=True)
+                         force=True, guard_seconds=seconds)
 
 
 def export_cell(request, console, debug: bool = False) -> tuple[Any, str | None]:

@@ -203,7 +203,8 @@ def _load_config(path: Path) -> CiConfig:
 
 
 def _request(cfg: CiConfig, cell: Cell):
-    return cell_request(cell, cell_folder(cfg.out, cell.model, cell.target, cell.precision), threads=cfg.threads)
+    return cell_request(cell, cell_folder(cfg.out, cell.model, cell.target, cell.precision), threads=cfg.threads,
+                        seconds=cfg.seconds)
 
 
 def failure_message(cell: Cell, comparisons) -> str:

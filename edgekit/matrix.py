@@ -163,7 +163,8 @@ class _Index:
 def _request(cfg: MatrixConfig, model: str, target: str, precision: str, folder: Path):
     cell = Cell(model=model, target=target, precision=precision, input_shape=cfg.input_shape, batch=cfg.batch,
                 calib=cfg.calib, pretrained=cfg.pretrained, samples=cfg.samples, tolerance=dict(cfg.tolerance))
-    return cell_request(cell, folder.resolve(), threads=cfg.threads, device=cfg.device)
+    return cell_request(cell, folder.resolve(), threads=cfg.threads, device=cfg.device,
+                        seconds=None if cfg.iters else cfg.seconds)
 
 
 

@@ -105,6 +105,7 @@ def test_artifacts_landed_verified_and_rows_point_at_them(cluster_run):
     from edgekit.artifact import Manifest
 
     cfg, rep = cluster_run
+    guards = set()
     for r in rep["rows"]:
         if r["baseline"]:
             continue
@@ -113,7 +114,13 @@ def test_artifacts_landed_verified_and_rows_point_at_them(cluster_run):
         m = Manifest.read(folder)
         for s in m.stages:
             s.verify()
+            # an INT8 stage's latency guard timed each runner for the matrix's budget, not its own 1.5 s
+            guard = (s.meta or {}).get("latency_guard") or ((s.meta or {}).get("int8") or {}).get("latency_guard")
+            if guard:
+                assert guard["seconds_each"] == cfg.seconds, (s.stage, guard)
+                guards.add((r["model"], r["target"]))
         assert m.request["out"] == str(folder)  # so that the next run can reuse it
+    assert guards == {(model, t) for model in MODELS for t in ("onnx", "openvino")}, guards
 
 
 def test_no_two_timings_overlapped_on_one_device(cluster_run):

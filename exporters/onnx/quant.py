@@ -94,7 +94,7 @@ def build(ctx: ExportContext, workdir: Path) -> Artifact:
     art = Artifact(path=path, stage="ort", format="onnx", precision="int8", target="onnx", inputs=qdq.inputs,
                    outputs=qdq.outputs, parent=qdq.sha256, meta=meta, tools=tool_versions(*ONNX_PACKAGES))
     if times is not None:
-        meta["latency_guard"] = guard_record(ctx, times, winner, "onnxruntime", GUARD_SECONDS, "ONNX",
+        meta["latency_guard"] = guard_record(ctx, times, winner, "onnxruntime", guard_seconds(ctx), "ONNX",
                                              advice=GUARD_ADVICE)
     elif ctx.fp32_source is not None:
         meta["latency_guard"] = latency_guard(ctx, ctx.fp32_source, art, OrtRunner)
@@ -108,6 +108,11 @@ FORM_TEXT = {
     SHARED: "the shared Q/DQ graph (no ONNX Runtime rewrite delivered)",
 }
 GUARD_ADVICE = "; for INT8 speed on this CPU use --target openvino"
+
+
+def guard_seconds(ctx: ExportContext) -> float:
+    """Seconds each runner is timed: the request's (a matrix passes its own), else GUARD_SECONDS."""
+    return getattr(ctx.request, "guard_seconds", None) or GUARD_SECONDS
 
 
 def _time_candidates(ctx: ExportContext, paths: dict[str, Path]) -> dict | None:
@@ -124,7 +129,7 @@ def _time_candidates(ctx: ExportContext, paths: dict[str, Path]) -> dict | None:
     with ExitStack() as stack:
         opened = {k: stack.enter_context(OrtRunner(Path(p), ctx.fp32_source.inputs, threads=threads))
                   for k, p in runners.items()}
-        return time_runners(opened, next(iter(ctx.heldout_feeds)), seconds=GUARD_SECONDS * len(runners))
+        return time_runners(opened, next(iter(ctx.heldout_feeds)), seconds=guard_seconds(ctx) * len(runners))
 
 
 def choose(passing: list[str], times: dict | None, costs: dict | None) -> tuple[str, str]:
@@ -204,4 +209,4 @@ def latency_guard(ctx: ExportContext, fp32: Artifact, int8: Artifact, runner_cls
     threads = ctx.request.threads
     with runner_cls(fp32.path, fp32.inputs, threads=threads) as a, \
             runner_cls(int8.path, int8.inputs, threads=threads) as b:
-        return int8_guard(ctx, a, b, GUARD_SECONDS, "ONNX", advice=GUARD_ADVICE)
+        return int8_guard(ctx, a, b, guard_seconds(ctx), "ONNX", advice=GUARD_ADVICE)

@@ -144,7 +144,7 @@ def layer_precisions(model) -> dict[str, list[str]]:
 def latency_guard(ctx: ExportContext, fp32_model, int8_model, src: Artifact, runtime: dict[str, Any]) -> dict:
     """Time INT8 against FP32 on the export's device; warn when INT8 is not faster."""
     device, threads = ctx.request.device or "CPU", ctx.request.threads
-    seconds = settings(ctx.request).ov_guard_seconds or GUARD_SECONDS
+    seconds = settings(ctx.request).ov_guard_seconds or ctx.request.guard_seconds or GUARD_SECONDS
     hint, prec = runtime["hint"], runtime["inference_precision"]
     with OpenVinoRunner(fp32_model, src.inputs, src.outputs, device, threads, hint, prec) as fp32, \
             OpenVinoRunner(int8_model, src.inputs, src.outputs, device, threads, hint, prec) as int8:
