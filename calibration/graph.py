@@ -66,6 +66,36 @@ def safe_name(name: str) -> str:
     return name.replace(":", "_").replace("/", "_").strip("_") or "t"
 
 
+class GraphIndex:
+    """One index of a model's main graph, shared by the passes that rewrite it (the ONNX Runtime
+    INT8 form) and by the TensorRT lint's :class:`GraphView`: the initializers, each tensor's
+    producer, its consumers (the graph's outputs are listed with none) and its uses as (node,
+    input slot). A pass that rewrites the graph leaves the index stale; :meth:`refresh` rebuilds
+    it (the ORT form's pass runner does after every pass)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.refresh()
+
+    def refresh(self) -> "GraphIndex":
+        graph = self.model.graph
+        self.inits: dict[str, Any] = {t.name: t for t in graph.initializer}
+        self.producer: dict[str, Any] = {}
+        self.consumers: dict[str, list[Any]] = {}
+        self.uses: dict[str, list[tuple[Any, int]]] = {}
+        for n in graph.node:
+            for o in n.output:
+                if o:  # an unused optional output is ''
+                    self.producer[o] = n
+            for k, i in enumerate(n.input):
+                if i:
+                    self.consumers.setdefault(i, []).append(n)
+                    self.uses.setdefault(i, []).append((n, k))
+        for o in graph.output:
+            self.consumers.setdefault(o.name, [])
+        return self
+
+
 def initializers(model) -> dict[str, Any]:
     return {t.name: t for t in model.graph.initializer}
 

@@ -227,7 +227,7 @@ def test_shufflenet_v1_shuffle_folds_into_its_neighbours(tmp_path, monkeypatch):
     assert ops.get("QLinearAdd", 0) >= 1 and ops.get("QLinearAveragePool", 0) == 0, ops
     assert summary["inputs_read_dequantized"] >= 1 and summary["pool_qdq_added"] >= 2, summary
     assert summary["average_pools_as_depthwise"] == 3, summary
-    monkeypatch.setattr(ort_form, "pools_as_depthwise", lambda model: 0)
+    monkeypatch.setattr(ort_form, "pools_as_depthwise", lambda model, ix=None: 0)
     build_ort_int8(art.path, tmp_path / "pools.onnx", fs.calib)
     assert _ort_op_counts(tmp_path / "pools.onnx", tmp_path).get("QLinearAveragePool") == 3
     as_conv, as_pool = session(tmp_path / "ort.onnx"), session(tmp_path / "pools.onnx")
@@ -296,7 +296,7 @@ def test_odd_widths_are_padded_and_the_gate_expanded_exactly(tmp_path, monkeypat
     ops = _ort_op_counts(tmp_path / "ort.onnx", tmp_path)
 
     for rewrite in ("pad_depthwise_channels", "pad_input_channels", "full_size_gates"):
-        monkeypatch.setattr(ort_form, rewrite, lambda model: 0)
+        monkeypatch.setattr(ort_form, rewrite, lambda model, ix=None: 0)
     build_ort_int8(art.path, tmp_path / "plain.onnx", fs.calib)
     plain_ops = _ort_op_counts(tmp_path / "plain.onnx", tmp_path)
     assert ops.get("Expand") == 1 and ops.get("QLinearMul") == plain_ops.get("QLinearMul"), (ops, plain_ops)

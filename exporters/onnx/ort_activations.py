@@ -54,14 +54,15 @@ def swish_points(graph, prod, cons, dequantized: set[str], graph_outputs: set[st
     return out
 
 
-def integer_activations(model) -> dict:
+def integer_activations(model, ix: g.GraphIndex | None = None) -> dict:
     """Rewrite, in place, each HardSwish / HardSigmoid / Sigmoid / spatial ReduceMean whose
     input comes from a DequantizeLinear. A gate that is a graph output keeps its float
     resolution. Returns how many of each."""
     onnx = g.onnx_mod()
     helper, nh = onnx.helper, onnx.numpy_helper
     graph = model.graph
-    prod, inits = g.producers(model), g.initializers(model)
+    ix = ix or g.GraphIndex(model)
+    prod, inits = ix.producer, ix.inits
     ranks = _ranks(model)
     graph_outputs = {o.name for o in graph.output}
     consts = {"gate_three": np.asarray([GATE_LEVELS], np.uint8), "gate_three_scale": np.float32(3 / GATE_LEVELS),

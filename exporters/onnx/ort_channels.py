@@ -51,10 +51,11 @@ class _Abort(Exception):
     """A node touches the channel set in a way padding cannot follow."""
 
 
-def pad_depthwise_channels(model) -> int:
+def pad_depthwise_channels(model, ix: g.GraphIndex | None = None) -> int:
     """Pad, in place, each depthwise convolution whose channel count is not a multiple of 16
     (with the convolutions around it). Returns how many channel sets were padded."""
-    inits, prod, cons = g.initializers(model), g.producers(model), g.consumers(model)
+    ix = ix or g.GraphIndex(model)
+    inits, prod, cons = ix.inits, ix.producer, ix.consumers
     outputs = {o.name for o in model.graph.output}
     done, seen = 0, set()
     for n in list(model.graph.node):
@@ -81,13 +82,14 @@ def pad_depthwise_channels(model) -> int:
     return done
 
 
-def pad_input_channels(model) -> int:
+def pad_input_channels(model, ix: g.GraphIndex | None = None) -> int:
     """Pad, in place, the input channels of each full convolution that reads a quantized graph
     input (``DQ(Q(image))``) with a channel count not a multiple of 4 (the RGB stem): a uint8
     ``Pad`` at the zero point between the Q and the DQ (it dequantizes to exactly 0) and zero
     weight columns. Returns how many."""
     nh, helper = g.onnx_mod().numpy_helper, g.onnx_mod().helper
-    inits, prod, cons = g.initializers(model), g.producers(model), g.consumers(model)
+    ix = ix or g.GraphIndex(model)
+    inits, prod, cons = ix.inits, ix.producer, ix.consumers
     images = {i.name for i in model.graph.input}
     done = 0
     for conv in list(model.graph.node):
@@ -113,7 +115,7 @@ def pad_input_channels(model) -> int:
     return done
 
 
-def pools_as_depthwise(model) -> int:
+def pools_as_depthwise(model, ix: g.GraphIndex | None = None) -> int:
     """Rewrite, in place, each 2-D ``AveragePool`` between a per-tensor DQ and Q on the same
     scale (padding counted in the average, or no padding) whose window has an odd number of
     taps as a depthwise ``Conv`` whose int8 weights are all 127 at scale 1 / (127 · k_h · k_w):
@@ -121,7 +123,8 @@ def pools_as_depthwise(model) -> int:
     the integers out are the same; an even window (DenseNet's 2×2) can land on ties the two
     kernels round differently, and stays a pool. Returns how many."""
     nh, helper = g.onnx_mod().numpy_helper, g.onnx_mod().helper
-    inits, prod, cons = g.initializers(model), g.producers(model), g.consumers(model)
+    ix = ix or g.GraphIndex(model)
+    inits, prod, cons = ix.inits, ix.producer, ix.consumers
     channels = {t: d[1] for t, d in g.inferred_dims(model).items() if len(d) == 4 and d[1] > 0}
     done = 0
     for pool in list(model.graph.node):

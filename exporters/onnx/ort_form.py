@@ -76,11 +76,13 @@ class Source:
 
 @dataclass(frozen=True)
 class Pass:
-    """One rewrite of the copy, in order. ``run(model, source)`` returns the summary entry
-    ``key`` (a count, or a dict of counts), or with ``entries`` a dict of summary entries."""
+    """One rewrite of the copy, in order. ``run(model, source, index)`` returns the summary entry
+    ``key`` (a count, or a dict of counts), or with ``entries`` a dict of summary entries.
+    ``index`` is the one :class:`calibration.graph.GraphIndex` of the copy, fresh when the pass
+    starts (the runner refreshes it after each pass)."""
 
     key: str
-    run: Callable[[object, Source], object]
+    run: Callable[[object, Source, g.GraphIndex], object]
     entries: bool = False
 
 
@@ -95,18 +97,20 @@ def to_ort_form(model, calib: Iterable[dict[str, np.ndarray]], max_feeds: int = 
     m = g.named_copy(model)
     source = Source(model, calib, max_feeds, linear_pairs)
     summary: dict = {}
+    index = g.GraphIndex(m)
     for p in PASSES:
-        out = p.run(m, source)
+        out = p.run(m, source, index)
+        index.refresh()
         summary.update(out if p.entries else {p.key: out})
     return m, summary
 
 
-def quantization_points(m, src: Source) -> dict:
+def quantization_points(m, src: Source, ix: g.GraphIndex | None = None) -> dict:
     """The activations' uint8 types, the new Q/DQ pairs after quantized convolutions, HardSwish /
     SiLU outputs and pools, and one scale per Concat carried through its moves."""
     graph = m.graph
-    inits = g.initializers(m)
-    prod, cons = g.producers(m), g.consumers(m)
+    ix = ix or g.GraphIndex(m)
+    inits, prod, cons = ix.inits, ix.producer, ix.consumers
 
     act_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
     qconvs = [n for n in graph.node if n.op_type == "Conv" and n.input[0] in prod
@@ -221,7 +225,7 @@ class _Pairs:
         graph.node.extend(ordered)
 
 
-def integer_gemm_bias(model) -> int:
+def integer_gemm_bias(model, ix: g.GraphIndex | None = None) -> int:
     """Give each Gemm between a dequantized input and dequantized weights an int32 bias at
     scale input_scale × weight_scale (zero point 0), as ONNX Runtime's own quantizer writes
     it. With a float bias ONNX Runtime does not fuse the Gemm: it dequantizes the whole
@@ -230,7 +234,8 @@ def integer_gemm_bias(model) -> int:
     when the Gemm makes the graph's output. The bias moves by at most half a step of
     input_scale × weight_scale, far below the INT8 steps around it. Returns how many."""
     nh, helper = g.onnx_mod().numpy_helper, g.onnx_mod().helper
-    inits, prod = g.initializers(model), g.producers(model)
+    ix = ix or g.GraphIndex(model)
+    inits, prod = ix.inits, ix.producer
     done = 0
     for n in list(model.graph.node):
         if n.op_type != "Gemm" or len(n.input) < 3 or n.input[2] not in inits:
@@ -311,14 +316,14 @@ def build_ort_int8(src_path: Path, path: Path, calib, max_feeds: int = 32, linea
 
 # The ONNX Runtime form, pass by pass, in the order they run (each reads what the previous wrote).
 PASSES: tuple[Pass, ...] = (
-    Pass("channel_shuffles_folded", lambda m, src: fold_shuffles(m)),      # ort_movement
-    Pass("channel_shuffles_to_gather", lambda m, src: shuffle_to_gather(m)),
-    Pass("inputs_read_dequantized", lambda m, src: read_dequantized(m)),
-    Pass("quantization_points", quantization_points, entries=True),        # types, pairs, concat scales
-    Pass("integer_activations", lambda m, src: integer_activations(m)),    # ort_activations
-    Pass("gemm_bias_int32", lambda m, src: integer_gemm_bias(m)),
-    Pass("average_pools_as_depthwise", lambda m, src: pools_as_depthwise(m)),   # ort_channels
-    Pass("depthwise_channel_sets_padded", lambda m, src: pad_depthwise_channels(m)),
-    Pass("input_channels_padded", lambda m, src: pad_input_channels(m)),
-    Pass("gates_full_size", lambda m, src: full_size_gates(m)),            # ort_gates: reads the padded shapes
+    Pass("channel_shuffles_folded", lambda m, src, ix: fold_shuffles(m, ix)),      # ort_movement
+    Pass("channel_shuffles_to_gather", lambda m, src, ix: shuffle_to_gather(m, ix)),
+    Pass("inputs_read_dequantized", lambda m, src, ix: read_dequantized(m, ix)),
+    Pass("quantization_points", quantization_points, entries=True),                # types, pairs, concat scales
+    Pass("integer_activations", lambda m, src, ix: integer_activations(m, ix)),    # ort_activations
+    Pass("gemm_bias_int32", lambda m, src, ix: integer_gemm_bias(m, ix)),
+    Pass("average_pools_as_depthwise", lambda m, src, ix: pools_as_depthwise(m, ix)),   # ort_channels
+    Pass("depthwise_channel_sets_padded", lambda m, src, ix: pad_depthwise_channels(m, ix)),
+    Pass("input_channels_padded", lambda m, src, ix: pad_input_channels(m, ix)),
+    Pass("gates_full_size", lambda m, src, ix: full_size_gates(m, ix)),            # ort_gates: reads the padded shapes
 )

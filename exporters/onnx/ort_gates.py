@@ -42,11 +42,12 @@ TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 PARALLEL_MIN_ELEMENTS = 156_280
 
 
-def full_size_gates(model) -> int:
+def full_size_gates(model, ix: g.GraphIndex | None = None) -> int:
     """Rewrite, in place, each per-channel gate multiply (see the module docstring).
     Returns how many."""
     shapes = {t: d for t, d in g.inferred_dims(model).items() if d and all(x > 0 for x in d)}
-    inits, prod, cons = g.initializers(model), g.producers(model), g.consumers(model)
+    ix = ix or g.GraphIndex(model)
+    inits, prod, cons = ix.inits, ix.producer, ix.consumers
     replace: dict[str, list] = {}
     for n in model.graph.node:
         found = _gate_mul(n, shapes, inits, prod, cons)

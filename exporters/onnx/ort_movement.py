@@ -46,12 +46,13 @@ MOVERS = ("Gather", "Reshape", "Transpose", "Split", "Flatten", "Squeeze", "Unsq
 SHUFFLE_PERM = [0, 2, 1, 3, 4]
 
 
-def shuffle_to_gather(model) -> int:
+def shuffle_to_gather(model, ix: g.GraphIndex | None = None) -> int:
     """Rewrite, in place, each channel shuffle (and an equal Split right after it) into
     channel Gathers. Returns how many shuffles were rewritten."""
     nh, helper = g.onnx_mod().numpy_helper, g.onnx_mod().helper
     graph = model.graph
-    inits, cons = g.initializers(model), g.consumers(model)
+    ix = ix or g.GraphIndex(model)
+    inits, cons = ix.inits, ix.consumers
     drop: set[str] = set()
     before: dict[str, list] = {}
     for first in [n for n in graph.node if n.op_type == "Reshape"]:
@@ -78,7 +79,7 @@ def shuffle_to_gather(model) -> int:
     return len(before)
 
 
-def fold_shuffles(model) -> int:
+def fold_shuffles(model, ix: g.GraphIndex | None = None) -> int:
     """Remove, in place, each channel shuffle that feeds (through its per-tensor Q/DQ) a
     depthwise convolution whose output feeds (through its Q/DQ) one 1×1 convolution alone,
     as in ShuffleNetV1's units. A permutation commutes with per-tensor quantization and with
@@ -87,7 +88,8 @@ def fold_shuffles(model) -> int:
     when grouped: a grouped 1×1 convolution cannot read across its groups; ONNX Runtime's
     int8 kernel was measured to run the dense one as fast as the grouped one). The integers
     are the same, so the outputs are. Returns how many shuffles were removed."""
-    inits, prod, cons = g.initializers(model), g.producers(model), g.consumers(model)
+    ix = ix or g.GraphIndex(model)
+    inits, prod, cons = ix.inits, ix.producer, ix.consumers
     drop: set[str] = set()
     for first in [n for n in model.graph.node if n.op_type == "Reshape"]:
         found = _shuffle(first, inits, cons)
@@ -210,7 +212,7 @@ def _only_user(t: str, cons, op: str):
 READS_INTEGERS = ("Add", "Concat", "AveragePool", "MaxPool")
 
 
-def read_dequantized(model) -> int:
+def read_dequantized(model, ix: g.GraphIndex | None = None) -> int:
     """Rewire, in place, each Add / Concat / pool that reads a float tensor which the graph
     also quantizes per-tensor (for a convolution beside it) to read that quantized copy's DQ
     instead. The shared graph quantizes only the inputs of weighted layers, so ShuffleNetV1's
@@ -218,7 +220,8 @@ def read_dequantized(model) -> int:
     float and NCHW between NHWC integer convolutions; reading the copy (one rounding, on the
     step the convolution already sees) lets it fuse them as QLinearAdd / QLinearConcat /
     QLinearAveragePool. Returns how many inputs were rewired."""
-    inits, cons = g.initializers(model), g.consumers(model)
+    ix = ix or g.GraphIndex(model)
+    inits, cons = ix.inits, ix.consumers
     rewired = 0
     for t, users in list(cons.items()):
         copy = next((pair[1].output[0] for pair in (_qdq_copy(q, cons, inits) for q in users) if pair), None)

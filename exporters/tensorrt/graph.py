@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from calibration.graph import GraphIndex
 from edgekit.errors import ArtifactError, first_line, require
 
 from .ops import ONNX_TYPES
@@ -36,19 +37,13 @@ class GraphView:
         self.graph = model.graph
         self.nodes = list(self.graph.node)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        self.inits = {i.name: i for i in self.graph.initializer}
+        index = GraphIndex(model)  # the same index the ONNX Runtime form's passes share
+        self.inits = index.inits
         self.inputs = [i for i in self.graph.input if i.name not in self.inits]
         self.input_names = {i.name for i in self.inputs}
         self.output_names = {o.name for o in self.graph.output}
-        self.producer: dict[str, Any] = {}
-        self.consumers: dict[str, list[tuple[Any, int]]] = {}
-        for node in self.nodes:
-            for out in node.output:
-                if out:
-                    self.producer[out] = node
-            for k, name in enumerate(node.input):
-                if name:
-                    self.consumers.setdefault(name, []).append((node, k))
+        self.producer: dict[str, Any] = index.producer
+        self.consumers: dict[str, list[tuple[Any, int]]] = index.uses
         self.types: dict[str, int] = {}
         self.shapes: dict[str, list[int | str | None]] = {}
         for vi in [*self.graph.input, *self.graph.output, *self.graph.value_info]:
