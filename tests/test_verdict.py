@@ -274,3 +274,35 @@ def test_the_calibration_gate_reads_the_yardstick(tmp_path):
     tol = Tolerance(top1=0.98, top1_margin=0.01)
     assert not score(tmp_path / "id.onnx", feeds, reference, tol)                       # 97 % < 98 %
     assert score(tmp_path / "id.onnx", feeds, reference, tol, yardstick_top1=0.975)     # ≥ 96.5 %
+
+
+def test_when_every_rewrite_costs_accuracy_the_shared_graph_is_delivered_and_says_why(swish_stages, tmp_path,
+                                                                                       monkeypatch):
+    """Trained weights, both ONNX Runtime forms made 10 % off on the classifier's input: neither
+    is a candidate, the `ort` stage holds the shared Q/DQ graph, and the warning names each cost."""
+    from edgekit.contracts import ExportRequest
+    from exporters.onnx import ort_form, quant
+    from tests.conftest import make_context
+
+    src, fs, qdq, _ = swish_stages
+    real = ort_form.build_ort_int8
+
+    def worse(qdq_path, path, calib, **kw):
+        out = real(qdq_path, path, calib, **kw)
+        last_activation_scale_times(path, 1.1, path)
+        return out
+
+    monkeypatch.setattr(ort_form, "build_ort_int8", worse)
+    warnings = []
+    ctx = make_context(ExportRequest(model="swish", target="onnx", precision="int8", pretrained=True),
+                       source=qdq, calib=fs.calib, heldout=fs.heldout, fp32_source=src, stem="swish",
+                       warn=warnings.append)
+    art = quant.build(ctx, tmp_path)
+    meta = art.meta
+    assert meta["chosen"]["form"] == "shared_qdq" and art.path.read_bytes() == qdq.path.read_bytes()
+    cands = {c["form"]: c for c in meta["candidates"]}
+    assert not cands["ort"]["accuracy_passed"] and not cands["ort_float_projections"]["accuracy_passed"]
+    assert cands["ort"]["cost_db"] > verdict.REWRITE_MAX_COST_DB and cands["shared_qdq"]["accuracy_passed"]
+    assert meta["fidelity_kind"] == "runtime" and "ort_float_projections: it costs" in meta["rewrite_rejected"]
+    assert any("not delivered" in w and "at most 0.5 dB" in w for w in warnings), warnings
+    assert meta["latency_guard"]["int8_p50_ms"] > 0

@@ -85,9 +85,11 @@ def build(ctx: ExportContext, workdir: Path) -> Artifact:
     if costs is not None:
         meta["rewrite_cost"] = costs.get(winner) or costs[FORMS[0][0]]
     if winner == SHARED:
-        meta.update({"fidelity_kind": "runtime", "rewrite_rejected": why})
-        if len(passing) == 1:
-            ctx.warn(f"ONNX Runtime INT8 form not delivered: {why}; {path.name} holds the shared "
+        meta["fidelity_kind"] = "runtime"
+        if len(passing) == 1:  # every rewrite cost accuracy
+            rejected = "; ".join(f"{k}: {costs[k]['reason']}" for k in paths if k != SHARED)
+            meta["rewrite_rejected"] = rejected
+            ctx.warn(f"ONNX Runtime INT8 form not delivered ({rejected}); {path.name} holds the shared "
                      f"Q/DQ graph (slower on ONNX Runtime's CPU kernels, see the latency guard)")
     from .exporter import OrtRunner
 
