@@ -69,7 +69,8 @@ def summary(c: Comparison) -> dict:
     return {"passed": c.passed, "top1": p.top1, "top5": p.top5, "cosine": round(p.cosine, 6),
             "sqnr_db": None if not np.isfinite(sq) else round(sq, 2), "samples": p.rows or p.samples,
             "near_ties": p.near_ties, "near_tie_misses": p.near_tie_misses, "failures": c.failures,
-            "confident": p.confident, "confident_top1": p.confident_top1, "assessed": c.tolerance.assessed}
+            "confident": p.confident, "confident_top1": p.confident_top1, "assessed": c.tolerance.assessed,
+            "yardstick_top1": c.yardstick_top1}
 
 
 def describe(c: Comparison) -> str:
