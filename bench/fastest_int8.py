@@ -106,7 +106,9 @@ def _accuracy(entered: dict, m32: Manifest) -> dict:
     ref = outs["onnxruntime fp32"]
     res = {}
     for k, y in outs.items():
-        res[k] = {"top1": float(np.mean(ref.argmax(1) == y.argmax(1))),
+        agree = ref.argmax(1) == y.argmax(1)
+        res[k] = {"top1": float(np.mean(agree)), "top1_bundled_heldout": float(np.mean(agree[:-100])),
+                  "top1_external": float(np.mean(agree[-100:])),
                   "sqnr_db": round(float(10 * np.log10((ref ** 2).sum() / max(((ref - y) ** 2).sum(), 1e-30))), 2)}
     return res
 
@@ -157,7 +159,8 @@ def main(argv=None) -> int:
             for k in row:
                 row[k]["x_ov_fp32"] = paired_ratio(t, "openvino fp32", k)["ratio"]
         for k, v in row.items():
-            a = f"  top-1 {v['top1']:.1%} / {v['sqnr_db']:.1f} dB" if "top1" in v else ""
+            a = (f"  top-1 {v['top1']:.1%} (external {v['top1_external']:.0%}) / {v['sqnr_db']:.1f} dB"
+                 if "top1" in v else "")
             print(f"{model:24s} {k:36s} p50 {v['p50_ms']:7.3f} ms  {v['x_ort_fp32']:.2f}x ORT FP32{a}")
         results[model] = row
     if args.out:
