@@ -105,14 +105,7 @@ def producers(model) -> dict[str, Any]:
 
 
 def consumers(model) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            if i:
-                out.setdefault(i, []).append(n)
-    for o in model.graph.output:
-        out.setdefault(o.name, [])
-    return out
+    return GraphIndex(model).consumers
 
 
 def quantized_by_all_users(name: str, cons: dict[str, list[Any]]) -> bool:

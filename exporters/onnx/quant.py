@@ -114,7 +114,7 @@ GUARD_ADVICE = "; for INT8 speed on this CPU use --target openvino"
 
 def guard_seconds(ctx: ExportContext) -> float:
     """Seconds each runner is timed: the request's (a matrix passes its own), else GUARD_SECONDS."""
-    return getattr(ctx.request, "guard_seconds", None) or GUARD_SECONDS
+    return ctx.request.guard_seconds or GUARD_SECONDS
 
 
 def _time_candidates(ctx: ExportContext, paths: dict[str, Path]) -> dict | None:
