@@ -27,17 +27,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.int8_common import ListFeeds, external_photos  # noqa: E402
+from bench.int8_peers import _ort  # noqa: E402
 from edgekit.artifact import Manifest  # noqa: E402
 from edgekit.bench.timing import paired_ratio, synthetic_feed, time_runners  # noqa: E402
 
 TARGETS = ("onnx", "openvino", "executorch")
 
 
-def _export(model: str, target: str, work: Path, extra: list[str]) -> Path:
-    out = work / f"{model}-{target}-int8"
+def _export(model: str, out: Path, args: list[str]) -> Path:
+    """``edgekit export MODEL ARGS --out OUT`` with the real CLI, unless OUT already holds an export."""
     if not (out / "artifact.json").is_file():
-        cmd = [sys.executable, "-m", "edgekit.cli.main", "export", model, "--target", target, "--int8",
-               "--out", str(out), "--force", "--no-bench", *extra]
+        cmd = [sys.executable, "-m", "edgekit.cli.main", "export", model, *args, "--out", str(out), "--force",
+               "--no-bench"]
         print("$", " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=False)
     return out
@@ -55,11 +57,9 @@ def _runner(manifest: Manifest, folder: Path, threads: int):
 
 
 def _feeds(m32: Manifest):
+    """(calibration feeds, held-out feeds: 100 bundled held-out crops, then 100 external ones)."""
     from edgekit.feeds import ImageFeeds, crops, photo_feeds
     from edgekit.specs import Preprocess
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from int8_common import ListFeeds, external_photos
 
     pre = m32.model["preprocess"]
     pre = Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
@@ -70,36 +70,31 @@ def _feeds(m32: Manifest):
     return ListFeeds(fs.calib, fs.calib.source), ListFeeds(list(fs.heldout) + list(ext_feeds), "held-out + external")
 
 
-def _peers(fp32_onnx: Path, m32: Manifest, work: Path, threads: int) -> dict:
+def _peers(fp32_onnx: Path, cal, work: Path, threads: int) -> dict:
     """ONNX Runtime quantize_static (MinMax, per channel, QDQ) and NNCF on the same FP32 ONNX."""
+    from types import SimpleNamespace
+
     import nncf
     import openvino as ov
 
     from exporters.onnx.runner import OrtRunner
     from exporters.openvino.runner import OpenVinoRunner
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from int8_peers import _ort
 
-    class _Src:
-        path = fp32_onnx
-
-    cal, _ = _feeds(m32)
     work.mkdir(parents=True, exist_ok=True)
     ort_path = work / "ort_minmax.onnx"
     if not ort_path.is_file():
-        _ort(_Src, cal, work.parent, work.name, "minmax")
-    model = ov.Core().read_model(str(fp32_onnx))
-    q = nncf.quantize(model, nncf.Dataset(list(cal), lambda f: next(iter(f.values()))), subset_size=len(cal))
+        _ort(SimpleNamespace(path=fp32_onnx), cal, work.parent, work.name, "minmax")
+    fp32 = ov.Core().read_model(str(fp32_onnx))
+    q = nncf.quantize(fp32.clone(), nncf.Dataset(list(cal), lambda f: next(iter(f.values()))), subset_size=len(cal))
     return {"onnxruntime quantize_static (peer)": OrtRunner(ort_path, threads=threads),
-            "openvino fp32": OpenVinoRunner(ov.Core().read_model(str(fp32_onnx)), threads=threads, hint="latency"),
+            "openvino fp32": OpenVinoRunner(fp32, threads=threads, hint="latency"),
             "nncf on openvino (peer)": OpenVinoRunner(q, threads=threads, hint="latency")}
 
 
-def _accuracy(entered: dict, m32: Manifest) -> dict:
+def _accuracy(entered: dict, m32: Manifest, held) -> dict:
     """top-1 agreement and SQNR of every runner against ONNX Runtime FP32 on held-out + external crops."""
     import numpy as np
 
-    _, held = _feeds(m32)
     name = m32.stages[-1].inputs[0].name
     outs = {k: np.concatenate([next(iter(r.infer({name: next(iter(f.values()))}).values())) for f in held])
             for k, r in entered.items()}
@@ -127,15 +122,12 @@ def main(argv=None) -> int:
     results = {}
     for model in args.models:
         extra = args.export_args.split()
-        fp32 = args.work / f"{model}-onnx-fp32"
-        if not (fp32 / "artifact.json").is_file():
-            subprocess.run([sys.executable, "-m", "edgekit.cli.main", "export", model, "--target", "onnx", "--out",
-                            str(fp32), "--force", "--no-bench", *extra], check=False)
+        fp32 = _export(model, args.work / f"{model}-onnx-fp32", ["--target", "onnx", *extra])
         m32 = Manifest.read(fp32)
         from exporters.onnx.runner import OrtRunner
         runners = {"onnxruntime fp32": OrtRunner(fp32 / m32.stages[-1].path.name, threads=args.threads)}
         for target in args.targets.split(","):
-            folder = _export(model, target, args.work, extra)
+            folder = _export(model, args.work / f"{model}-{target}-int8", ["--target", target, "--int8", *extra])
             try:
                 man = Manifest.read(folder)
             except Exception as e:  # noqa: BLE001 - a failed export is a row, not a crash
@@ -144,12 +136,13 @@ def main(argv=None) -> int:
             stage, runner = _runner(man, folder, args.threads)
             runners[f"{target} int8 ({stage})"] = runner
         if args.peers:
-            runners.update(_peers(fp32 / m32.stages[-1].path.name, m32, args.work / model, args.threads))
+            cal, held = _feeds(m32)
+            runners.update(_peers(fp32 / m32.stages[-1].path.name, cal, args.work / model, args.threads))
         entered = {k: r.__enter__() for k, r in runners.items()}
         try:
             feed = synthetic_feed(m32.stages[-1].inputs)
             t = time_runners(entered, feed, seconds=args.seconds, rounds=15)
-            acc = _accuracy(entered, m32) if args.peers else {}
+            acc = _accuracy(entered, m32, held) if args.peers else {}
         finally:
             for r in runners.values():
                 r.__exit__(None, None, None)
