@@ -20,6 +20,26 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
+# One torch → ONNX export per model, input shape and opset for the whole run (issue 22): the
+# suite exported the same networks 104 times, 106 s of it repeats (mobilenet_v3_small at 64 px
+# eleven times, across test_arm, test_cluster and test_tensorrt_dryrun). The content-keyed cache
+# of exporters/onnx/export_cache.py is shared by every xdist worker, CLI subprocess and Ray node
+# the tests start (they inherit the environment set here, before the workers spawn). Each run
+# gets a fresh folder, removed at the end; an EDGEKIT_EXPORT_CACHE set by the caller is kept.
+_EXPORT_CACHE_OWNED: str | None = None
+if "EDGEKIT_EXPORT_CACHE" not in os.environ:
+    import tempfile
+
+    _EXPORT_CACHE_OWNED = os.environ["EDGEKIT_EXPORT_CACHE"] = tempfile.mkdtemp(prefix="edgekit-test-exports-")
+
+
+def pytest_unconfigure(config):
+    if _EXPORT_CACHE_OWNED and not hasattr(config, "workerinput"):
+        import shutil
+
+        shutil.rmtree(_EXPORT_CACHE_OWNED, ignore_errors=True)
+
+
 def run_edgekit(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (exit codes and stderr exactly as a user sees them)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -26,6 +26,7 @@ from edgekit.contracts import ExportContext, Exporter, ExportRequest
 from edgekit.errors import ArtifactError, ExportError, UsageError, first_line, require
 from edgekit.specs import InputSpec
 
+from . import export_cache
 from .runner import OrtRunner, ort_providers
 
 DEFAULT_OPSET = 18   # the dynamo exporter's own opset (torch 2.13: TORCHLIB_OPSET)
@@ -91,11 +92,37 @@ def export_onnx(model, inputs: tuple[InputSpec, ...], path: Path, opset: int | N
         batch = torch.export.Dim("batch", min=1, max=1024)
         dynamic_shapes = tuple({0: batch} for _ in inputs)
     t0 = time.perf_counter()
+    model.eval()
+    cached = export_cache.entry(model, inputs, opset, dynamic_batch, tuple(output_names))
+    hit = cached is not None and export_cache.fetch(cached, path)
+    if not hit:
+        _export(model, args, path, opset, inputs, output_names, dynamic_shapes)
+    seconds = time.perf_counter() - t0
+    m = onnx.load(str(path))
+    written = file_opset(m)
+    if written != opset:  # the exporter fell back to its own opset when conversion failed
+        m = _convert_opset(m, opset, written, path)
+    if cached is not None and not hit:
+        export_cache.put(path, cached)
+    outs = tuple(o.name for o in m.graph.output)
+    specs = tuple(InputSpec(i.name, i.shape, i.dtype, i.layout, dynamic_batch) for i in inputs)
+    meta = {"opset": file_opset(m), "exporter": "torch.onnx.export(dynamo=True)",
+            "export_seconds": round(seconds, 2), "nodes": len(m.graph.node),
+            "node_counts": node_counts(m), "dynamic_batch": dynamic_batch}
+    if cached is not None:
+        meta["export_cache"] = "hit" if hit else "stored"
+    return Artifact(path=path, stage="onnx", format="onnx", precision="fp32", target="onnx", inputs=specs,
+                    outputs=outs, meta=meta, tools=tool_versions(*ONNX_PACKAGES))
+
+
+def _export(model, args, path: Path, opset: int, inputs, output_names, dynamic_shapes) -> None:
+    import torch
+
     sink = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_torch_onnx():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model.eval(), args, str(path), dynamo=True, external_data=False,
+            torch.onnx.export(model, args, str(path), dynamo=True, external_data=False,
                               opset_version=opset, input_names=[i.name for i in inputs],
                               output_names=list(output_names), dynamic_shapes=dynamic_shapes,
                               verbose=False)
@@ -112,18 +139,6 @@ def export_onnx(model, inputs: tuple[InputSpec, ...], path: Path, opset: int | N
                           + (f" (cause: {first_line(cause, 200)})" if cause is not exc else ""),
                           hint="the model must be traceable by torch.export (no data-dependent Python control "
                                "flow); rerun with --debug for the full trace") from exc
-    seconds = time.perf_counter() - t0
-    m = onnx.load(str(path))
-    written = file_opset(m)
-    if written != opset:  # the exporter fell back to its own opset when conversion failed
-        m = _convert_opset(m, opset, written, path)
-    outs = tuple(o.name for o in m.graph.output)
-    specs = tuple(InputSpec(i.name, i.shape, i.dtype, i.layout, dynamic_batch) for i in inputs)
-    return Artifact(path=path, stage="onnx", format="onnx", precision="fp32", target="onnx", inputs=specs,
-                    outputs=outs, meta={"opset": file_opset(m), "exporter": "torch.onnx.export(dynamo=True)",
-                                        "export_seconds": round(seconds, 2), "nodes": len(m.graph.node),
-                                        "node_counts": node_counts(m), "dynamic_batch": dynamic_batch},
-                    tools=tool_versions(*ONNX_PACKAGES))
 
 
 def _convert_opset(m, opset: int, written: int, path: Path):
