@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .cells import Cell, cell_folder, cell_request, export_cell
-from .errors import EdgekitError, UsageError
+from .errors import ConfigError, EdgekitError, UsageError
 from .specs import PRECISIONS, parse_shape
 
 TOLERANCE_KEYS = ("max_abs", "cosine", "sqnr_db", "top1")
@@ -26,10 +26,6 @@ TOP_KEYS = {"models": list, "targets": list, "precisions": list, "calib": str, "
             "skip_unavailable": bool, "tolerance": dict, "model": dict}
 MODEL_KEYS = {"targets": list, "precisions": list, "calib": str, "input_shape": str, "batch": int,
               "samples": int, "weights": str, "pretrained": bool, "tolerance": dict}
-
-
-class ConfigError(UsageError):
-    """An edgekit.toml that cannot be used (exit 2, before any export)."""
 
 
 @dataclass

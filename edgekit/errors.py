@@ -102,6 +102,14 @@ class CalibrationError(EdgekitError):
     """Calibration data that cannot be used (empty folder, no images)."""
 
 
+class ConfigError(UsageError):
+    """An edgekit.toml (``edgekit ci``'s project file) that cannot be used (exit 2, before any export)."""
+
+
+class DeviceNotAvailableError(UnavailableError, UsageError):
+    """``--device X`` names a device this machine does not have (exit 2)."""
+
+
 class ParityError(EdgekitError):
     """A stage's outputs are outside tolerance. Exit code 1: the artifact is still written."""
 

@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from edgekit.ci import ConfigError, load_config  # noqa: E402
+from edgekit.ci import load_config  # noqa: E402
+from edgekit.errors import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,17 +15,13 @@ from typing import Any
 import numpy as np
 
 from edgekit.contracts import Feed
-from edgekit.errors import ArtifactError, UnavailableError, UsageError, first_line, require
+from edgekit.errors import ArtifactError, DeviceNotAvailableError, UsageError, first_line, require
 from edgekit.specs import InputSpec
 
 HINTS = ("latency", "throughput")
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 # Virtual devices that schedule onto the real ones.
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
-
-
-class DeviceNotAvailableError(UnavailableError, UsageError):
-    """``--device X`` names an OpenVINO device this machine does not have (exit 2)."""
 
 
 def openvino():
