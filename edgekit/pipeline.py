@@ -169,7 +169,8 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
     with console.step("export torch → ONNX") as d:
         stages.append(onnx.export_source(res.model, res.inputs, work / f"{stem}.onnx", opset=request.opset,
                                          dynamic_batch=request.dynamic_batch))
-        d["summary"] = f"{stages[-1].meta['nodes']} nodes, opset {stages[-1].meta['opset']}"
+        d["summary"] = f"{stages[-1].meta['nodes']} nodes, opset {stages[-1].meta['opset']}" + \
+            (" (from $EDGEKIT_EXPORT_CACHE)" if stages[-1].meta.get("export_cache") == "hit" else "")
     if request.simplify:
         with console.step(f"simplify ({request.simplifier})") as d:
             stages.append(onnx.simplify_source(stages[-1], work / f"{stem}.sim.onnx", request.simplifier))
