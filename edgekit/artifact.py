@@ -41,6 +41,22 @@ def sha256_path(path: Path) -> str:
     return h.hexdigest()
 
 
+def replace_file(path: Path, write) -> None:
+    """Write ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, which then
+    replaces ``path`` in one rename; the temporary file never outlives a failure."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def tool_versions(*names: str) -> dict[str, str]:
     """Installed versions of the named distributions (those installed only)."""
     out = {"python": sys.version.split()[0]}

@@ -28,9 +28,10 @@ import inspect
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from edgekit.artifact import replace_file
 
 ENV = "EDGEKIT_EXPORT_CACHE"
 _PLAIN = (bool, int, float, str, type(None))
@@ -123,13 +124,6 @@ def put(path: Path, cached: Path) -> None:
     optimization, never a failure)."""
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cached.stem[:16]}.", suffix=".tmp", dir=cached.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, cached)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        replace_file(cached, lambda tmp: shutil.copyfile(path, tmp))
     except OSError:
         return

@@ -11,10 +11,10 @@ kept, and the outer-scope names they read count as read.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from edgekit.artifact import replace_file
 
 
 def _reads(graph) -> set[str]:
@@ -62,14 +62,7 @@ def prune(path: Path) -> dict[str, Any]:
     model = onnx.load(str(path))
     removed = prune_model(model)
     if removed["nodes"] or removed["initializers"]:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-        os.close(fd)
-        try:
-            onnx.save(model, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        replace_file(path, lambda tmp: onnx.save(model, tmp))
     return {"removed_nodes": len(removed["nodes"]), "removed_initializers": len(removed["initializers"]),
             "initializers": removed["initializers"][:20]}
 
