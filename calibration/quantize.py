@@ -186,6 +186,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
                                      yardstick_top1=options.yardstick_top1)
 
         candidate, first = score(plan, "candidate", options.gate)
+        first_file = candidate  # each fallback step writes a file of its own
         log(f"INT8 gate before fallback: {gate_mod.describe(first)} -> {'pass' if first else 'fail'}")
         steps, ranking, final, best_steps = [], [], first, []
         max_float = int(math.floor(options.max_float_fraction * len(targets) + 1e-9))
@@ -203,7 +204,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
                     break
             if not final:
                 # keep the best of the steps tried (fewer float layers can score better than more)
-                tried = [(first, candidate, set())] + best_steps
+                tried = [(first, first_file, set())] + best_steps
                 final, candidate, floats = max(tried, key=lambda t: _rank(t[0]))
                 plan.float_nodes.clear()
                 plan.float_nodes.update(floats)
