@@ -260,7 +260,7 @@ def session(model_or_path, threads: int | None = None, optimize: bool = True):
 
 def infer_fn(model_or_path, threads: int | None = None):
     """``infer(feed) -> {output: float32 array}`` on one ONNX Runtime CPU session. Calibration runs
-    its graphs itself, so that it never needs a target's runner (tests/test_boundaries.py)."""
+    its graphs itself, so that it never needs a target's runner (tests/edgekit/test_boundaries.py)."""
     sess = session(model_or_path, threads)
     names = [o.name for o in sess.get_outputs()]
     inputs = {i.name for i in sess.get_inputs()}

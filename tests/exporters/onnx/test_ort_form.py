@@ -18,7 +18,7 @@ from calibration.quantize import quantize_int8
 from edgekit.compare import Tolerance
 from exporters.onnx.exporter import export_onnx
 from exporters.onnx.simplify import simplify
-from tests.test_calibration import INPUT, PRE, SIZE, TinyNet, fast
+from tests.calibration.test_calibration import INPUT, PRE, SIZE, TinyNet, fast
 
 
 def _settled(net: nn.Module) -> nn.Module:

@@ -22,7 +22,7 @@ from edgekit.errors import CalibrationError
 from edgekit.models.registry import get_spec
 from exporters.onnx.exporter import export_onnx
 from exporters.onnx.simplify import simplify
-from tests.test_calibration import INPUT, PRE, TinyNet, fast
+from tests.calibration.test_calibration import INPUT, PRE, TinyNet, fast
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_coreml_w8a8_follows_the_shared_graph_around_a_squeeze_excite(tmp_path):
     import onnxruntime as ort
 
     from exporters.coreml.quant import quantize_w8a8
-    from tests.test_executorch_ranges import SENet
+    from tests.exporters.executorch.test_executorch_ranges import SENet
 
     torch.manual_seed(0)
     model = SENet().eval()

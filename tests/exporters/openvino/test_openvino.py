@@ -94,7 +94,7 @@ class Built:
         """The shared Q/DQ ONNX (calibration.quantize_int8), made once. What this file tests is
         OpenVINO's reading of that graph, so the untrained weights skip the slow parts of the
         calibration (GPTQ rounding took 69 s on efficientnet_v2_s; the float fallback cannot tell
-        how trained weights would quantize); tests/test_calibration.py covers both."""
+        how trained weights would quantize); tests/calibration/test_calibration.py covers both."""
         if "qdq" not in self.arts:
             trained = self.weights.trained
             opts = Int8Options(gate_top1=trained, baselines=False, stats_feeds=32, weight_feeds=8,

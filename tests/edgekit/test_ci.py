@@ -16,7 +16,7 @@ pytest.importorskip("onnxscript")
 from edgekit.ci import load_config  # noqa: E402
 from edgekit.errors import ConfigError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT  # noqa: E402
 
 from tests.tiny import MODEL_SRC  # noqa: E402  (the shared tiny model)
 

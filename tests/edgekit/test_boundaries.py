@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT  # noqa: E402
 PACKAGES = ("edgekit", "exporters", "calibration")
 CORE = ("edgekit.errors", "edgekit.specs", "edgekit.contracts", "edgekit.compare", "edgekit.artifact",
         "edgekit.outdir", "edgekit.signals")

@@ -130,7 +130,7 @@ def test_prune_removes_unused_initializers_and_dangling_nodes(tmp_path, capfd):
 @pytest.fixture(scope="module")
 def swish_stages(tmp_path_factory):
     from exporters.onnx.ort_form import build_ort_int8
-    from tests.test_ort_form import SwishNet, _built
+    from tests.exporters.onnx.test_ort_form import SwishNet, _built
 
     d = tmp_path_factory.mktemp("fid")
     src, fs, qdq = _built(SwishNet(), d)

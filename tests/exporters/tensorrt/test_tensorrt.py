@@ -21,7 +21,7 @@ from edgekit.specs import InputSpec  # noqa: E402
 from exporters.tensorrt.exporter import TensorRTTarget, table_version  # noqa: E402
 from exporters.tensorrt.lint import lint_onnx  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT  # noqa: E402
 GPU_SKIP = "TensorRT needs an NVIDIA GPU with the tensorrt package"
 RNG = np.random.default_rng(0)
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT  # noqa: E402
 HEAVY = ("onnxruntime", "openvino", "coremltools", "tensorrt", "nncf", "executorch", "ncnn", "onnx")
 
 

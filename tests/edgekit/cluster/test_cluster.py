@@ -18,7 +18,7 @@ import pytest
 from edgekit.cli.main import main
 
 pytestmark = pytest.mark.cluster
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT  # noqa: E402
 MB = 2**20
 # one model: 4 export cells and 5 device cells a node already exercise every path (scheduling,
 # pairs, provenance); a second model doubled the file's 9 minutes on 2 cores

@@ -1,7 +1,7 @@
 """Family facts of the edge focus networks (MobileNet, ShuffleNet, EfficientNet): torchvision
 key names and shapes, the table details that parameter counts alone would not catch, the
 packaged EfficientNet-Lite0 weights classifying real photos, aliases, and weight errors.
-(Build / shape / parameter count / ONNX parity of every model: tests/test_zoo.py.)"""
+(Build / shape / parameter count / ONNX parity of every model: tests/edgekit/models/test_zoo.py.)"""
 import math
 
 import numpy as np
