@@ -79,7 +79,8 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
     if getattr(weights, "preprocess", None) is not None:  # e.g. torchvision's V2 weights: resize 232, not 256
         spec = replace(spec, preprocess=weights.preprocess)
     inputs = (InputSpec(spec.input.name, shape, spec.input.dtype, spec.input.layout, request.dynamic_batch),)
-    if user_ref or request.input_shape:  # a zoo model at its own shape is known to run (tests/edgekit/models/test_zoo.py)
+    # a zoo model at its own shape is known to run (tests/edgekit/models/test_zoo.py)
+    if user_ref or request.input_shape:
         probe(model, inputs, spec.name, user=bool(user_ref),
               default_shape=None if user_ref else tuple(spec.input.shape))
     return Resolved(spec, alias, model, weights, inputs, user_ref)
