@@ -103,6 +103,7 @@ def quantize_pt2e(ctx: ExportContext, tol: Tolerance, max_samples: int = DEFAULT
     else:
         module, float_nodes = cal.convert([]), []
     meta["float_layers"] = [paths[n] for n in float_nodes]
+    meta["float_outputs"] = [paths[n] for n in cal.float_outputs]  # logits stay float (ranges.output_layers)
     return module, meta
 
 
@@ -122,7 +123,7 @@ def _edgekit_float_layers(ctx: ExportContext, cal, layers, tol: Tolerance, selec
     paths = dict(cal.weighted)
     by_path = {p: n for n, p in cal.weighted}
     wanted = [n for n, path in cal.weighted if path in layers and not layers[path].quantized]
-    float_nodes, added, kept = er.float_closure(cal.graph, wanted, weighted)
+    float_nodes, added, kept = er.float_closure(cal.graph, wanted, weighted, float_inputs=True)
     meta["float_layers_quantized"] = [paths[n] for n in kept]
     meta["float_layers_added"] = [paths[n] for n in added]
     if kept:
@@ -153,7 +154,7 @@ def _edgekit_float_layers(ctx: ExportContext, cal, layers, tol: Tolerance, selec
     ok = passes(module, len(float_nodes))
     while not ok and candidates and len(float_nodes) < budget:
         nxt, *candidates = candidates
-        grown, _, blocked = er.float_closure(cal.graph, [*float_nodes, nxt], weighted)
+        grown, _, blocked = er.float_closure(cal.graph, [*float_nodes, nxt], weighted, float_inputs=True)
         if blocked or len(grown) > budget:
             continue
         float_nodes = grown

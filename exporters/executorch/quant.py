@@ -192,12 +192,15 @@ class Calibrated:
     fused_clamps: int
     weighted: list[tuple[str, str]] = field(default_factory=list)  # (node name, module path)
     ranges: dict[str, float] = field(default_factory=dict)  # module path → edgekit's clip of its input
+    float_outputs: list[str] = field(default_factory=list)  # layers that write the model's outputs: always float
 
     def convert(self, float_nodes: Sequence[str] = ()):
-        """The converted (Q/DQ) module with ``float_nodes`` kept in float, without recalibrating."""
+        """The converted (Q/DQ) module with ``float_nodes`` and :attr:`float_outputs` kept in
+        float, without recalibrating."""
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        prepared = prepare_pt2e(copy.deepcopy(self.graph), make_quantizer(self.per_channel, float_nodes))
+        keep = [*float_nodes, *(n for n in self.float_outputs if n not in float_nodes)]
+        prepared = prepare_pt2e(copy.deepcopy(self.graph), make_quantizer(self.per_channel, keep))
         observers = _observers(prepared)
         missing = [k for k in observers if k not in self.observer_state]
         if missing:
@@ -234,8 +237,13 @@ def calibrate(model, inputs: tuple[InputSpec, ...], feeds: Feeds, max_samples: i
     if layers and per_channel:
         _set_weight_scales(prepared, layers)
     state = {k: copy.deepcopy(m.state_dict()) for k, m in _observers(prepared).items()}
-    weighted = [(n.name, module_path(n)) for n in weighted_nodes(graph)]
-    return Calibrated(graph, batched, per_channel, state, rows, getattr(quantizer, "fused_clamps", 0), weighted)
+    from .ranges import float_closure, output_layers
+
+    nodes = weighted_nodes(graph)
+    weighted = [(n.name, module_path(n)) for n in nodes]
+    outputs, _, _ = float_closure(graph, output_layers(graph, nodes), nodes)
+    return Calibrated(graph, batched, per_channel, state, rows, getattr(quantizer, "fused_clamps", 0), weighted,
+                      float_outputs=outputs)
 
 
 def _set_weight_scales(prepared, layers: dict[str, LayerWeights]) -> int:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporters.executorch.ranges import float_closure
+from exporters.executorch.ranges import float_closure, output_layers
 
 
 class PadNet(nn.Module):
@@ -57,6 +57,71 @@ def test_a_pad_whose_producer_has_other_readers_stays_int8():
     gm, nodes, name = _graph(PadNet(share_expand=True))
     chosen, added, kept = float_closure(gm, [name["dw"]], nodes)
     assert chosen == [] and kept == [name["dw"]]
+
+
+def test_a_float_layer_keeps_its_input_float_by_taking_its_producer_along():
+    """XNNPACK quantizes every INT8 layer's output: the projection's input stays float only when
+    the depthwise convolution that writes it is float too (the shared graph's float layer)."""
+    gm, nodes, name = _graph(PadNet())
+    chosen, added, kept = float_closure(gm, [name["project"]], nodes, float_inputs=True)
+    # the depthwise conv reads a pad of the expand output: the expand comes along as well
+    assert chosen == [name["expand"], name["dw"], name["project"]], chosen
+    assert sorted(added) == sorted([name["dw"], name["expand"]]) and kept == []
+    chosen, added, _ = float_closure(gm, [name["head"]], nodes, float_inputs=True)
+    assert chosen == [name["project"], name["head"]] and added == [name["project"]]
+
+
+def test_a_producer_with_other_readers_is_not_taken_along():
+    gm, nodes, name = _graph(PadNet(share_expand=True))
+    # the head reads y = project(...) + pool(expand): an add, not a weighted producer
+    chosen, added, kept = float_closure(gm, [name["head"]], nodes, float_inputs=True)
+    assert chosen == [name["head"]] and added == [] and kept == []
+
+
+class Classifier(nn.Module):
+    """conv → ReLU → global pool → flatten → linear: the logits come out of the linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1), 1))
+
+
+def test_the_layer_that_writes_the_logits_is_found_through_pool_and_flatten():
+    gm, nodes, name = _graph(PadNet())
+    assert output_layers(gm, nodes) == [name["head"]]
+    from exporters.executorch.quant import weighted_nodes
+
+    gm = torch.export.export(Classifier().eval(), (torch.zeros(1, 3, 8, 8),)).module()
+    nodes = weighted_nodes(gm)
+    assert [n.target for n in nodes if n.name in output_layers(gm, nodes)] == [torch.ops.aten.linear.default]
+
+
+def test_the_program_hands_back_float_logits():
+    """A quantized classifier would return logits on 256 levels over a histogram-chosen range that
+    clips the winners (two classes tie at the top and the first index wins); the program keeps the
+    layer that writes the model's output in float, so no quantize op follows it."""
+    pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
+    from edgekit.specs import InputSpec
+    from exporters.executorch import quant as eq
+
+    torch.manual_seed(0)
+    inp = InputSpec("input", (1, 3, 8, 8))
+    feeds = [{"input": torch.randn(4, 3, 8, 8).numpy()} for _ in range(4)]
+    model = Classifier().eval()
+    cal = eq.calibrate(model, (inp,), feeds, 16, True)
+    assert [p for n, p in cal.weighted if n in cal.float_outputs] == ["fc"]
+    module = cal.convert([])
+    linear = next(n for n in module.graph.nodes if n.op == "call_function" and "linear" in str(n.target))
+    assert not any("quantize_per_tensor" in str(u.target) for u in linear.users), list(linear.users)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref, out = model(x), module(x)
+    sqnr = 10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum())
+    assert sqnr > 25, float(sqnr)  # int8 conv, float linear: close to FP32
 
 
 def test_the_program_quantizes_with_the_pinned_range():
