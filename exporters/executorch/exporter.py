@@ -103,7 +103,9 @@ def quantize_pt2e(ctx: ExportContext, tol: Tolerance, max_samples: int = DEFAULT
     else:
         module, float_nodes = cal.convert([]), []
     meta["float_layers"] = [paths[n] for n in float_nodes]
-    meta["float_outputs"] = [paths[n] for n in cal.float_outputs]  # logits stay float (ranges.output_layers)
+    # the logits stay float (ranges.output_layers): a linear that writes them runs dynamically quantized
+    meta["float_outputs"] = [paths[n] for n in cal.float_outputs]
+    meta["dynamic_outputs"] = [paths[n] for n in cal.dynamic_outputs if n not in float_nodes]
     return module, meta
 
 

@@ -112,9 +112,11 @@ def keep_float(gm, names: Iterable[str]) -> None:
                         break
 
 
-def make_quantizer(per_channel: bool = True, float_nodes: Sequence[str] = ()):
-    """An ``XNNPACKQuantizer`` (symmetric INT8, per-channel weights) with fused clamps and
-    the given weighted nodes left in float."""
+def make_quantizer(per_channel: bool = True, float_nodes: Sequence[str] = (), dynamic: Sequence[str] = ()):
+    """An ``XNNPACKQuantizer`` (symmetric INT8, per-channel weights) with fused clamps, the
+    given weighted nodes left in float, and the linears under the module paths ``dynamic``
+    quantized dynamically: INT8 weights, the input quantized per call on its own range, a float
+    output (XNNPACK's ``qd8-f32-qc8w`` linear)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
 
@@ -125,7 +127,15 @@ def make_quantizer(per_channel: bool = True, float_nodes: Sequence[str] = ()):
             keep_float(model, float_nodes)
             return model
 
-    return EdgekitXnnpackQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    quantizer = EdgekitXnnpackQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    for path in dynamic:
+        quantizer.set_module_name(path, get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=True))
+    return quantizer
+
+
+def _dynamic(mod) -> bool:
+    """A dynamic quantization point's observer: nothing to calibrate, its range is taken per call."""
+    return type(mod).__name__ == "PlaceholderObserver" or bool(getattr(mod, "is_dynamic", False))
 
 
 def export_for_calibration(model, inputs: tuple[InputSpec, ...]):
@@ -171,7 +181,7 @@ def _observers(gm) -> dict[str, Any]:
     for node in gm.graph.nodes:
         if node.op == "call_module":
             mod = getattr(gm, node.target)
-            if isinstance(mod, ObserverBase) and node.args:
+            if isinstance(mod, ObserverBase) and node.args and not _dynamic(mod):
                 key = node.args[0].name
                 n = 0
                 while f"{key}#{n}" in out:
@@ -193,14 +203,18 @@ class Calibrated:
     weighted: list[tuple[str, str]] = field(default_factory=list)  # (node name, module path)
     ranges: dict[str, float] = field(default_factory=dict)  # module path → edgekit's clip of its input
     float_outputs: list[str] = field(default_factory=list)  # layers that write the model's outputs: always float
+    dynamic_outputs: list[str] = field(default_factory=list)  # output linears: INT8 weights, float output
 
     def convert(self, float_nodes: Sequence[str] = ()):
         """The converted (Q/DQ) module with ``float_nodes`` and :attr:`float_outputs` kept in
-        float, without recalibrating."""
+        float, and the :attr:`dynamic_outputs` not in ``float_nodes`` quantized dynamically
+        (their output stays float), without recalibrating."""
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         keep = [*float_nodes, *(n for n in self.float_outputs if n not in float_nodes)]
-        prepared = prepare_pt2e(copy.deepcopy(self.graph), make_quantizer(self.per_channel, keep))
+        paths = dict(self.weighted)
+        dynamic = [paths[n] for n in self.dynamic_outputs if n not in float_nodes]
+        prepared = prepare_pt2e(copy.deepcopy(self.graph), make_quantizer(self.per_channel, keep, dynamic))
         observers = _observers(prepared)
         missing = [k for k in observers if k not in self.observer_state]
         if missing:
@@ -241,9 +255,14 @@ def calibrate(model, inputs: tuple[InputSpec, ...], feeds: Feeds, max_samples: i
 
     nodes = weighted_nodes(graph)
     weighted = [(n.name, module_path(n)) for n in nodes]
-    outputs, _, _ = float_closure(graph, output_layers(graph, nodes), nodes)
+    # The layers that write the model's outputs keep a float output (ranges.output_layers): a
+    # linear as XNNPACK's dynamically quantized linear (INT8 weights), anything else in float.
+    outputs = output_layers(graph, nodes)
+    linear = {n.name for n in nodes if n.target is torch.ops.aten.linear.default}
+    dynamic = [n for n in outputs if n in linear] if per_channel else []
+    floats, _, _ = float_closure(graph, [n for n in outputs if n not in dynamic], nodes)
     return Calibrated(graph, batched, per_channel, state, rows, getattr(quantizer, "fused_clamps", 0), weighted,
-                      float_outputs=outputs)
+                      float_outputs=floats, dynamic_outputs=dynamic)
 
 
 def _set_weight_scales(prepared, layers: dict[str, LayerWeights]) -> int:

@@ -67,7 +67,8 @@ def output_layers(gm, weighted: Sequence[Any]) -> list[str]:
     over 0.8 of it, 6.5 %. Its uint8-calibrated .pte, whose classifier the fallback left INT8:
     86.5 % top-1 / 24.0 dB with int8 logits, 87.0 % / 24.2 dB with float ones (2026-12-05; the
     rest of its gap was float layers reading int8 inputs, see :func:`float_closure`). The shared
-    graph and every other target keep the model's outputs float; so does this one."""
+    graph and every other target keep the model's outputs float; so does this one (a linear as
+    XNNPACK's dynamically quantized linear, with INT8 weights: :func:`.quant.calibrate`)."""
     names = {n.name for n in weighted}
     out: list[str] = []
     outputs = [n for n in gm.graph.nodes if n.op == "output"]

@@ -100,28 +100,45 @@ def test_the_layer_that_writes_the_logits_is_found_through_pool_and_flatten():
     assert [n.target for n in nodes if n.name in output_layers(gm, nodes)] == [torch.ops.aten.linear.default]
 
 
-def test_the_program_hands_back_float_logits():
+def test_the_program_hands_back_float_logits_from_int8_weights():
     """A quantized classifier would return logits on 256 levels over a histogram-chosen range that
-    clips the winners (two classes tie at the top and the first index wins); the program keeps the
-    layer that writes the model's output in float, so no quantize op follows it."""
+    clips the winners (two classes tie at the top and the first index wins). The linear that
+    writes the model's output runs as XNNPACK's dynamically quantized linear: INT8 weights, the
+    input quantized per call, a float output. The program stays fully delegated and the weights
+    stay 8-bit (the .pte is smaller than with that layer in float)."""
     pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
     from edgekit.specs import InputSpec
     from exporters.executorch import quant as eq
+    from exporters.executorch.exporter import lower_to_pte
 
     torch.manual_seed(0)
     inp = InputSpec("input", (1, 3, 8, 8))
     feeds = [{"input": torch.randn(4, 3, 8, 8).numpy()} for _ in range(4)]
     model = Classifier().eval()
+    model.fc = nn.Linear(8, 4000)  # a wide head, so its weights dominate the program's size
     cal = eq.calibrate(model, (inp,), feeds, 16, True)
-    assert [p for n, p in cal.weighted if n in cal.float_outputs] == ["fc"]
+    fc = [n for n, p in cal.weighted if p == "fc"]
+    assert cal.dynamic_outputs == fc and cal.float_outputs == []
     module = cal.convert([])
     linear = next(n for n in module.graph.nodes if n.op == "call_function" and "linear" in str(n.target))
     assert not any("quantize_per_tensor" in str(u.target) for u in linear.users), list(linear.users)
+    assert any("choose_qparams" in str(n.target) for n in module.graph.nodes)  # its input: quantized per call
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         ref, out = model(x), module(x)
     sqnr = 10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum())
-    assert sqnr > 25, float(sqnr)  # int8 conv, float linear: close to FP32
+    assert sqnr > 25, float(sqnr)
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        dyn = lower_to_pte(module, (torch.zeros(1, 3, 8, 8),), Path(d) / "dyn.pte")
+        size_dyn = (Path(d) / "dyn.pte").stat().st_size
+        lower_to_pte(cal.convert(fc), (torch.zeros(1, 3, 8, 8),), Path(d) / "float.pte")
+        size_float = (Path(d) / "float.pte").stat().st_size
+    assert dyn["non_delegated_count"] == 0, dyn
+    assert size_dyn < 0.5 * size_float, (size_dyn, size_float)  # 32,000 int8 weights instead of float
 
 
 def test_the_program_quantizes_with_the_pinned_range():
