@@ -234,3 +234,33 @@ def test_mixed_precision_fallback(tmp_path):
     assert q["float_layers"][0].startswith("features.0"), q["float_layers"]
     comp = parity(ctx, art, tolerance_for("int8"))
     assert comp.primary().nonfinite == 0 and abs(comp.primary().cosine - art.meta["gate"]["cosine"]) < 1e-6
+
+
+def test_constants_of_decompositions_are_folded_into_the_delegate(tmp_path):
+    """``hardsigmoid`` (MobileNetV3's squeeze-excite gate) decomposes into ops on lifted scalar
+    constants, each behind a ``_to_dim_order_copy`` that XNNPACK does not take: without folding,
+    every inference ran those copies on the portable kernels, outside the delegate."""
+    import torch
+    from torch import nn
+
+    from exporters.executorch.exporter import lower_to_pte
+    from exporters.executorch.runner import ExecuTorchRunner
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * nn.functional.hardsigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+
+    torch.manual_seed(0)
+    model = Gate().eval()
+    info = lower_to_pte(model, (torch.zeros(1, 3, 16, 16),), tmp_path / "gate.pte")
+    assert info["delegated_subgraphs"] == 1 and info["non_delegated_count"] == 0, info
+    x = torch.randn(1, 3, 16, 16)
+    with ExecuTorchRunner(tmp_path / "gate.pte") as r, torch.no_grad():
+        out = r.infer({"input": x.numpy()})["output"]
+        assert np.abs(out - model(x).numpy()).max() < 1e-4
