@@ -247,13 +247,16 @@ def atomic_dir(dest: Path, overwrite: bool = True, log: Any = None) -> Iterator[
     try:
         yield tmp
         signals.check()  # an interrupt some library swallowed still stops the export
-        with signals.deferred():
+        with signals.deferred(raise_after=False):
             _commit(tmp, dest, overwrite, log)
     except BaseException:
         with signals.deferred():
             shutil.rmtree(tmp, ignore_errors=True)
             _remove_empty(made)
         raise
+    # the artifact is whole at dest: a signal from here on must not read as an interrupted
+    # export (whose message says its output was removed)
+    signals.record_from_now()
 
 
 def _remove_empty(folders: list[Path]) -> None:

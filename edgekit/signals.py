@@ -54,6 +54,16 @@ def _record_only(signum, frame) -> None:
     _received.append(signum)
 
 
+def ignore_late() -> None:
+    """From now on SIGINT/SIGTERM are only recorded: the command has finished and the process
+    is on its way out (main thread only; a signal the parent set to be ignored stays ignored)."""
+    if not _main_thread():
+        return
+    for s in SIGNALS:
+        if signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, _record_only)
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -82,10 +92,12 @@ def handled() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
+def deferred(raise_after: bool = True) -> Iterator[None]:
     """Hold SIGINT/SIGTERM while a short critical section runs (removing a partial folder,
     the final renames): a second Ctrl-C must not leave half a cleanup. A signal that came
-    meanwhile is raised when the section ends, unless an exception is already on its way."""
+    meanwhile is raised when the section ends, unless an exception is already on its way or
+    ``raise_after`` is False (the section completed the command's output: the signal stays
+    recorded, and the CLI reports it)."""
     if not _main_thread():
         yield
         return
@@ -99,8 +111,20 @@ def deferred() -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, signal.SIG_DFL if h is None else h)
-    if len(_received) > before:
+    if raise_after and len(_received) > before:
         check()
+
+
+def record_from_now() -> None:
+    """Inside :func:`handled`: from now on a signal is recorded, not raised, until the command
+    ends (the CLI then says the output is complete and exits 130/143). For a command whose
+    output was just committed: an exception now would read as an interrupted export. Outside
+    :func:`handled` (an API caller's own handlers) nothing changes."""
+    if not _main_thread():
+        return
+    for s in SIGNALS:
+        if signal.getsignal(s) is _handler:
+            signal.signal(s, _record_only)
 
 
 def received() -> int | None:

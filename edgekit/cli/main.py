@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop("EDGEKIT_DEBUG", None)
         else:
             os.environ["EDGEKIT_DEBUG"] = before
-    if as_program and code in (130, 143):
+    if as_program:
+        # The command is over and its output complete. A signal from here on must not turn that
+        # into a kill (-2 from CPython's finalization, after its handlers are gone), and the
+        # interpreter's own finish (module teardown: about 1 s with torch and the runtimes
+        # loaded) does nothing the artifact needs: exit handlers, flush, exit.
+        signals.ignore_late()
         _exit_now(code)
     return code
 
@@ -109,7 +114,8 @@ def _interrupted(signum: int) -> int:
 def _exit_now(code: int) -> None:
     """Exit with ``code`` after the exit handlers, skipping the interpreter's own finish:
     when an interrupt passed through C++ code (pybind11 eval) CPython would otherwise
-    kill itself with SIGINT at exit, so the exit status would be -2, not 130."""
+    kill itself with SIGINT at exit, so the exit status would be -2, not 130; and a Ctrl-C
+    during that finish would kill a command that had already completed."""
     import atexit
 
     atexit._run_exitfuncs()
