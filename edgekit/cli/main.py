@@ -7,6 +7,7 @@ Exit codes (DESIGN.md §8): 0 success, 1 parity failure (artifact still written)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
@@ -85,6 +86,14 @@ def _run(argv: list[str], debug: bool) -> int:
         return _interrupted(signal.SIGTERM if isinstance(exc, signals.Terminated) else signal.SIGINT)
     except SystemExit:
         raise  # argparse: --help, --version, bad arguments
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a pipe of some backend's child process: an error like any other
+        # ``edgekit models | head``: the reader left. Exit as a program killed by SIGPIPE would
+        # (141), silently; an export stopped this way left nothing (its partial folder is gone).
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except Exception as exc:
         if signals.interrupt_in(exc) is not None or signals.received() is not None:
             # a library turned the interrupt into another error: still an interrupt, not the stage's fault
@@ -103,6 +112,18 @@ def _run(argv: list[str], debug: bool) -> int:
         return 2
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (POLLERR on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real file descriptor
+        return False
+
+
 def _interrupted(signum: int) -> int:
     from edgekit import signals
 
@@ -119,8 +140,11 @@ def _exit_now(code: int) -> None:
     import atexit
 
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (edgekit ... | head) or a closed stream
+            pass
     os._exit(code)
 
 

@@ -447,3 +447,16 @@ def test_exit_codes_in_process(fn, argv, code, needle, monkeypatch, capsys, tmp_
     err = capsys.readouterr().err
     assert needle in err and "traceable" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_output_pipe_exits_quietly_with_sigpipes_code():
+    """``edgekit models | head``: the reader leaves before edgekit writes. The exit is 141 (what a
+    program killed by SIGPIPE gives), with nothing on stderr; it used to be exit 2 with
+    "error: unexpected BrokenPipeError ... please report it"."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli.main", "models"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the interpreter has even imported edgekit
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141, (proc.returncode, err)
+    assert err == "", err
