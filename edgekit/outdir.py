@@ -168,7 +168,8 @@ def _probe(dest: Path) -> None:
     try:
         if not at.is_dir():
             raise UsageError(f"cannot write {dest}: {at} is not a folder", hint="choose another --out")
-        os.rmdir(tempfile.mkdtemp(prefix=f".{dest.name}.probe-{os.getpid()}-", dir=at))
+        with signals.deferred():  # a Ctrl-C between the two calls would leave the probe behind
+            os.rmdir(tempfile.mkdtemp(prefix=f".{dest.name}.probe-{os.getpid()}-", dir=at))
     except OSError as exc:
         raise out_error("write", dest, exc) from None
 
@@ -247,16 +248,14 @@ def atomic_dir(dest: Path, overwrite: bool = True, log: Any = None) -> Iterator[
     try:
         yield tmp
         signals.check()  # an interrupt some library swallowed still stops the export
-        with signals.deferred(raise_after=False):
+        with signals.deferred():
             _commit(tmp, dest, overwrite, log)
+            signals.output_complete(dest)
     except BaseException:
         with signals.deferred():
             shutil.rmtree(tmp, ignore_errors=True)
             _remove_empty(made)
         raise
-    # the artifact is whole at dest: a signal from here on must not read as an interrupted
-    # export (whose message says its output was removed)
-    signals.record_from_now()
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -19,6 +19,7 @@ from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
+_completed: list[str] = []
 
 
 class Terminated(KeyboardInterrupt):
@@ -76,6 +77,7 @@ def handled() -> Iterator[None]:
         yield
         return
     _received.clear()
+    _completed.clear()
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s, h in previous.items():
         if h is not signal.SIG_IGN:
@@ -87,17 +89,16 @@ def handled() -> Iterator[None]:
             t.cancel()
         _redeliveries.clear()
         _received.clear()  # a later library call in this process must not see this command's signal
+        _completed.clear()
         for s, h in previous.items():
             signal.signal(s, signal.SIG_DFL if h is None else h)
 
 
 @contextlib.contextmanager
-def deferred(raise_after: bool = True) -> Iterator[None]:
+def deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM while a short critical section runs (removing a partial folder,
     the final renames): a second Ctrl-C must not leave half a cleanup. A signal that came
-    meanwhile is raised when the section ends, unless an exception is already on its way or
-    ``raise_after`` is False (the section completed the command's output: the signal stays
-    recorded, and the CLI reports it)."""
+    meanwhile is raised when the section ends, unless an exception is already on its way."""
     if not _main_thread():
         yield
         return
@@ -111,20 +112,19 @@ def deferred(raise_after: bool = True) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, signal.SIG_DFL if h is None else h)
-    if raise_after and len(_received) > before:
+    if len(_received) > before:
         check()
 
 
-def record_from_now() -> None:
-    """Inside :func:`handled`: from now on a signal is recorded, not raised, until the command
-    ends (the CLI then says the output is complete and exits 130/143). For a command whose
-    output was just committed: an exception now would read as an interrupted export. Outside
-    :func:`handled` (an API caller's own handlers) nothing changes."""
-    if not _main_thread():
-        return
-    for s in SIGNALS:
-        if signal.getsignal(s) is _handler:
-            signal.signal(s, _record_only)
+def output_complete(path) -> None:
+    """An artifact of this command is whole at ``path`` (renamed into place): an interrupt
+    after this point must not be reported as if that output were removed."""
+    _completed.append(str(path))
+
+
+def completed_outputs() -> list[str]:
+    """The outputs this command completed so far (cleared when :func:`handled` starts and ends)."""
+    return list(_completed)
 
 
 def received() -> int | None:

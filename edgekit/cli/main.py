@@ -128,7 +128,12 @@ def _interrupted(signum: int) -> int:
     from edgekit import signals
 
     what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
-    print(f"{what}: stopped; unfinished output was removed", file=sys.stderr)
+    done = signals.completed_outputs()
+    if done:  # the signal came after an artifact's final rename (during the summary, a later matrix cell)
+        kept = ", ".join(done[-3:]) + (f" and {len(done) - 3} more" if len(done) > 3 else "")
+        print(f"{what}: stopped; complete and kept: {kept}; anything unfinished was removed", file=sys.stderr)
+    else:
+        print(f"{what}: stopped; unfinished output was removed", file=sys.stderr)
     return signals.exit_code(signum)
 
 
