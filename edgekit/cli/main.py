@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             os.environ["EDGEKIT_DEBUG"] = before
     if as_program:
-        # The command is over and its output complete. A signal from here on must not turn that
+        # The command is over, whatever its code. A signal from here on must not turn that
         # into a kill (-2 from CPython's finalization, after its handlers are gone), and the
         # interpreter's own finish (module teardown: about 1 s with torch and the runtimes
         # loaded) does nothing the artifact needs: exit handlers, flush, exit.
