@@ -55,14 +55,21 @@ def _record_only(signum, frame) -> None:
     _received.append(signum)
 
 
+def _install(handler) -> dict:
+    """Put ``handler`` on SIGINT/SIGTERM, except where the parent set a signal to be ignored;
+    returns the previous handlers."""
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s, h in previous.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, handler)
+    return previous
+
+
 def ignore_late() -> None:
     """From now on SIGINT/SIGTERM are only recorded: the command has finished and the process
     is on its way out (main thread only; a signal the parent set to be ignored stays ignored)."""
-    if not _main_thread():
-        return
-    for s in SIGNALS:
-        if signal.getsignal(s) is not signal.SIG_IGN:
-            signal.signal(s, _record_only)
+    if _main_thread():
+        _install(_record_only)
 
 
 def _main_thread() -> bool:
@@ -78,10 +85,7 @@ def handled() -> Iterator[None]:
         return
     _received.clear()
     _completed.clear()
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
-    for s, h in previous.items():
-        if h is not signal.SIG_IGN:
-            signal.signal(s, _handler)
+    previous = _install(_handler)
     try:
         yield
     finally:
@@ -102,11 +106,8 @@ def deferred() -> Iterator[None]:
     if not _main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
     before = len(_received)
-    for s, h in previous.items():
-        if h is not signal.SIG_IGN:
-            signal.signal(s, _record_only)
+    previous = _install(_record_only)
     try:
         yield
     finally:

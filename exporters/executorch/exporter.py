@@ -212,8 +212,7 @@ def fold_constants(edge):
     from executorch.exir.passes.constant_prop_pass import constant_prop_pass
 
     ep = edge.exported_program()
-    if not any(n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
-               and getattr(n.target, "__name__", "") != "getitem" for n in ep.graph.nodes):
+    if not delegation(ep.graph_module)["non_delegated_count"]:
         return edge
     try:  # an optimization: an ExecuTorch that cannot fold keeps the program as lowered
         folded = constant_prop_pass(copy.deepcopy(ep), _skip_dim_order=False)

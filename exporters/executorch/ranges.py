@@ -70,32 +70,19 @@ def output_layers(gm, weighted: Sequence[Any]) -> list[str]:
     graph and every other target keep the model's outputs float; so does this one (a linear as
     XNNPACK's dynamically quantized linear, with INT8 weights: :func:`.quant.calibrate`)."""
     names = {n.name for n in weighted}
-    out: list[str] = []
-    outputs = [n for n in gm.graph.nodes if n.op == "output"]
-    stack = [a for n in outputs for a in _node_args(n.args)]
+    out: set[str] = set()
+    stack = [a for n in gm.graph.nodes if n.op == "output" for a in n.all_input_nodes]
     seen: set[Any] = set()
     while stack:
         node = stack.pop()
-        if node in seen or getattr(node, "op", None) not in ("call_function", "call_module", "call_method"):
+        if node in seen or node.op not in ("call_function", "call_module", "call_method"):
             continue
         seen.add(node)
         if node.name in names:
-            out.append(node.name)
+            out.add(node.name)
             continue
-        stack.extend(_node_args(node.args))
-    order = [n.name for n in weighted]
-    return [n for n in order if n in out]
-
-
-def _node_args(args) -> list[Any]:
-    """The fx nodes among ``args`` (nested tuples, lists and dicts included)."""
-    found: list[Any] = []
-    for a in (args.values() if isinstance(args, dict) else args):
-        if isinstance(a, (tuple, list, dict)):
-            found.extend(_node_args(a))
-        elif hasattr(a, "op") and hasattr(a, "name"):
-            found.append(a)
-    return found
+        stack.extend(node.all_input_nodes)
+    return [n.name for n in weighted if n.name in out]
 
 
 def float_closure(gm, wanted: Iterable[str], weighted: Sequence[Any],
