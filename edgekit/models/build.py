@@ -108,7 +108,7 @@ def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool =
     else:
         info = Weights("deterministic-init", f"seed={seed_for(spec.name)} + BatchNorm statistics on the bundled calibration photos", False)
     if console and info.layout:
-        console.info(f"weights: {info.layout} layout recognised ({info.detail})")
+        console.info(f"weights: layout recognised: {info.layout} ({info.detail})")
     return model, info
 
 
@@ -120,8 +120,24 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return unwrap(load_file(path), path.name)[0]
 
 
-def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+def absent_aux_heads(model: nn.Module, sd: dict[str, torch.Tensor]) -> list[str]:
+    """The auxiliary training heads (``model.aux_heads``: GoogLeNet's ``aux1``/``aux2``,
+    Inception-v3's ``AuxLogits``) of which ``sd`` holds no key at all. torchvision's
+    ``state_dict()`` of a model built with ``aux_logits=False`` (the default with its
+    published weights) has none, and a fine-tuned copy saved from it neither. The heads
+    run only in training mode, so inference and every export are the same without them."""
+    heads = getattr(model, "aux_heads", ())
+    held = [k for k in sd if not k.endswith("num_batches_tracked")]  # layouts fill that counter in
+    return [h for h in heads if not any(k.startswith(h + ".") for k in held)]
+
+
+def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> list[str]:
+    """Load ``sd`` strictly; returns the auxiliary heads it left out (they keep their initial
+    values, and eval mode never runs them)."""
     own = model.state_dict()
+    absent = absent_aux_heads(model, sd)
+    if absent:
+        sd = {**sd, **{k: v for k, v in own.items() if k.split(".", 1)[0] in absent}}
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong = [f"{k} {tuple(sd[k].shape)}≠{tuple(v.shape)}" for k, v in own.items()
@@ -136,6 +152,7 @@ def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -
                            hint="check the model name and its variant; layouts read: torchvision, lukemelas "
                                 "EfficientNet-PyTorch, 'state_dict'/'model' wrappers, 'module.' prefixes")
     model.load_state_dict(sd, strict=True)
+    return absent
 
 
 def load_checkpoint(model: nn.Module, path: Path, what: str | None = None) -> str:
@@ -152,7 +169,9 @@ def load_checkpoint(model: nn.Module, path: Path, what: str | None = None) -> st
                            f"first unexpected key {unexpected!r}",
                            hint="layouts read: torchvision, lukemelas EfficientNet-PyTorch, 'state_dict'/'model' "
                                 "wrappers, 'module.' prefixes; check the model name")
-    apply_state_dict(model, sd, f"{what or path.name} ({describe(layout, steps)} layout)")
+    absent = apply_state_dict(model, sd, f"{what or path.name} ({describe(layout, steps)} layout)")
+    if absent:
+        steps = [*steps, f"no auxiliary head{'s' if len(absent) > 1 else ''} {', '.join(absent)} (training only)"]
     model.eval()
     return describe(layout, steps)
 

@@ -83,6 +83,8 @@ class GoogLeNet(nn.Module):
     """``transform_input=True`` re-normalises ImageNet-normalised input the way torchvision's
     pretrained (TensorFlow-ported) weights expect."""
 
+    aux_heads = ("aux1", "aux2")   # training-only: a checkpoint may leave them out (build.absent_aux_heads)
+
     def __init__(self, num_classes: int = 1000, dropout: float = 0.2, dropout_aux: float = 0.7,
                  transform_input: bool = False):
         super().__init__()

@@ -178,6 +178,8 @@ class Inception3(nn.Module):
     """``transform_input=True`` re-normalises ImageNet-normalised input the way torchvision's
     pretrained (TensorFlow-ported) weights expect."""
 
+    aux_heads = ("AuxLogits",)   # training-only: a checkpoint may leave them out (build.absent_aux_heads)
+
     def __init__(self, num_classes: int = 1000, dropout: float = 0.5, transform_input: bool = False):
         super().__init__()
         self.transform_input = transform_input

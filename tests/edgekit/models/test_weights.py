@@ -220,3 +220,33 @@ def test_unknown_layout_names_first_missing_and_unexpected_key(tmp_path):
     first_own = next(iter(create_model("lenet5").state_dict()))
     assert f"first missing key {first_own!r}" in err.value.message
     assert "first unexpected key 'backbone.stem.weight'" in err.value.message
+
+
+@pytest.mark.parametrize("name,heads", [("googlenet", ("aux1", "aux2")), ("inception_v3", ("AuxLogits",))])
+def test_checkpoint_without_auxiliary_heads_loads(tmp_path, name, heads):
+    """torchvision's state_dict() of GoogLeNet / Inception-v3 built with aux_logits=False (the
+    default with its published weights, and what a fine-tuned copy saves) has no aux keys; the
+    heads run only in training mode, so the checkpoint must load and give the same logits."""
+    source = create_model(name)
+    with torch.no_grad():   # weights unlike the deterministic init, so a silent non-load shows
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    sd = {k: v for k, v in source.state_dict().items() if not k.startswith(heads)}
+    assert len(sd) < len(source.state_dict())
+    path = tmp_path / f"{name}.pt"
+    torch.save(sd, path)
+    model, info = build(get_spec(name), weights=path)
+    assert info.layout == f"torchvision, no auxiliary head{'s' if len(heads) > 1 else ''} {', '.join(heads)} (training only)"
+    size = get_spec(name).input.shape[-1]
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+def test_checkpoint_missing_part_of_an_auxiliary_head_is_refused(tmp_path):
+    source = create_model("googlenet")
+    sd = {k: v for k, v in source.state_dict().items() if not k.startswith("aux1.fc")}
+    path = tmp_path / "partial.pt"
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match="missing: aux1.fc"):
+        create_model("googlenet", weights=path)
