@@ -23,6 +23,10 @@ from edgekit.specs import InputSpec, Preprocess
 def find_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; clear error when there are none."""
     folder = Path(folder)
+    if folder.is_file():
+        raise CalibrationError(f"calibration folder expected, {folder} is a file",
+                               hint="pass a folder of photos (searched recursively); a .npy/.npz array of "
+                                    "preprocessed samples is read by edgekit.feeds.array_feeds in Python")
     if not folder.is_dir():
         raise CalibrationError(f"calibration folder not found: {folder}")
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -103,6 +103,10 @@ def test_empty_or_imageless_folder_is_a_calibration_error(tmp_path):
     assert exc.value.exit_code == 2 and exc.value.hint
     with pytest.raises(CalibrationError, match="not found"):
         photo_feeds(PRE, INPUT, folder=tmp_path / "missing")
+    np.save(tmp_path / "samples.npy", np.zeros((2, *INPUT.shape[1:]), np.float32))
+    with pytest.raises(CalibrationError, match="is a file") as exc:   # "not found" was untrue
+        photo_feeds(PRE, INPUT, folder=tmp_path / "samples.npy")
+    assert "array_feeds" in exc.value.hint
 
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path):
