@@ -20,13 +20,16 @@ from edgekit.images import (  # noqa: F401  (re-exported: the feeds' public API)
     IMAGE_SUFFIXES, PHOTOS_DIR, Sample, _bucket, bundled_photos, inspect_image, load_image, split_images)
 from edgekit.specs import InputSpec, Preprocess
 
+ARRAY_SUFFIXES = (".npy", ".npz")  # --calib FILE: preprocessed samples (array_feeds)
+
+
 def find_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; clear error when there are none."""
     folder = Path(folder)
     if folder.is_file():
         raise CalibrationError(f"calibration folder expected, {folder} is a file",
-                               hint="pass a folder of photos (searched recursively); a .npy/.npz array of "
-                                    "preprocessed samples is read by edgekit.feeds.array_feeds in Python")
+                               hint="pass a folder of photos (searched recursively), or a .npy/.npz array of "
+                                    "preprocessed N×C×H×W samples")
     if not folder.is_dir():
         raise CalibrationError(f"calibration folder not found: {folder}")
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -115,10 +118,10 @@ class ImageFeeds:
 
 @dataclass
 class FeedSet:
-    """Calibration and held-out feeds drawn from the same images, never sharing one."""
+    """Calibration and held-out feeds drawn from the same images (or array rows), never sharing one."""
 
-    calib: ImageFeeds
-    heldout: ImageFeeds
+    calib: "ImageFeeds | ArrayFeeds"
+    heldout: "ImageFeeds | ArrayFeeds"
     bundled: bool
 
     @property
@@ -157,7 +160,11 @@ def _names(paths: Sequence[Path], why: dict | None = None, limit: int = 8) -> st
 def photo_feeds(pre: Preprocess, input: InputSpec, folder: Path | None = None, heldout: int = 200,
                 calib: int = 256, seed: int = 0) -> FeedSet:
     """Split ``folder`` (or the bundled photos) into calibration and held-out images and
-    expand each side with seeded crops to about ``calib`` / ``heldout`` samples."""
+    expand each side with seeded crops to about ``calib`` / ``heldout`` samples. A ``.npy`` /
+    ``.npz`` file instead of a folder holds preprocessed samples: its rows are split as they are."""
+    if folder is not None and Path(folder).is_file() and Path(folder).suffix.lower() in ARRAY_SUFFIXES:
+        cal, held = split_array_feeds(array_feeds(Path(folder), input))   # preprocessed already
+        return FeedSet(calib=cal, heldout=held, bundled=False)
     bundled = folder is None
     paths = bundled_photos() if bundled else find_images(Path(folder))
     cal_paths, held_paths = split_images(paths)  # by name: a skipped file moves no other image

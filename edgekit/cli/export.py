@@ -34,7 +34,8 @@ def register(sub) -> None:
                    "checked to carry the opset asked for)")
     p.add_argument("--weights", type=Path, help="state-dict checkpoint (loaded with weights_only=True)")
     p.add_argument("--pretrained", action="store_true", help="use the pretrained weights that ship in a package")
-    p.add_argument("--calib", type=Path, help="folder of images for INT8 calibration and held-out parity")
+    p.add_argument("--calib", type=Path, help="folder of images (or a .npy/.npz array of preprocessed NxCxHxW samples) "
+                                                   "for INT8 calibration and held-out parity")
     p.add_argument("--calib-method", choices=("auto", "mse", "minmax", "percentile", "entropy"),
                    help="INT8 activation range method (default auto: per tensor, the candidate with the least output error)")
     p.add_argument("--samples", type=int_option("--samples", 1),

@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", type=Path, default=Path("matrix"), help="output folder (default ./matrix)")
     p.add_argument("--batch", type=int_option("--batch", 1, 4096), default=1, help="static batch size (default 1)")
     p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW for every model (default: each model's own)")
-    p.add_argument("--calib", type=Path, help="folder of images for INT8 calibration and held-out parity")
+    p.add_argument("--calib", type=Path, help="folder of images (or a .npy/.npz array of preprocessed samples) for INT8 "
+                                                   "calibration and held-out parity")
     p.add_argument("--samples", type=int_option("--samples", 1), help="held-out parity samples per cell")
     p.add_argument("--pretrained", action="store_true", help="use the pretrained weights that ship in a package")
     p.add_argument("--no-reuse", dest="reuse", action="store_false", help="rebuild every cell")

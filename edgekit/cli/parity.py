@@ -20,7 +20,8 @@ def register(sub) -> None:
                                    "from a user model; a changed file is reported)")
     p.add_argument("--weights", type=Path, help="checkpoint for --model")
     p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW for a bare .onnx")
-    p.add_argument("--calib", type=Path, help="image folder for held-out samples (default: bundled photos)")
+    p.add_argument("--calib", type=Path, help="image folder (or .npy/.npz array) for held-out samples (default: bundled "
+                                                   "photos)")
     p.add_argument("--samples", type=int_option("--samples", 1), help="held-out samples (default as at export)")
     p.add_argument("--threads", type=int_option("--threads", 1, 1024))
     p.add_argument("--device")

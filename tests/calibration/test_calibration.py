@@ -103,10 +103,18 @@ def test_empty_or_imageless_folder_is_a_calibration_error(tmp_path):
     assert exc.value.exit_code == 2 and exc.value.hint
     with pytest.raises(CalibrationError, match="not found"):
         photo_feeds(PRE, INPUT, folder=tmp_path / "missing")
-    np.save(tmp_path / "samples.npy", np.zeros((2, *INPUT.shape[1:]), np.float32))
-    with pytest.raises(CalibrationError, match="is a file") as exc:   # "not found" was untrue
-        photo_feeds(PRE, INPUT, folder=tmp_path / "samples.npy")
-    assert "array_feeds" in exc.value.hint
+    with pytest.raises(CalibrationError, match="notes.txt is a file") as exc:   # "not found" was untrue
+        photo_feeds(PRE, INPUT, folder=tmp_path / "notes.txt")
+    assert ".npy/.npz" in exc.value.hint
+
+
+def test_calib_array_file_is_split_by_rows(tmp_path):
+    rows = np.random.default_rng(1).normal(size=(10, *INPUT.shape[1:])).astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    fs = photo_feeds(PRE, INPUT, folder=tmp_path / "rows.npy")
+    assert not fs.bundled and (fs.calib.count, fs.heldout.count) == (6, 4)
+    seen = np.concatenate([f[INPUT.name] for f in [*fs.calib, *fs.heldout]])
+    assert sorted(map(bytes, seen.reshape(10, -1))) == sorted(map(bytes, rows.reshape(10, -1)))  # each row once
 
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path):

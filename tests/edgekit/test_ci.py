@@ -8,6 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
@@ -145,6 +146,20 @@ def test_config_errors_are_exit_2(tmp_path, body, message, capsys):
     assert message in str(exc.value) and exc.value.exit_code == 2
     assert run_cli("ci", "--config", str(cfg)) == 2
     assert message.split(" (")[0] in capsys.readouterr().err
+
+
+def test_config_calib_may_be_a_folder_or_an_array_file(tmp_path):
+    (tmp_path / "photos").mkdir()
+    np.save(tmp_path / "rows.npy", np.zeros((4, 3, 8, 8), np.float32))
+    (tmp_path / "notes.txt").write_text("x")
+    for calib, ok in (("photos", True), ("rows.npy", True), ("notes.txt", False)):
+        cfg = tmp_path / "edgekit.toml"
+        cfg.write_text(f'models = ["mobilenet_v3_small"]\ncalib = "{calib}"\n')
+        if ok:
+            assert load_config(cfg).cells[0].calib == tmp_path / calib
+        else:
+            with pytest.raises(ConfigError, match="calibration folder not found"):
+                load_config(cfg)
 
 
 def test_missing_project_file_is_exit_2(tmp_path, capsys):

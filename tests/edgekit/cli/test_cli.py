@@ -129,6 +129,25 @@ def test_unreadable_weights(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_calib_array_file_calibrates_and_other_files_are_refused(tmp_path):
+    """--calib takes a .npy of preprocessed samples (rows split into calibration and held-out),
+    and a file of any other kind is named as a file, not reported as a missing folder."""
+    rows = np.random.default_rng(0).normal(size=(20, 1, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "samples.npy", rows)
+    out = tmp_path / "int8"
+    proc = run_edgekit("export", "lenet5", "--int8", "--calib", str(tmp_path / "samples.npy"), "--no-bench",
+                       "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "artifact.json").read_text())
+    qdq = next(s for s in manifest["stages"] if s["stage"] == "qdq")
+    assert qdq["meta"]["calibration"]["samples"] == 12 and qdq["meta"]["heldout"]["samples"] == 8   # 20 rows
+    assert qdq["meta"]["calibration"]["source"] == "samples.npy: 20 samples (12 for calibration)"
+    (tmp_path / "notes.txt").write_text("not images")
+    proc = run_edgekit("export", "lenet5", "--int8", "--calib", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "x"))
+    _assert_clean_error(proc, "calibration folder expected, ", "notes.txt is a file", ".npy/.npz")
+    assert not (tmp_path / "x").exists()
+
+
 def test_mismatched_weights_name_the_keys(tmp_path):
     from edgekit import create_model
 
