@@ -141,7 +141,7 @@ class ResNet(nn.Module):
 
 
 def resnet(name: str, num_classes: int = 1000) -> ResNet:
-    """Any configuration in ``CONFIGS`` (resnet34 and resnet101 are built here but not registered)."""
+    """Any configuration in ``CONFIGS``."""
     return ResNet(CONFIGS[name], num_classes)
 
 
@@ -153,9 +153,21 @@ def resnet18(num_classes: int = 1000) -> nn.Module:
     return resnet("resnet18", num_classes)
 
 
+@register_model("resnet", params=21_797_672, paper=_HE)
+def resnet34(num_classes: int = 1000) -> nn.Module:
+    return resnet("resnet34", num_classes)
+
+
 @register_model("resnet", params=25_557_032, paper=_HE)
 def resnet50(num_classes: int = 1000) -> nn.Module:
     return resnet("resnet50", num_classes)
+
+
+# 101 layers of float rounding: ONNX Runtime against PyTorch measured 1.04e-4 (4 photos) and
+# 1.14e-4 (32 crops) max_abs on the deterministic weights, over the 1e-4 default
+@register_model("resnet", params=44_549_160, paper=_HE, tolerance={"fp32": {"max_abs": 3e-4}})
+def resnet101(num_classes: int = 1000) -> nn.Module:
+    return resnet("resnet101", num_classes)
 
 
 @register_model("resnext", params=25_028_904,

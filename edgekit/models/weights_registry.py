@@ -76,6 +76,8 @@ PUBLISHED: dict[str, PublishedWeights] = {
     "mobilenet_v3_large": _tv("mobilenet_v3_large-5c1a4163.pth", 75.274, "IMAGENET1K_V2", resize=232),
     "mobilenet_v3_small": _tv("mobilenet_v3_small-047dcff4.pth", 67.668),
     "resnet18": _tv("resnet18-f37072fd.pth", 69.758),
+    "resnet34": _tv("resnet34-b627a593.pth", 73.314),
+    "resnet101": _tv("resnet101-cd907fc2.pth", 81.886, "IMAGENET1K_V2", resize=232),
     "resnet50": _tv("resnet50-11ad3fa6.pth", 80.858, "IMAGENET1K_V2", resize=232),
     "resnext50_32x4d": _tv("resnext50_32x4d-1a0047aa.pth", 81.198, "IMAGENET1K_V2", resize=232),
     "shufflenet_v2_x0_5": _tv("shufflenetv2_x0.5-f707e7126e.pth", 60.552),

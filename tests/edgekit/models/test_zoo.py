@@ -22,7 +22,8 @@ SEED_NOTES_MODELS = {
 
 # torchvision's published figures (and the papers' for models torchvision lacks)
 PUBLISHED = {"mobilenet_v3_large": 5_483_032, "mobilenet_v2": 3_504_872, "shufflenet_v2_x1_0": 2_278_604,
-             "efficientnet_b0": 5_288_548, "resnet50": 25_557_032, "resnet18": 11_689_512, "vgg16": 138_357_544,
+             "efficientnet_b0": 5_288_548, "resnet50": 25_557_032, "resnet18": 11_689_512,
+             "resnet34": 21_797_672, "resnet101": 44_549_160, "vgg16": 138_357_544,
              "densenet121": 7_978_856, "alexnet": 61_100_840, "mobilenet_v3_small": 2_542_856,
              # computed from the papers' tables (no exact published figure; derivations in the docstrings)
              "preact_resnet18": 11_687_720, "preact_resnet50": 25_549_352, "bn_inception": 11_285_224}
