@@ -121,9 +121,14 @@ def _request_from_manifest(m: Manifest, given: ExportRequest, console) -> Export
             raise ArtifactError(f"artifact.json: stages[{i}].meta.tolerance must be an object")
         _check_tolerance(st.meta.get("tolerance", {}), f"stages[{i}].meta.tolerance")
     weights = given.weights or (req.get("weights") and Path(req["weights"]))
+    calib = given.calib or req.get("calib")
+    if not given.calib and calib and not Path(calib).exists():
+        raise UsageError(f"the export's calibration data is not at {calib} (the path artifact.json recorded)",
+                         hint="a relative path is relative to the folder the export ran in: run from there, or "
+                              "pass --calib")
     return ExportRequest(model=model, target=target, precision=precision,
                          input_shape=tuple(shape), weights=weights,
-                         pretrained=bool(req.get("pretrained")), calib=given.calib or req.get("calib"),
+                         pretrained=bool(req.get("pretrained")), calib=calib,
                          samples=given.samples or samples, dynamic_batch=bool(req.get("dynamic_batch")),
                          tolerance=tol, threads=given.threads, device=given.device)
 

@@ -135,9 +135,13 @@ def test_calib_array_file_calibrates_and_other_files_are_refused(tmp_path):
     rows = np.random.default_rng(0).normal(size=(20, 1, 32, 32)).astype(np.float32)
     np.save(tmp_path / "samples.npy", rows)
     out = tmp_path / "int8"
-    proc = run_edgekit("export", "lenet5", "--int8", "--calib", str(tmp_path / "samples.npy"), "--no-bench",
-                       "--out", str(out))
+    proc = run_edgekit("export", "lenet5", "--int8", "--calib", "samples.npy", "--no-bench", "--out", str(out),
+                       cwd=tmp_path)   # a relative path, recorded as given
     assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_edgekit("parity", str(out))   # from another folder: the recorded path is not there
+    _assert_clean_error(proc, "calibration data is not at samples.npy", "pass --calib")
+    proc = run_edgekit("parity", str(out), "--calib", str(tmp_path / "samples.npy"))
+    assert proc.returncode == 0 and "parity: PASS" in proc.stdout, proc.stderr[-2000:]
     manifest = json.loads((out / "artifact.json").read_text())
     qdq = next(s for s in manifest["stages"] if s["stage"] == "qdq")
     assert qdq["meta"]["calibration"]["samples"] == 12 and qdq["meta"]["heldout"]["samples"] == 8   # 20 rows
