@@ -164,7 +164,7 @@ def photo_feeds(pre: Preprocess, input: InputSpec, folder: Path | None = None, h
     ``.npz`` file instead of a folder holds preprocessed samples: its rows are split as they are."""
     if folder is not None and Path(folder).is_file() and Path(folder).suffix.lower() in ARRAY_SUFFIXES:
         cal, held = split_array_feeds(array_feeds(Path(folder), input))   # preprocessed already
-        return FeedSet(calib=cal, heldout=held, bundled=False)
+        return FeedSet(calib=_at_most(cal, calib), heldout=_at_most(held, heldout), bundled=False)
     bundled = folder is None
     paths = bundled_photos() if bundled else find_images(Path(folder))
     cal_paths, held_paths = split_images(paths)  # by name: a skipped file moves no other image
@@ -288,6 +288,16 @@ def split_array_feeds(feeds: ArrayFeeds, heldout_fraction: float = 0.4) -> tuple
     held, cal = sorted(order[:n_held]), sorted(order[n_held:])
     return (feeds.subset(cal, f"{feeds.source} ({len(cal)} for calibration)"),
             feeds.subset(held, f"{feeds.source} ({len(held)} held out)"))
+
+
+def _at_most(feeds: ArrayFeeds, n: int) -> ArrayFeeds:
+    """``n`` rows spread evenly over ``feeds`` (all of them if there are no more): a large array
+    costs no more parity time than the same count of photo crops would."""
+    rows = len(feeds.array)
+    if rows <= max(1, n):
+        return feeds
+    keep = np.linspace(0, rows - 1, max(1, n)).round().astype(int).tolist()
+    return feeds.subset(keep, f"{feeds.source}, {len(keep)} of them used")
 
 
 def feeds_fingerprint(feeds: Iterable[dict[str, np.ndarray]]) -> str:

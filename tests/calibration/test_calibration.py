@@ -115,6 +115,8 @@ def test_calib_array_file_is_split_by_rows(tmp_path):
     assert not fs.bundled and (fs.calib.count, fs.heldout.count) == (6, 4)
     seen = np.concatenate([f[INPUT.name] for f in [*fs.calib, *fs.heldout]])
     assert sorted(map(bytes, seen.reshape(10, -1))) == sorted(map(bytes, rows.reshape(10, -1)))  # each row once
+    fs = photo_feeds(PRE, INPUT, folder=tmp_path / "rows.npy", heldout=2, calib=3)   # capped like crops
+    assert (fs.calib.count, fs.heldout.count) == (3, 2) and "2 of them used" in fs.heldout.source
 
 
 def test_corrupt_image_is_skipped_and_counted(tmp_path):
