@@ -18,7 +18,7 @@ from typing import Any
 
 from .cells import Cell, cell_folder, cell_request, export_cell
 from .errors import ConfigError, EdgekitError, UsageError
-from .feeds import ARRAY_SUFFIXES
+from .feeds import is_array_file
 from .specs import PRECISIONS, parse_shape
 
 TOLERANCE_KEYS = ("max_abs", "cosine", "sqnr_db", "top1")
@@ -184,7 +184,7 @@ def _load_config(path: Path) -> CiConfig:
         if weights is not None and not weights.is_file():
             raise ConfigError(f"{mw}: weights file not found: {weights}")
         calib = _path(base, o.get("calib", data.get("calib")))
-        if calib is not None and not (calib.is_dir() or (calib.is_file() and calib.suffix.lower() in ARRAY_SUFFIXES)):
+        if calib is not None and not (calib.is_dir() or is_array_file(calib)):
             raise ConfigError(f"{mw if 'calib' in o else where}: calibration folder not found: {calib}")
         for t in m_targets:
             for p in m_precs:

@@ -23,6 +23,12 @@ from edgekit.specs import InputSpec, Preprocess
 ARRAY_SUFFIXES = (".npy", ".npz")  # --calib FILE: preprocessed samples (array_feeds)
 
 
+def is_array_file(path: Path) -> bool:
+    """A ``--calib`` path that names an array of preprocessed samples rather than a photo folder."""
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES
+
+
 def find_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; clear error when there are none."""
     folder = Path(folder)
@@ -162,7 +168,7 @@ def photo_feeds(pre: Preprocess, input: InputSpec, folder: Path | None = None, h
     """Split ``folder`` (or the bundled photos) into calibration and held-out images and
     expand each side with seeded crops to about ``calib`` / ``heldout`` samples. A ``.npy`` /
     ``.npz`` file instead of a folder holds preprocessed samples: its rows are split as they are."""
-    if folder is not None and Path(folder).is_file() and Path(folder).suffix.lower() in ARRAY_SUFFIXES:
+    if folder is not None and is_array_file(folder):
         cal, held = split_array_feeds(array_feeds(Path(folder), input))   # preprocessed already
         return FeedSet(calib=_at_most(cal, calib), heldout=_at_most(held, heldout), bundled=False)
     bundled = folder is None
@@ -196,11 +202,15 @@ def take(feeds: Iterable[dict[str, np.ndarray]], n: int) -> list[dict[str, np.nd
     Feeds made by :func:`photo_feeds` come grouped by photo (every crop of one photo,
     then the next), so the first ``n`` would all show the same picture."""
     feeds = feeds if hasattr(feeds, "__len__") else list(feeds)
-    total = len(feeds)
-    if total <= n:
+    if len(feeds) <= n:
         return list(feeds)
-    picks = set(np.linspace(0, total - 1, n).round().astype(int).tolist())
+    picks = set(_spread(len(feeds), n))
     return [f for i, f in enumerate(feeds) if i in picks]
+
+
+def _spread(total: int, n: int) -> list[int]:
+    """``n`` indices spread evenly over ``range(total)`` (``n < total``), ends included."""
+    return np.linspace(0, total - 1, n).round().astype(int).tolist()
 
 
 class ArrayFeeds:
@@ -293,11 +303,10 @@ def split_array_feeds(feeds: ArrayFeeds, heldout_fraction: float = 0.4) -> tuple
 def _at_most(feeds: ArrayFeeds, n: int) -> ArrayFeeds:
     """``n`` rows spread evenly over ``feeds`` (all of them if there are no more): a large array
     costs no more parity time than the same count of photo crops would."""
-    rows = len(feeds.array)
-    if rows <= max(1, n):
+    rows, n = len(feeds.array), max(1, n)
+    if rows <= n:
         return feeds
-    keep = np.linspace(0, rows - 1, max(1, n)).round().astype(int).tolist()
-    return feeds.subset(keep, f"{feeds.source}, {len(keep)} of them used")
+    return feeds.subset(_spread(rows, n), f"{feeds.source}, {n} of them used")
 
 
 def feeds_fingerprint(feeds: Iterable[dict[str, np.ndarray]]) -> str:
