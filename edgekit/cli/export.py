@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--input-shape", type=parse_shape, help="NxCxHxW, e.g. 1x3x224x224 (overrides --batch)")
     p.add_argument("--opset", type=int_option("--opset", 1), help="ONNX opset (default 18; the written file is "
                    "checked to carry the opset asked for)")
-    p.add_argument("--weights", type=Path, help="state-dict checkpoint (loaded with weights_only=True)")
+    p.add_argument("--weights", type=Path, help="state-dict checkpoint: torch.save (loaded with weights_only=True) or safetensors")
     p.add_argument("--pretrained", action="store_true", help="use the pretrained weights that ship in a package")
     p.add_argument("--calib", type=Path, help="folder of images (or a .npy/.npz array of preprocessed NxCxHxW samples) "
                                                    "for INT8 calibration and held-out parity")

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..specs import Preprocess
+from .layouts import LAYOUTS_READ
 from .registry import ModelSpec, get_spec
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -149,8 +150,7 @@ def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -
                 more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
                 parts.append(f"{label}: {', '.join(keys[:3])}{more}")
         raise WeightsError(f"{what} does not fit the model: {'; '.join(parts)}",
-                           hint="check the model name and its variant; layouts read: torchvision, lukemelas "
-                                "EfficientNet-PyTorch, 'state_dict'/'model' wrappers, 'module.' prefixes")
+                           hint=f"check the model name and its variant; {LAYOUTS_READ}")
     model.load_state_dict(sd, strict=True)
     return absent
 
@@ -167,8 +167,7 @@ def load_checkpoint(model: nn.Module, path: Path, what: str | None = None) -> st
         unexpected = next((k for k in sd if k not in own), None)
         raise WeightsError(f"{what or path.name} matches no known checkpoint layout: first missing key {missing!r}, "
                            f"first unexpected key {unexpected!r}",
-                           hint="layouts read: torchvision, lukemelas EfficientNet-PyTorch, 'state_dict'/'model' "
-                                "wrappers, 'module.' prefixes; check the model name")
+                           hint=f"{LAYOUTS_READ}; check the model name")
     absent = apply_state_dict(model, sd, f"{what or path.name} ({describe(layout, steps)} layout)")
     if absent:
         steps = [*steps, f"no auxiliary head{'s' if len(absent) > 1 else ''} {', '.join(absent)} (training only)"]

@@ -1,10 +1,13 @@
 """Checkpoint layouts users bring, recognised and mapped onto the zoo's (torchvision's) key names.
 
-A checkpoint is read with ``torch.load(weights_only=True)`` (never arbitrary objects), then:
+A checkpoint is read with ``torch.load(weights_only=True)`` (never arbitrary objects), or,
+when the file is in the safetensors format (recognised by its content, not its name), with
+``safetensors.torch.load_file`` (a header and raw tensors: nothing in it can run). Then:
 
 1. wrappers are opened: ``{"state_dict": ...}``, ``{"model_state_dict": ...}``,
    ``{"model": ...}``, ``{"ema": ...}`` (training scripts, Lightning);
-2. DataParallel / DistributedDataParallel's ``module.`` prefix is dropped;
+2. DataParallel / DistributedDataParallel's ``module.`` prefix and ``torch.compile``'s
+   ``_orig_mod.`` prefix are dropped, in whichever order they were stacked;
 3. the keys are matched against the model: torchvision's names as they are; torchvision's
    legacy DenseNet names (``norm.1`` for ``norm1``, the published ``densenet121-a639ec97.pth``);
    lukemelas' EfficientNet-PyTorch names (``_conv_stem``, ``_blocks.N``...; the
@@ -24,6 +27,10 @@ from torch import nn
 from ..errors import WeightsError
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "ema")
+PREFIXES = {"module.": "DataParallel 'module.' prefix", "_orig_mod.": "torch.compile '_orig_mod.' prefix"}
+LAYOUTS_READ = ("layouts read: torchvision, lukemelas EfficientNet-PyTorch, 'state_dict'/'model' wrappers, "
+                "'module.'/'_orig_mod.' prefixes, torch.save or safetensors files")
+SAFETENSORS_HINT = "pip install 'edgekit[safetensors]'"
 SAVE_HINT = "save a state dict instead: torch.save(model.state_dict(), 'weights.pt')"
 _DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
@@ -33,10 +40,13 @@ def load_file(path: Path) -> object:
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    if is_safetensors(head, path.stat().st_size):
+        return _load_safetensors(path)
     if not head.startswith(b"PK\x03\x04") and not head.startswith(b"\x80"):
         raise WeightsError(f"cannot read weights {path.name}: not a PyTorch checkpoint (neither torch.save's zip "
-                           "archive nor a pickle)", hint=f"edgekit loads checkpoints with weights_only=True: {SAVE_HINT}")
+                           "archive, a pickle, nor a safetensors file)",
+                           hint=f"edgekit loads checkpoints with weights_only=True: {SAVE_HINT}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
@@ -49,6 +59,27 @@ def load_file(path: Path) -> object:
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise WeightsError(f"cannot read weights {path.name}: {type(exc).__name__}: {first[:200]}",
                            hint=f"is it complete? edgekit loads checkpoints with weights_only=True: {SAVE_HINT}") from None
+
+
+def is_safetensors(head: bytes, size: int) -> bool:
+    """The safetensors layout: a little-endian u64 header length, then a JSON object."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= size - 8
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file as read
+    except ImportError:
+        raise WeightsError(f"{path.name} is a safetensors file, and reading it needs the Python package "
+                           "'safetensors', which is not installed", hint=SAFETENSORS_HINT) from None
+    try:
+        return read(str(path), device="cpu")
+    except Exception as exc:  # SafetensorError, OSError...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(f"cannot read weights {path.name}: safetensors: {first[:200]}",
+                           hint="is it complete? compare its size and sha256 with the source") from None
 
 
 def unwrap(obj: object, name: str) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -66,9 +97,14 @@ def unwrap(obj: object, name: str) -> tuple[dict[str, torch.Tensor], list[str]]:
         raise WeightsError(f"{name} does not hold a state dict of tensors (found {', '.join(kinds) or 'nothing'})",
                            hint=SAVE_HINT)
     sd = {str(k): v for k, v in obj.items()}
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-        steps.append("DataParallel 'module.' prefix")
+    stripped = True
+    while stripped:   # DataParallel around a compiled model, or the other way round
+        stripped = False
+        for prefix, label in PREFIXES.items():
+            if all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                steps.append(label)
+                stripped = True
     return sd, steps
 
 

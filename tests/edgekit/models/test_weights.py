@@ -250,3 +250,44 @@ def test_checkpoint_missing_part_of_an_auxiliary_head_is_refused(tmp_path):
     torch.save(sd, path)
     with pytest.raises(WeightsError, match="missing: aux1.fc"):
         create_model("googlenet", weights=path)
+
+
+def test_compiled_and_dataparallel_prefixes_are_dropped_in_either_order(tmp_path):
+    """torch.compile saves keys as ``_orig_mod.<name>``; wrapped in DataParallel as well,
+    ``module._orig_mod.<name>`` (or the other way round)."""
+    source = _source_model()
+    for order, prefix in (("dp-then-compile", "module._orig_mod."), ("compile-then-dp", "_orig_mod.module.")):
+        path = tmp_path / f"{order}.pt"
+        torch.save({"state_dict": {prefix + k: v for k, v in source.state_dict().items()}}, path)
+        model, info = build(get_spec("lenet5"), weights=path)
+        assert "torch.compile '_orig_mod.' prefix" in info.layout and "DataParallel 'module.' prefix" in info.layout
+        x = torch.randn(2, 1, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+def test_safetensors_checkpoint_loads_by_content_and_a_cut_one_is_named(tmp_path):
+    st = pytest.importorskip("safetensors.torch", reason="safetensors not installed (pip install 'edgekit[safetensors]')")
+    source = _source_model()
+    path = tmp_path / "weights.bin"            # recognised by its header, whatever the file name
+    st.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model, info = build(get_spec("lenet5"), weights=path)
+    assert info.layout == "torchvision"
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-64])
+    with pytest.raises(WeightsError, match=r"cannot read weights cut.safetensors: safetensors: "):
+        create_model("lenet5", weights=cut)
+
+
+def test_safetensors_file_without_the_package_names_the_install(tmp_path, monkeypatch):
+    st = pytest.importorskip("safetensors.torch", reason="safetensors not installed (pip install 'edgekit[safetensors]')")
+    path = tmp_path / "w.safetensors"
+    st.save_file({k: v.contiguous() for k, v in _source_model().state_dict().items()}, str(path))
+    monkeypatch.setitem(__import__("sys").modules, "safetensors.torch", None)   # as if not installed
+    with pytest.raises(WeightsError) as err:
+        create_model("lenet5", weights=path)
+    assert "needs the Python package 'safetensors'" in err.value.message
+    assert err.value.hint == "pip install 'edgekit[safetensors]'"
