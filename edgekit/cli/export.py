@@ -8,6 +8,7 @@ from edgekit.specs import int_option, parse_shape, parse_tolerances
 
 MAX_BATCH = 4096
 MAX_THREADS = 1024
+FP16_SLOW = 0.95   # below this speed-up against FP32, the FP16 note explains why
 
 
 def register(sub) -> None:
@@ -138,5 +139,17 @@ def print_summary(result, console) -> None:
               if pair.get("speedup") else "")
         console.print(f"latency ({m.final.stage}, batch {lat.get('batch', 1)}): p50 {fmt_num(lat.get('p50_ms'))} ms, "
                       f"p90 {fmt_num(lat.get('p90_ms'))} ms{vs}")
+        note = fp16_note(m.request["precision"], m.request.get("device"), pair.get("speedup"))
+        if note:
+            console.print(note)
     if m.reports.get("dry_run"):
         console.print("dry run: stopped before the target build")
+
+
+def fp16_note(precision: str, device: str | None, speedup: float | None) -> str | None:
+    """Why an FP16 artifact timed slower than FP32 on a CPU (a user's first question), or None."""
+    if precision != "fp16" or not speedup or speedup >= FP16_SLOW or not (device or "cpu").lower().startswith("cpu"):
+        return None
+    return (f"note: FP16 runs at {speedup:.2f}x FP32's speed on this CPU: CPU runtimes convert most FP16 layers to "
+            "FP32 to compute them. FP16 pays on GPUs and NPUs (TensorRT, Core ML, OpenVINO --device GPU); on a CPU, "
+            "--int8 is the faster form")

@@ -331,3 +331,15 @@ def test_targets_lists_each_with_a_reason():
     proc = run_edgekit("targets")
     assert proc.returncode == 0
     assert "onnx" in proc.stdout and "tensorrt" in proc.stdout
+
+
+@pytest.mark.parametrize("precision,device,speedup,shown", [
+    ("fp16", None, 0.60, True), ("fp16", "CPU", 0.90, True), ("fp16", None, 0.99, False),
+    ("fp16", "GPU", 0.60, False), ("int8", None, 0.60, False), ("fp16", None, None, False)])
+def test_fp16_slower_than_fp32_on_a_cpu_is_explained(precision, device, speedup, shown):
+    from edgekit.cli.export import fp16_note
+
+    note = fp16_note(precision, device, speedup)
+    assert (note is not None) == shown
+    if shown:
+        assert note.startswith(f"note: FP16 runs at {speedup:.2f}x FP32's speed on this CPU") and "--int8" in note
