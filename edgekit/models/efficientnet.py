@@ -181,8 +181,14 @@ def _bicubic(resize: int, crop: int) -> Preprocess:
     return Preprocess(resize=resize, crop=crop, interpolation="bicubic")
 
 
-def _efficientnet_b(width_mult: float, depth_mult: float, dropout: float, num_classes: int) -> EfficientNet:
-    return EfficientNet(efficientnet_b_stages(width_mult, depth_mult), dropout, num_classes=num_classes)
+def _efficientnet_b(width_mult: float, depth_mult: float, dropout: float, num_classes: int,
+                    style: BlockStyle = BlockStyle()) -> EfficientNet:
+    return EfficientNet(efficientnet_b_stages(width_mult, depth_mult), dropout, num_classes=num_classes, style=style)
+
+
+# B5-B7: torchvision's checkpoints were ported from lukemelas' EfficientNet-PyTorch (TensorFlow's
+# batch norm), so torchvision builds them with BatchNorm eps 1e-3, momentum 0.01 (B0-B4: defaults)
+_TF_NORM = BlockStyle(norm=partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01))
 
 
 @register_model("efficientnet", params=5_288_548, input_size=224, preprocess=_bicubic(256, 224),
@@ -207,6 +213,30 @@ def efficientnet_b2(num_classes: int = 1000) -> nn.Module:
                 focus=True, paper=_PAPER)
 def efficientnet_b3(num_classes: int = 1000) -> nn.Module:
     return _efficientnet_b(1.2, 1.4, 0.3, num_classes)
+
+
+@register_model("efficientnet", params=19_341_616, input_size=380, preprocess=_bicubic(384, 380),
+                focus=True, paper=_PAPER)
+def efficientnet_b4(num_classes: int = 1000) -> nn.Module:
+    return _efficientnet_b(1.4, 1.8, 0.4, num_classes)
+
+
+@register_model("efficientnet", params=30_389_784, input_size=456, preprocess=_bicubic(456, 456),
+                focus=True, paper=_PAPER)
+def efficientnet_b5(num_classes: int = 1000) -> nn.Module:
+    return _efficientnet_b(1.6, 2.2, 0.4, num_classes, _TF_NORM)
+
+
+@register_model("efficientnet", params=43_040_704, input_size=528, preprocess=_bicubic(528, 528),
+                focus=True, paper=_PAPER)
+def efficientnet_b6(num_classes: int = 1000) -> nn.Module:
+    return _efficientnet_b(1.8, 2.6, 0.5, num_classes, _TF_NORM)
+
+
+@register_model("efficientnet", params=66_347_960, input_size=600, preprocess=_bicubic(600, 600),
+                focus=True, paper=_PAPER)
+def efficientnet_b7(num_classes: int = 1000) -> nn.Module:
+    return _efficientnet_b(2.0, 3.1, 0.5, num_classes, _TF_NORM)
 
 
 register_alias("efficientnet", "efficientnet_b0")

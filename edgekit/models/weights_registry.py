@@ -52,11 +52,11 @@ class PackagedWeights:
 
 
 def _tv(file: str, top1: float, tag: str = "IMAGENET1K_V1", resize: int = 256, crop: int = 224,
-        interpolation: str = "bilinear", transform_input: bool = False) -> PublishedWeights:
+        interpolation: str = "bilinear", transform_input: bool = False, **norm) -> PublishedWeights:
     match = HASH_IN_NAME.search(file)
     if not match:  # a table typo (the registry test imports every entry); python -O must not hide it
         raise ValueError(f"weights file name without its sha256 prefix: {file}")
-    return PublishedWeights(_TV + file, match.group(1), Preprocess(resize=resize, crop=crop, interpolation=interpolation),
+    return PublishedWeights(_TV + file, match.group(1), Preprocess(resize=resize, crop=crop, interpolation=interpolation, **norm),
                             top1, tag, transform_input=transform_input)
 
 
@@ -69,7 +69,18 @@ PUBLISHED: dict[str, PublishedWeights] = {
                            interpolation="bicubic"),
     "efficientnet_b3": _tv("efficientnet_b3_rwightman-b3899882.pth", 82.008, resize=320, crop=300,
                            interpolation="bicubic"),
+    "efficientnet_b4": _tv("efficientnet_b4_rwightman-23ab8bcd.pth", 83.384, resize=384, crop=380,
+                           interpolation="bicubic"),
+    "efficientnet_b5": _tv("efficientnet_b5_lukemelas-1a07897c.pth", 83.444, resize=456, crop=456,
+                           interpolation="bicubic"),
+    "efficientnet_b6": _tv("efficientnet_b6_lukemelas-24a108a5.pth", 84.008, resize=528, crop=528,
+                           interpolation="bicubic"),
+    "efficientnet_b7": _tv("efficientnet_b7_lukemelas-c5b4e57e.pth", 84.122, resize=600, crop=600,
+                           interpolation="bicubic"),
     "efficientnet_v2_s": _tv("efficientnet_v2_s-dd5fe13b.pth", 84.228, resize=384, crop=384),
+    "efficientnet_v2_m": _tv("efficientnet_v2_m-dc08266a.pth", 85.112, resize=480, crop=480),
+    "efficientnet_v2_l": _tv("efficientnet_v2_l-59c71312.pth", 85.808, resize=480, crop=480, interpolation="bicubic",
+                             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
     "googlenet": _tv("googlenet-1378be20.pth", 69.778, transform_input=True),
     "inception_v3": _tv("inception_v3_google-0cc3c7bd.pth", 77.294, resize=342, crop=299, transform_input=True),
     "mobilenet_v2": _tv("mobilenet_v2-7ebf99e0.pth", 72.154, "IMAGENET1K_V2", resize=232),

@@ -15,7 +15,8 @@ from edgekit.models import create_model, get_spec, list_specs, resolve_name
 
 FOCUS = {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v1_g3",
          "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "efficientnet_b0",
-         "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_s", "efficientnet_lite0",
+         "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_b5", "efficientnet_b6",
+         "efficientnet_b7", "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l", "efficientnet_lite0",
          "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3", "efficientnet_lite4"}
 
 CAT = range(281, 286)         # tabby, tiger cat, Persian, Siamese, Egyptian cat
