@@ -23,7 +23,8 @@ FOCUS = ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_lar
 def test_every_focus_family_is_covered():
     focus = {s.name for s in list_specs() if s.focus}
     assert set(FOCUS) <= focus
-    families = {n.rsplit("_", 1)[0] if n[-1].isdigit() or n.endswith(("small", "large")) else n for n in focus}
+    variant = ("small", "large", "_s", "_m", "_l")    # MobileNetV3 sizes, EfficientNetV2 S/M/L
+    families = {n.rsplit("_", 1)[0] if n[-1].isdigit() or n.endswith(variant) else n for n in focus}
     assert all(any(m.startswith(f.split("_x")[0]) for m in FOCUS) for f in families), families
 
 
