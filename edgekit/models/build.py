@@ -115,7 +115,7 @@ def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool =
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a checkpoint, never unpickling arbitrary objects; wrappers opened
-    and ``module.`` prefixes dropped (key names otherwise as saved)."""
+    and ``module.`` / ``_orig_mod.`` prefixes dropped (key names otherwise as saved)."""
     from .layouts import load_file, unwrap
 
     return unwrap(load_file(path), path.name)[0]

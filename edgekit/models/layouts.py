@@ -83,7 +83,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def unwrap(obj: object, name: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Open wrappers and drop ``module.`` prefixes; the steps taken, for the log."""
+    """Open wrappers and drop ``module.`` / ``_orig_mod.`` prefixes; the steps taken, for the log."""
     steps: list[str] = []
     for key in WRAPPERS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
