@@ -11,7 +11,7 @@ EfficientNet-B1 reached ~850 on real photos (std 110), with photos ~24 (std 3). 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,17 @@ def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool =
             deterministic_init(model, spec)
     model.eval()
     if weights is not None:
-        info = load_weights(model, Path(weights))
+        try:
+            info = load_weights(model, Path(weights))
+        except HeadSizeMismatch as head:
+            if num_classes is not None or head.ours != spec.num_classes:  # asked for, or not the logits' rows
+                raise WeightsError(head.message, hint=head.hint) from None
+            # a checkpoint fine-tuned on its own classes: the same network with a head of that size
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed_for(spec.name))
+                model = spec.builder(num_classes=head.theirs).eval()
+            info = load_weights(model, Path(weights))
+            info = replace(info, layout=f"{info.layout}, {head.theirs}-class head (the zoo's is {head.ours})")
     elif pretrained:
         info = load_pretrained(model, spec, console)
     else:
@@ -143,6 +153,9 @@ def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -
     unexpected = [k for k in sd if k not in own]
     wrong = [f"{k} {tuple(sd[k].shape)}≠{tuple(v.shape)}" for k, v in own.items()
              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    head = _head_classes(own, sd) if not (missing or unexpected) and wrong else None
+    if head is not None:
+        raise HeadSizeMismatch(what, *head, wrong)
     if missing or unexpected or wrong:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
@@ -153,6 +166,33 @@ def apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -
                            hint=f"check the model name and its variant; {LAYOUTS_READ}")
     model.load_state_dict(sd, strict=True)
     return absent
+
+
+class HeadSizeMismatch(WeightsError):
+    """Every misfit of a checkpoint is the number of classes: the rows of the layers that
+    produce the logits (``classifier.1``, ``fc``, GoogLeNet's and Inception-v3's auxiliary
+    heads too), the same count in each. :func:`build` rebuilds the model with that count."""
+
+    def __init__(self, what: str, ours: int, theirs: int, wrong: list[str]):
+        super().__init__(f"{what} does not fit the model: its classifier has {theirs} classes, the model {ours} "
+                         f"({', '.join(wrong[:2])})",
+                         hint="a zoo model takes the checkpoint's number of classes unless one is asked for")
+        self.ours, self.theirs = ours, theirs
+
+
+def _head_classes(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+    """(the model's classes, the checkpoint's) when every shape mismatch is a head's leading
+    dimension and the counts agree; None otherwise."""
+    pairs = {(tuple(v.shape)[0], tuple(sd[k].shape)[0]) for k, v in own.items()
+             if k in sd and tuple(sd[k].shape) != tuple(v.shape)}
+    if len(pairs) != 1:
+        return None
+    ours, theirs = next(iter(pairs))
+    for k, v in own.items():
+        a, b = tuple(v.shape), tuple(sd[k].shape)
+        if a != b and (len(a) != len(b) or a[1:] != b[1:] or a[0] != ours or b[0] < 1):
+            return None
+    return ours, theirs
 
 
 def load_checkpoint(model: nn.Module, path: Path, what: str | None = None) -> str:

@@ -291,3 +291,36 @@ def test_safetensors_file_without_the_package_names_the_install(tmp_path, monkey
         create_model("lenet5", weights=path)
     assert "needs the Python package 'safetensors'" in err.value.message
     assert err.value.hint == "pip install 'edgekit[safetensors]'"
+
+
+@pytest.mark.parametrize("name,classes", [("mobilenet_v2", 10), ("googlenet", 37)])
+def test_checkpoint_fine_tuned_on_its_own_classes_builds_that_head(tmp_path, name, classes):
+    """The most common checkpoint a user brings: the zoo network fine-tuned on their classes.
+    Every head (GoogLeNet's auxiliary ones too) has the checkpoint's class count."""
+    source = create_model(name, num_classes=classes)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = tmp_path / "fine_tuned.pt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    model, info = build(get_spec(name), weights=path)
+    assert info.layout.endswith(f"{classes}-class head (the zoo's is 1000)"), info.layout
+    size = get_spec(name).input.shape[-1]
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (1, classes)
+        torch.testing.assert_close(out, source(x), rtol=0, atol=0)
+
+
+def test_head_size_is_not_guessed_past_an_explicit_count_or_another_misfit(tmp_path):
+    source = create_model("mobilenet_v2", num_classes=10)
+    path = tmp_path / "ten.pt"
+    torch.save(source.state_dict(), path)
+    with pytest.raises(WeightsError, match="its classifier has 10 classes, the model 5"):
+        create_model("mobilenet_v2", weights=path, num_classes=5)
+    sd = source.state_dict()
+    sd["features.0.0.weight"] = sd["features.0.0.weight"][:16]   # another layer does not fit either
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=r"shape mismatch: features\.0\.0\.weight"):
+        create_model("mobilenet_v2", weights=path)
