@@ -316,7 +316,9 @@ class Comparison:
              "outputs": [s.to_dict() for s in self.outputs.values()],
              "reference": self.reference, "assessed": self.tolerance.assessed,
              "quantization": ("not assessed: " + self.tolerance.assessed_note) if not self.tolerance.assessed
-             else ("PASS" if self.outputs and not self.quantization_failures else "FAIL"),
+             else ("PASS" if self.outputs and not self.quantization_failures else "FAIL")
+             + (f" ({self.tolerance.assessed_note.replace(': ', ' not assessed: ', 1)})"
+                if self.tolerance.assessed_note else ""),
              "yardstick_top1": self.yardstick_top1}
         if self.fidelity_role:
             d["fidelity_role"] = self.fidelity_role

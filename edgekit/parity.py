@@ -95,13 +95,19 @@ def parity_table(comparisons: Sequence[Comparison | dict]) -> str:
         o = d["outputs"][0] if d["outputs"] else {}
         quant = quantization_verdict(d) if d["precision"] != "fp32" else "-"
         head, sep, why = quant.partition(": ")
+        verdict, partly, what = quant.partition(" (")
         if head == "not assessed" and sep:  # the reason once, under the table, keeps the row readable
-            notes += [] if why in notes else [why]
-            quant = "not assessed" + "*" * (notes.index(why) + 1)
+            line = f"not assessed: {why}"
+            notes += [] if line in notes else [line]
+            quant = "not assessed" + "*" * (notes.index(line) + 1)
+        elif partly and what.endswith(")"):  # judged, one metric left out: "PASS (top-1 not assessed: why)"
+            line = what[:-1]
+            notes += [] if line in notes else [line]
+            quant = verdict + "*" * (notes.index(line) + 1)
         rows.append([d["stage"], d["runner"], d["precision"], fmt_num(o.get("max_abs")),
                      fmt_num(o.get("cosine"), "cos"), fmt_num(o.get("sqnr_db"), "db"),
                      fmt_num(o.get("top1"), "pct"), fmt_num(o.get("top5"), "pct"), o.get("rows") or o.get("samples"),
                      quant, fidelity_verdict(d), "PASS" if d["passed"] else "FAIL: " + "; ".join(d["failures"])])
     table = format_table(["stage", "runner", "precision", "max_abs", "cosine", "sqnr_db", "top1", "top5", "n",
                           "vs fp32", "fidelity", "verdict"], rows)
-    return "\n".join([table, *(f"{'*' * i} not assessed: {why}" for i, why in enumerate(notes, 1))])
+    return "\n".join([table, *(f"{'*' * i} {line}" for i, line in enumerate(notes, 1))])

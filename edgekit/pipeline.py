@@ -21,7 +21,7 @@ from .contracts import ExportContext, ExportRequest
 from .errors import ExportError, UsageError
 from .recheck import user_ref_sha256
 from .specs import InputSpec, check_precision
-from .verdict import apply_yardstick, calibration_target, gate_tolerance, quantization_tolerance
+from .verdict import apply_yardstick, calibration_target, gate_tolerance, quantization_tolerance, top1_note
 
 
 @dataclass
@@ -78,6 +78,8 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
         build(spec, weights=request.weights, pretrained=request.pretrained, console=console)
     if getattr(weights, "preprocess", None) is not None:  # e.g. torchvision's V2 weights: resize 232, not 256
         spec = replace(spec, preprocess=weights.preprocess)
+    if getattr(weights, "classes", None):   # a checkpoint fine-tuned on its own classes
+        spec = replace(spec, num_classes=weights.classes)
     inputs = (InputSpec(spec.input.name, shape, spec.input.dtype, spec.input.layout, request.dynamic_batch),)
     # a zoo model at its own shape is known to run (tests/edgekit/models/test_zoo.py)
     if user_ref or request.input_shape:
@@ -95,7 +97,7 @@ def tolerance_fn(spec, request: ExportRequest, trained: bool, fp32_floor: float 
         p = art.precision
         # the stage may carry its own looser thresholds (e.g. a TensorRT engine built with --tf32)
         tol = quantization_tolerance(p, trained, {**spec.tolerance.get(p, {}), **art.meta.get("tolerance", {})},
-                                     request.tolerance)
+                                     request.tolerance, top1_note(spec, request))
         if p == "fp32" and fp32_floor > 0 and "max_abs" not in request.tolerance:
             tol = replace(tol, max_abs_floor=ROUNDING_FACTOR * fp32_floor)
         return tol

@@ -24,6 +24,7 @@ from typing import Any
 from .compare import Comparison, Tolerance, tolerance_for
 
 NOT_ASSESSED = "untrained weights (pass --pretrained or --weights)"
+IMAGENET_CLASSES = 1000   # what the bundled photos show
 
 # Runtime fidelity: SQNR of the stage against the shared graph run by ONNX Runtime (dB), read
 # against the shared graph's own quantization noise (its SQNR against FP32 on the same samples,
@@ -60,18 +61,33 @@ def trained_weights(request: Any) -> bool:
     return bool(getattr(request, "weights", None)) or bool(getattr(request, "pretrained", False))
 
 
+def top1_note(spec: Any, request: Any) -> str:
+    """Why top-1 agreement on the export's photos says nothing about a model, or "". The bundled
+    photos show ImageNet classes; a head with other classes (a checkpoint fine-tuned on its own,
+    or a user's model) sees them out of its domain, its top-1 there is near-ties everywhere, and
+    INT8 flipping them is no defect. With ``--calib`` the photos are the user's: top-1 counts."""
+    classes = getattr(spec, "num_classes", IMAGENET_CLASSES)   # 0: unknown (a user's model): judged as before
+    if getattr(request, "calib", None) is None and classes and classes != IMAGENET_CLASSES:
+        return f"the bundled photos are not this {classes}-class model's domain (pass --calib DIR with its photos)"
+    return ""
+
+
 def quantization_tolerance(precision: str, trained: bool, overrides: dict[str, Any] | None = None,
-                           explicit: dict[str, Any] | None = None) -> Tolerance:
+                           explicit: dict[str, Any] | None = None, no_top1: str = "") -> Tolerance:
     """The threshold of the stage-vs-FP32 comparison: the precision's defaults with ``overrides``
     (the model's, a stage's) and ``explicit`` (the user's --tolerance / edgekit.toml). For
     untrained weights at reduced precision: not assessed, except on the metrics the user set
-    explicitly (an option is honoured, never recorded and ignored)."""
+    explicitly (an option is honoured, never recorded and ignored). ``no_top1`` (:func:`top1_note`):
+    trained weights on photos outside their domain keep the cosine/SQNR floors, and top-1 is
+    reported, not judged, unless the user set it."""
     explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
     tol = tolerance_for(precision, {**(overrides or {}), **explicit})
     if precision != "fp32" and not trained:
         if explicit:
             return Tolerance(**{k: v for k, v in explicit.items() if k in Tolerance.__dataclass_fields__})
         return replace(tol, assessed=False, assessed_note=NOT_ASSESSED)
+    if precision != "fp32" and no_top1 and "top1" not in explicit:
+        return replace(tol, top1=None, confident_top1=None, assessed_note=f"top-1: {no_top1}")
     return tol
 
 
@@ -79,7 +95,7 @@ def gate_tolerance(spec: Any, request: Any, precision: str = "int8", trained: bo
     """:func:`quantization_tolerance` for an export: the model's overrides, then the user's."""
     model = (getattr(spec, "tolerance", None) or {}).get(precision, {})
     return quantization_tolerance(precision, trained_weights(request) if trained is None else trained, model,
-                                  getattr(request, "tolerance", None) or {})
+                                  getattr(request, "tolerance", None) or {}, top1_note(spec, request))
 
 
 def calibration_target(tol: Tolerance) -> Tolerance:

@@ -38,10 +38,11 @@ class Weights:
     url: str | None = None             # where a downloaded checkpoint came from
     sha256: str | None = None          # of the checkpoint file read
     preprocess: Preprocess | None = None  # the weights' own eval preprocessing, where it differs from the spec's
+    classes: int | None = None         # the checkpoint's own class count, where it differs from the spec's
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"source": self.source, "detail": self.detail, "trained": self.trained}
-        for key in ("layout", "url", "sha256"):
+        for key in ("layout", "url", "sha256", "classes"):
             if getattr(self, key):
                 d[key] = getattr(self, key)
         if self.preprocess is not None:
@@ -113,7 +114,8 @@ def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool =
                 torch.manual_seed(seed_for(spec.name))
                 model = spec.builder(num_classes=head.theirs).eval()
             info = load_weights(model, Path(weights))
-            info = replace(info, layout=f"{info.layout}, {head.theirs}-class head (the zoo's is {head.ours})")
+            info = replace(info, layout=f"{info.layout}, {head.theirs}-class head (the zoo's is {head.ours})",
+                           classes=head.theirs)
     elif pretrained:
         info = load_pretrained(model, spec, console)
     else:

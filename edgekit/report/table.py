@@ -80,11 +80,15 @@ SINGLE_HEADERS = ["Model", "Target", "Precision", "Status", "Size (MB)", "max ab
 
 
 def quant_cell(par: dict[str, Any]) -> str:
-    """The quantization-error verdict of the final stage: PASS, FAIL, 'not assessed' or —."""
+    """The quantization-error verdict of the final stage: PASS, FAIL, 'not assessed' or —; a
+    metric left out ("PASS (top-1 not assessed: …)") shows as 'PASS, no top-1'."""
     q = par.get("quantization")
     if not q:
         return "—"
-    return "not assessed" if str(q).startswith("not assessed") else q
+    q = str(q)
+    if q.startswith("not assessed"):
+        return "not assessed"
+    return q.split(" (", 1)[0] + (", no top-1" if "(top-1 not assessed" in q else "")
 
 
 def fidelity_cell(par: dict[str, Any]) -> str:

@@ -62,6 +62,40 @@ def test_top1_is_judged_against_the_yardstick_and_confident_samples():
     assert any("top1 on confident samples 98.0% < 99%" in f for f in c3.failures)
 
 
+
+def test_top1_outside_the_models_domain_is_reported_not_judged():
+    """A checkpoint fine-tuned on its own 10 classes, checked on the bundled ImageNet-class photos:
+    its logits are near-ties, INT8 flips them, and that is no defect. Top-1 is reported, not
+    judged; cosine and SQNR still are; the user's own photos (--calib) or --tolerance top1 bring
+    it back."""
+    from types import SimpleNamespace as NS
+
+    spec, bundled, own = NS(num_classes=10), NS(calib=None), NS(calib="photos/")
+    why = verdict.top1_note(spec, bundled)
+    assert "not this 10-class model's domain" in why and "--calib" in why
+    assert verdict.top1_note(spec, own) == "" and verdict.top1_note(NS(num_classes=1000), bundled) == ""
+    assert verdict.top1_note(NS(num_classes=0), bundled) == ""   # a user's model: class count unknown
+    tol = verdict.quantization_tolerance("int8", True, no_top1=why)
+    assert tol.assessed and tol.top1 is None and tol.confident_top1 is None
+    assert tol.cosine == verdict.quantization_tolerance("int8", True).cosine and tol.sqnr_db is not None
+    assert verdict.quantization_tolerance("int8", True, explicit={"top1": 0.9}, no_top1=why).top1 == 0.9
+    assert verdict.quantization_tolerance("fp32", True, no_top1=why) == verdict.quantization_tolerance("fp32", True)
+    ref = _logits(margin=0.0, seed=2)
+    flipped = ref.copy()
+    for i in np.argsort(np.sort(ref, 1)[:, -1] - np.sort(ref, 1)[:, -2])[:10]:  # the 10 closest calls flip
+        a, b = np.argsort(ref[i])[-2:]
+        flipped[i, a], flipped[i, b] = ref[i, b], ref[i, a]
+    c = Comparison("qdq", "ort", "int8", tol, yardstick_top1=1.0)
+    c.add({"o": ref}, {"o": flipped})
+    assert c.primary().top1 == pytest.approx(0.90) and c, c.failures
+    assert c.to_dict()["quantization"] == f"PASS (top-1 not assessed: {why})"
+    table = parity_table([c])
+    assert "PASS*" in table and f"* top-1 not assessed: {why}" in table
+    noisy = Comparison("qdq", "ort", "int8", tol)
+    noisy.add({"o": ref}, {"o": ref + np.random.default_rng(5).normal(size=ref.shape).astype(np.float32)})
+    assert not noisy and any("cosine" in f or "sqnr" in f for f in noisy.failures)
+
+
 def test_fidelity_floors():
     f = verdict.fidelity_tolerance
     assert f("int8").sqnr_db == 30.0 and f("int8", reference_sqnr_db=60.0).sqnr_db == 30.0

@@ -343,3 +343,31 @@ def test_fp16_slower_than_fp32_on_a_cpu_is_explained(precision, device, speedup,
     assert (note is not None) == shown
     if shown:
         assert note.startswith(f"note: FP16 runs at {speedup:.2f}x FP32's speed on this CPU") and "--int8" in note
+
+
+def test_fine_tuned_head_on_the_bundled_photos_reports_top1_without_judging_it(tmp_path):
+    """A user's LeNet-5 checkpoint fine-tuned on 37 classes, exported at INT8 without --calib: the
+    head takes the checkpoint's size, and on the bundled (ImageNet-class) photos top-1 is
+    reported, not judged, with the reason under the table; cosine/SQNR stay gated. With --calib the
+    user's photos make top-1 count again."""
+    from edgekit import create_model
+
+    source = create_model("lenet5", num_classes=37)
+    ckpt = tmp_path / "lenet37.pt"
+    torch.save(source.state_dict(), ckpt)
+    out = tmp_path / "out"
+    proc = run_edgekit("export", "lenet5", "--weights", str(ckpt), "--int8", "--no-bench", "--samples", "16",
+                       "--out", str(out))
+    m = json.loads((out / "artifact.json").read_text())
+    assert m["model"]["weights"]["classes"] == 37 and "37-class head (the zoo's is 10)" in proc.stdout + proc.stderr
+    qdq = next(p for p in m["parity"] if p["stage"] == "qdq")
+    assert qdq["tolerance"].get("top1") is None and qdq["tolerance"].get("sqnr_db")
+    assert "(top-1 not assessed: the bundled photos are not this 37-class model's domain" in qdq["quantization"]
+    assert "* top-1 not assessed: the bundled photos are not this 37-class model's domain" in proc.stdout
+    assert proc.returncode == (0 if all(p["passed"] for p in m["parity"]) else 1), proc.stdout + proc.stderr
+    np.save(tmp_path / "own.npy", np.random.default_rng(0).normal(size=(24, 1, 32, 32)).astype(np.float32))
+    out2 = tmp_path / "own"
+    proc = run_edgekit("export", "lenet5", "--weights", str(ckpt), "--int8", "--no-bench", "--calib",
+                       str(tmp_path / "own.npy"), "--out", str(out2))
+    qdq = next(p for p in json.loads((out2 / "artifact.json").read_text())["parity"] if p["stage"] == "qdq")
+    assert qdq["tolerance"].get("top1") and "not assessed" not in qdq["quantization"], proc.stdout + proc.stderr
