@@ -185,16 +185,15 @@ class HeadSizeMismatch(WeightsError):
 def _head_classes(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor]) -> tuple[int, int] | None:
     """(the model's classes, the checkpoint's) when every shape mismatch is a head's leading
     dimension and the counts agree; None otherwise."""
-    pairs = {(tuple(v.shape)[0], tuple(sd[k].shape)[0]) for k, v in own.items()
-             if k in sd and tuple(sd[k].shape) != tuple(v.shape)}
-    if len(pairs) != 1:
-        return None
-    ours, theirs = next(iter(pairs))
+    counts = None
     for k, v in own.items():
-        a, b = tuple(v.shape), tuple(sd[k].shape)
-        if a != b and (len(a) != len(b) or a[1:] != b[1:] or a[0] != ours or b[0] < 1):
+        a, b = tuple(v.shape), tuple((sd[k] if k in sd else v).shape)
+        if a == b:
+            continue
+        if len(a) != len(b) or a[1:] != b[1:] or b[0] < 1 or counts not in (None, (a[0], b[0])):
             return None
-    return ours, theirs
+        counts = (a[0], b[0])
+    return counts
 
 
 def load_checkpoint(model: nn.Module, path: Path, what: str | None = None) -> str:
