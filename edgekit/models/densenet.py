@@ -3,12 +3,13 @@
 ``norm1``/``relu1``/``conv1``/``norm2``/``relu2``/``conv2``), ``transition{1..3}``
 (``norm``/``relu``/``conv``/``pool``) and ``norm5``; then ``classifier``.
 
-densenet121 has 7,978,856 parameters. torchvision's released checkpoints use legacy key names
+densenet121 has 7,978,856 parameters; densenet161/169/201 are registered too. torchvision's released checkpoints use legacy key names
 (``norm.1`` for ``norm1``…); rename those keys (drop the dot before the digit) to load them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -114,14 +115,14 @@ class DenseNet(nn.Module):
 
 
 def densenet(name: str, num_classes: int = 1000) -> DenseNet:
-    """Any configuration in ``CONFIGS`` (only densenet121 is registered)."""
+    """Any configuration in ``CONFIGS``."""
     return DenseNet(CONFIGS[name], num_classes)
 
 
-@register_model("densenet", params=7_978_856,
-                paper="Huang et al. 2017, Densely Connected Convolutional Networks")
-def densenet121(num_classes: int = 1000) -> nn.Module:
-    return densenet("densenet121", num_classes)
-
+# torchvision's published counts
+PARAMS = {"densenet121": 7_978_856, "densenet161": 28_681_000, "densenet169": 14_149_480, "densenet201": 20_013_928}
+for _name, _params in PARAMS.items():
+    register_model("densenet", name=_name, params=_params,
+                   paper="Huang et al. 2017, Densely Connected Convolutional Networks")(partial(densenet, _name))
 
 register_alias("densenet", "densenet121")

@@ -6,6 +6,9 @@ SE-ResNet adds ``se`` (``SqueezeExcitation``: ``se.fc1``, ``se.fc2``, reduction 
 block, after its last BatchNorm and before the residual add, as in Hu et al.; torchvision has
 no SE-ResNet, so its keys are ours.
 
+Also resnet152, resnext101_32x8d / 64x4d and wide_resnet50_2 / 101_2 (torchvision's wide
+bottleneck: the 3x3 twice as wide, ``width_per_group=128``).
+
 Parameters: resnet18 11,689,512; resnet50 25,557,032; resnext50_32x4d 25,028,904;
 se_resnet50 28,088,024 (resnet50 + 2,530,992 in SE blocks: 2C²/16 + C/16 + C for each of the
 3/4/6/3 blocks with C = 256/512/1024/2048).
@@ -13,6 +16,7 @@ se_resnet50 28,088,024 (resnet50 + 2,530,992 in SE blocks: 2C²/16 + C/16 + C fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -102,7 +106,13 @@ CONFIGS: dict[str, ResNetConfig] = {
     "resnet34": ResNetConfig(BasicBlock, (3, 4, 6, 3)),
     "resnet50": ResNetConfig(Bottleneck, (3, 4, 6, 3)),
     "resnet101": ResNetConfig(Bottleneck, (3, 4, 23, 3)),
+    "resnet152": ResNetConfig(Bottleneck, (3, 8, 36, 3)),
     "resnext50_32x4d": ResNetConfig(Bottleneck, (3, 4, 6, 3), groups=32, width_per_group=4),
+    "resnext101_32x8d": ResNetConfig(Bottleneck, (3, 4, 23, 3), groups=32, width_per_group=8),
+    "resnext101_64x4d": ResNetConfig(Bottleneck, (3, 4, 23, 3), groups=64, width_per_group=4),
+    # Zagoruyko & Komodakis's wide bottleneck as torchvision builds it: the 3x3's width doubled
+    "wide_resnet50_2": ResNetConfig(Bottleneck, (3, 4, 6, 3), width_per_group=128),
+    "wide_resnet101_2": ResNetConfig(Bottleneck, (3, 4, 23, 3), width_per_group=128),
     "se_resnet50": ResNetConfig(Bottleneck, (3, 4, 6, 3), se_reduction=16),
 }
 STAGE_PLANES = (64, 128, 256, 512)
@@ -146,6 +156,7 @@ def resnet(name: str, num_classes: int = 1000) -> ResNet:
 
 
 _HE = "He et al. 2016, Deep Residual Learning for Image Recognition"
+_XIE = "Xie et al. 2017, Aggregated Residual Transformations for Deep Neural Networks"
 
 
 @register_model("resnet", params=11_689_512, paper=_HE)
@@ -170,8 +181,7 @@ def resnet101(num_classes: int = 1000) -> nn.Module:
     return resnet("resnet101", num_classes)
 
 
-@register_model("resnext", params=25_028_904,
-                paper="Xie et al. 2017, Aggregated Residual Transformations for Deep Neural Networks")
+@register_model("resnext", params=25_028_904, paper=_XIE)
 def resnext50_32x4d(num_classes: int = 1000) -> nn.Module:
     return resnet("resnext50_32x4d", num_classes)
 
@@ -181,6 +191,18 @@ def se_resnet50(num_classes: int = 1000) -> nn.Module:
     return resnet("se_resnet50", num_classes)
 
 
+# The deeper and wider variants (server-sized: 11-23 G MACs), torchvision's published counts.
+DEEP: dict[str, tuple[str, int, str]] = {
+    "resnet152": ("resnet", 60_192_808, _HE),
+    "resnext101_32x8d": ("resnext", 88_791_336, _XIE),
+    "resnext101_64x4d": ("resnext", 83_455_272, _XIE),
+    "wide_resnet50_2": ("wide_resnet", 68_883_240, "Zagoruyko & Komodakis 2016, Wide Residual Networks"),
+    "wide_resnet101_2": ("wide_resnet", 126_886_696, "Zagoruyko & Komodakis 2016, Wide Residual Networks"),
+}
+for _name, (_family, _params, _paper) in DEEP.items():
+    register_model(_family, name=_name, params=_params, paper=_paper)(partial(resnet, _name))
+
 register_alias("resnet", "resnet50")
 register_alias("resnext", "resnext50_32x4d")
 register_alias("se_resnet", "se_resnet50")
+register_alias("wide_resnet", "wide_resnet50_2")

@@ -1,7 +1,10 @@
 """VGG (Simonyan & Zisserman 2015) with torchvision's layout: ``features`` (a flat
 Sequential of conv[-bn]-relu and max-pools, built from a channel table), ``avgpool``
-(7x7) and ``classifier``. vgg16 has 138,357,544 parameters, vgg16_bn 138,365,992."""
+(7x7) and ``classifier``. VGG-11/13/16/19, each with and without batch norm, as torchvision builds them
+(vgg16 has 138,357,544 parameters, vgg16_bn 138,365,992)."""
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import nn
@@ -61,14 +64,14 @@ def vgg(depth: int, batch_norm: bool = False, num_classes: int = 1000) -> VGG:
 _PAPER = "Simonyan & Zisserman 2015, Very Deep Convolutional Networks for Large-Scale Image Recognition"
 
 
-@register_model("vgg", params=138_357_544, paper=_PAPER)
-def vgg16(num_classes: int = 1000) -> nn.Module:
-    return vgg(16, batch_norm=False, num_classes=num_classes)
-
-
-@register_model("vgg", params=138_365_992, paper=_PAPER)
-def vgg16_bn(num_classes: int = 1000) -> nn.Module:
-    return vgg(16, batch_norm=True, num_classes=num_classes)
-
+# name → (depth, batch norm, parameters): torchvision's published counts
+VARIANTS: dict[str, tuple[int, bool, int]] = {
+    "vgg11": (11, False, 132_863_336), "vgg11_bn": (11, True, 132_868_840),
+    "vgg13": (13, False, 133_047_848), "vgg13_bn": (13, True, 133_053_736),
+    "vgg16": (16, False, 138_357_544), "vgg16_bn": (16, True, 138_365_992),
+    "vgg19": (19, False, 143_667_240), "vgg19_bn": (19, True, 143_678_248),
+}
+for _name, (_depth, _bn, _params) in VARIANTS.items():
+    register_model("vgg", name=_name, params=_params, paper=_PAPER)(partial(vgg, _depth, _bn))
 
 register_alias("vgg", "vgg16")

@@ -63,6 +63,9 @@ def _tv(file: str, top1: float, tag: str = "IMAGENET1K_V1", resize: int = 256, c
 PUBLISHED: dict[str, PublishedWeights] = {
     "alexnet": _tv("alexnet-owt-7be5be79.pth", 56.522),
     "densenet121": _tv("densenet121-a639ec97.pth", 74.434),
+    "densenet161": _tv("densenet161-8d451a50.pth", 77.138),
+    "densenet169": _tv("densenet169-b2777c0a.pth", 75.600),
+    "densenet201": _tv("densenet201-c1103571.pth", 76.896),
     "efficientnet_b0": _tv("efficientnet_b0_rwightman-7f5810bc.pth", 77.692, interpolation="bicubic"),
     "efficientnet_b1": _tv("efficientnet_b1-c27df63c.pth", 79.838, "IMAGENET1K_V2", resize=255, crop=240),
     "efficientnet_b2": _tv("efficientnet_b2_rwightman-c35c1473.pth", 80.608, resize=288, crop=288,
@@ -90,13 +93,24 @@ PUBLISHED: dict[str, PublishedWeights] = {
     "resnet34": _tv("resnet34-b627a593.pth", 73.314),
     "resnet101": _tv("resnet101-cd907fc2.pth", 81.886, "IMAGENET1K_V2", resize=232),
     "resnet50": _tv("resnet50-11ad3fa6.pth", 80.858, "IMAGENET1K_V2", resize=232),
+    "resnet152": _tv("resnet152-f82ba261.pth", 82.284, "IMAGENET1K_V2", resize=232),
     "resnext50_32x4d": _tv("resnext50_32x4d-1a0047aa.pth", 81.198, "IMAGENET1K_V2", resize=232),
+    "resnext101_32x8d": _tv("resnext101_32x8d-110c445d.pth", 82.834, "IMAGENET1K_V2", resize=232),
+    "resnext101_64x4d": _tv("resnext101_64x4d-173b62eb.pth", 83.246, resize=232),  # its only (V1) weights
     "shufflenet_v2_x0_5": _tv("shufflenetv2_x0.5-f707e7126e.pth", 60.552),
     "shufflenet_v2_x1_0": _tv("shufflenetv2_x1-5666bf0f80.pth", 69.362),
     "shufflenet_v2_x1_5": _tv("shufflenetv2_x1_5-3c479a10.pth", 72.996, resize=232),
     "shufflenet_v2_x2_0": _tv("shufflenetv2_x2_0-8be3c8ee.pth", 76.230, resize=232),
+    "vgg11": _tv("vgg11-8a719046.pth", 69.020),
+    "vgg11_bn": _tv("vgg11_bn-6002323d.pth", 70.370),
+    "vgg13": _tv("vgg13-19584684.pth", 69.928),
+    "vgg13_bn": _tv("vgg13_bn-abd245e5.pth", 71.586),
     "vgg16": _tv("vgg16-397923af.pth", 71.592),
     "vgg16_bn": _tv("vgg16_bn-6c64b313.pth", 73.360),
+    "vgg19": _tv("vgg19-dcbb9e9d.pth", 72.376),
+    "vgg19_bn": _tv("vgg19_bn-c79401a0.pth", 74.218),
+    "wide_resnet50_2": _tv("wide_resnet50_2-9ba9bcbe.pth", 81.602, "IMAGENET1K_V2", resize=232),
+    "wide_resnet101_2": _tv("wide_resnet101_2-d733dc28.pth", 82.510, "IMAGENET1K_V2", resize=232),
 }
 
 _LITE = "edgekit.models.pretrained:efficientnet_lite{}_state_dict"

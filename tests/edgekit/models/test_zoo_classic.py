@@ -35,7 +35,7 @@ def n_params(model: torch.nn.Module, skip: str = "") -> int:
 @pytest.mark.parametrize("alias, target", [
     ("vgg", "vgg16"), ("resnet", "resnet50"), ("resnext", "resnext50_32x4d"), ("se_resnet", "se_resnet50"),
     ("densenet", "densenet121"), ("inception", "inception_v3"), ("lenet", "lenet5"), ("googlenet", "googlenet"),
-    ("preact_resnet", "preact_resnet50"),
+    ("preact_resnet", "preact_resnet50"), ("wide_resnet", "wide_resnet50_2"),
 ])
 def test_family_alias(alias, target):
     assert resolve_name(alias)[0] == target
@@ -59,6 +59,14 @@ TORCHVISION_KEYS = {
                     "features.denseblock4.denselayer16.conv2.weight": (32, 128, 3, 3),
                     "features.transition3.conv.weight": (512, 1024, 1, 1), "features.norm5.running_var": (1024,),
                     "classifier.weight": (1000, 1024)},
+    # the wide bottleneck doubles the 3x3's width; ResNeXt-101's groups carry 8 or 4 channels each
+    "wide_resnet50_2": {"layer1.0.conv2.weight": (128, 128, 3, 3), "layer4.2.conv3.weight": (2048, 1024, 1, 1)},
+    "resnext101_32x8d": {"layer1.0.conv2.weight": (256, 8, 3, 3), "layer3.22.conv2.weight": (1024, 32, 3, 3)},
+    "resnext101_64x4d": {"layer1.0.conv2.weight": (256, 4, 3, 3), "layer4.2.conv2.weight": (2048, 32, 3, 3)},
+    "resnet152": {"layer2.7.conv3.weight": (512, 128, 1, 1), "layer3.35.bn3.running_var": (1024,)},
+    "vgg19_bn": {"features.49.weight": (512, 512, 3, 3), "features.50.running_var": (512,)},
+    "densenet161": {"features.conv0.weight": (96, 3, 7, 7), "features.denseblock4.denselayer24.conv2.weight": (48, 192, 3, 3),
+                    "classifier.weight": (1000, 2208)},
     "googlenet": {"conv1.conv.weight": (64, 3, 7, 7), "inception5b.branch4.1.conv.weight": (128, 832, 1, 1),
                   "inception3a.branch3.1.conv.weight": (32, 16, 3, 3),  # torchvision's 3x3 "5x5"
                   "aux1.fc1.weight": (1024, 2048), "aux2.conv.bn.running_var": (128,), "fc.weight": (1000, 1024)},
