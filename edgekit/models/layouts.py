@@ -32,7 +32,10 @@ LAYOUTS_READ = ("layouts read: torchvision, lukemelas EfficientNet-PyTorch, 'sta
                 "'module.'/'_orig_mod.' prefixes, torch.save or safetensors files")
 SAFETENSORS_HINT = "pip install 'edgekit[safetensors]'"
 SAVE_HINT = "save a state dict instead: torch.save(model.state_dict(), 'weights.pt')"
-_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+# num_batches_tracked too: a DenseNet fine-tuned before torchvision renamed its modules (``norm.1``),
+# under PyTorch >= 0.4.1 (which added the counter), carries it
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def load_file(path: Path) -> object:

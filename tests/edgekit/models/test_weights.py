@@ -203,6 +203,31 @@ def test_plain_torchvision_state_dict_with_module_prefix(tmp_path):
         torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("counter", [False, True], ids=["published-2017", "fine-tuned-2018"])
+def test_legacy_densenet_key_names_load(tmp_path, counter):
+    """torchvision's published DenseNet checkpoints name a layer's modules ``norm.1``/``conv.2``
+    (torchvision's early names) and carry no BatchNorm counter; a copy fine-tuned under PyTorch
+    >= 0.4.1 before the rename carries ``norm.1.num_batches_tracked`` as well (it was refused as
+    unexpected keys). Both load, bit for bit."""
+    import re
+
+    source = create_model("densenet121")
+    with torch.no_grad():   # weights unlike the deterministic init, so a silent non-load shows
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    legacy = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v for k, v in source.state_dict().items()
+              if counter or not k.endswith("num_batches_tracked")}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
+    assert ("features.denseblock1.denselayer1.norm.1.num_batches_tracked" in legacy) == counter
+    path = tmp_path / "densenet121-legacy.pth"
+    torch.save(legacy, path)
+    model, info = build(get_spec("densenet121"), weights=path)
+    assert info.layout == "torchvision (legacy DenseNet names)"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
 def test_pickled_module_refused_with_hint(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(_source_model(), path)
