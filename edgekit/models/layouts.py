@@ -66,9 +66,30 @@ def load_file(path: Path) -> object:
                                "edgekit reads checkpoints with torch.load(weights_only=True), which refuses code",
                                hint=f"{SAVE_HINT}; from a file you trust, extract it: torch.save(torch.load(f, "
                                     "weights_only=False)['state_dict'], 'weights.pt')") from None
+        kind = _program_archive(path)
+        if kind:
+            raise WeightsError(f"{path.name} is {kind}, not a state dict: loading it would run its program, which "
+                               "edgekit does not do for --weights", hint=SAVE_HINT + " from the Python model") from None
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise WeightsError(f"cannot read weights {path.name}: {type(exc).__name__}: {first[:200]}",
                            hint=f"is it complete? edgekit loads checkpoints with weights_only=True: {SAVE_HINT}") from None
+
+
+def _program_archive(path: Path) -> str | None:
+    """What kind of saved program a zip archive is, when it is one: TorchScript keeps its code
+    under ``<name>/code/__torch__``, torch.export its weights under ``<name>/data/weights``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if any("/code/__torch__" in n for n in names):
+        return "a TorchScript archive (torch.jit.save)"
+    if any("/data/weights/" in n or n.endswith("/archive_format") for n in names):
+        return "a torch.export archive (torch.export.save)"
+    return None
 
 
 def is_safetensors(head: bytes, size: int) -> bool:

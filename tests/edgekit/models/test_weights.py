@@ -279,6 +279,24 @@ def test_pickled_module_refused_with_hint(tmp_path):
     assert "torch.save(model.state_dict()" in err.value.hint
 
 
+@pytest.mark.parametrize("kind", ["torchscript", "torch.export"])
+def test_saved_programs_are_named_as_such(tmp_path, kind):
+    """A TorchScript or torch.export archive given to --weights was reported as a failed read
+    ("PytorchStreamReader failed locating file data.pkl ... corrupted", "Cannot use weights_only=True
+    with TorchScript archives"); it is named for what it is."""
+    model, x = _source_model().eval(), torch.randn(1, 1, 32, 32)
+    path = tmp_path / "program.pt"
+    if kind == "torchscript":
+        torch.jit.save(torch.jit.trace(model, x), path)
+    else:
+        torch.export.save(torch.export.export(model, (x,)), path)
+    with pytest.raises(WeightsError) as err:
+        create_model("lenet5", weights=path)
+    assert err.value.message.startswith(f"program.pt is a {'TorchScript' if kind == 'torchscript' else 'torch.export'} "
+                                        "archive"), err.value.message
+    assert "torch.save(model.state_dict()" in err.value.hint
+
+
 def test_unknown_layout_names_first_missing_and_unexpected_key(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"backbone.stem.weight": torch.zeros(3), "backbone.head.bias": torch.zeros(2)}, path)
