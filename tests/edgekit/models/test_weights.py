@@ -84,6 +84,14 @@ def _source_model() -> torch.nn.Module:
     return create_model("lenet5")
 
 
+def _assert_loads_as(name: str, path: Path, source: torch.nn.Module, layout: str, x: torch.Tensor) -> None:
+    """``path`` builds ``name`` with that layout description and ``source``'s logits, bit for bit."""
+    model, info = build(get_spec(name), weights=path)
+    assert info.layout == layout
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
 def test_download_lands_in_cache_and_second_load_makes_no_request(hub_dir, monkeypatch):
     source = _source_model()
     body = _checkpoint_bytes(source)
@@ -221,11 +229,7 @@ def test_legacy_densenet_key_names_load(tmp_path, counter):
     assert ("features.denseblock1.denselayer1.norm.1.num_batches_tracked" in legacy) == counter
     path = tmp_path / "densenet121-legacy.pth"
     torch.save(legacy, path)
-    model, info = build(get_spec("densenet121"), weights=path)
-    assert info.layout == "torchvision (legacy DenseNet names)"
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+    _assert_loads_as("densenet121", path, source, "torchvision (legacy DenseNet names)", torch.randn(1, 3, 64, 64))
 
 
 def test_torchvision_reference_script_checkpoint_loads(tmp_path):
@@ -239,11 +243,7 @@ def test_torchvision_reference_script_checkpoint_loads(tmp_path):
     opt = torch.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
     torch.save({"model": source.state_dict(), "optimizer": opt.state_dict(), "epoch": 89,
                 "args": argparse.Namespace(model="lenet5", lr=0.1, lr_steps=[30, 60], weights=None)}, path)
-    model, info = build(get_spec("lenet5"), weights=path)
-    assert info.layout == "torchvision, 'model' wrapper"
-    x = torch.randn(2, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+    _assert_loads_as("lenet5", path, source, "torchvision, 'model' wrapper", torch.randn(2, 1, 32, 32))
 
 
 def test_network_under_an_attribute_prefix_loads_and_ambiguity_is_refused(tmp_path):
@@ -255,11 +255,8 @@ def test_network_under_an_attribute_prefix_loads_and_ambiguity_is_refused(tmp_pa
     sd = {**{f"model.{k}": v for k, v in student.state_dict().items()}, "criterion.weight": torch.ones(10)}
     path = tmp_path / "epoch=3-step=100.ckpt"
     torch.save({"state_dict": sd, "epoch": 3, "pytorch-lightning_version": "2.4.0"}, path)
-    model, info = build(get_spec("lenet5"), weights=path)
-    assert info.layout == "torchvision, under 'model.' (1 other key dropped), 'state_dict' wrapper"
-    x = torch.randn(2, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), student(x), rtol=0, atol=0)
+    _assert_loads_as("lenet5", path, student, "torchvision, under 'model.' (1 other key dropped), 'state_dict' wrapper",
+                     torch.randn(2, 1, 32, 32))
     torch.save({"state_dict": {**{f"teacher.{k}": v for k, v in teacher.state_dict().items()},
                                **{f"student.{k}": v for k, v in student.state_dict().items()}}}, path)
     model, info = build(get_spec("lenet5"), weights=path)
