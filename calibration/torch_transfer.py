@@ -15,7 +15,6 @@ with edgekit's weights and float layers, see the figures in that document.
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,14 +94,20 @@ def _module(weight_name: str) -> str:
     return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else ""
 
 
-def transfer(model, layers: dict[str, LayerWeights]):
+def transfer(model, layers: dict[str, LayerWeights], inputs=None):
     """A copy of ``model`` (eval mode) with each batch norm that follows a transferred conv
     removed and the conv's weight and bias replaced by the ONNX's. Raises when a layer of the
-    ONNX has no module of that name and shape (the model is not the one that was exported)."""
+    ONNX has no module of that name and shape (the model is not the one that was exported).
+
+    ``inputs`` (the model's InputSpecs) let one forward pass find which batch norm reads each
+    conv's output, wherever the model keeps it: in a Sequential after the conv (ConvNormAct),
+    or as an attribute beside it (ResNet's ``conv1``/``bn1``, GoogLeNet's and Inception-v3's
+    ``conv``/``bn``). Without them only the Sequential case is found."""
     import torch
     from torch import nn
 
     model = copy.deepcopy(model).eval()
+    convs = {}
     for name, layer in layers.items():
         try:
             mod = model.get_submodule(name)
@@ -113,7 +118,13 @@ def transfer(model, layers: dict[str, LayerWeights]):
                                    f"({type(mod).__name__} {tuple(getattr(mod, 'weight', torch.empty(0)).shape)} "
                                    f"vs {layer.weight.shape})")
         if isinstance(mod, nn.Conv2d):
-            _drop_following_batchnorm(model, name)
+            convs[name] = mod
+    folded = following_batchnorms(model, convs, inputs)
+    for bn_name in folded:
+        parent_name, _, leaf = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, nn.Identity())
+    for name, layer in layers.items():
+        mod = model.get_submodule(name)
         mod.weight = nn.Parameter(torch.from_numpy(layer.weight.copy()))
         out = layer.weight.shape[0]
         b = layer.bias if layer.bias is not None else np.zeros(out, np.float32)
@@ -121,20 +132,37 @@ def transfer(model, layers: dict[str, LayerWeights]):
     return model
 
 
-def _drop_following_batchnorm(model, conv_name: str) -> None:
-    """Remove the BatchNorm2d that directly follows ``conv_name`` in its parent Sequential (the
-    ONNX exporter folded it into the weights that are being transferred)."""
+def following_batchnorms(model, convs: dict, inputs=None) -> list[str]:
+    """Names of the BatchNorm2d modules that read a conv of ``convs`` directly (the ONNX export
+    folded them into the weights being transferred). With ``inputs``, found by one forward pass
+    on zeros: a batch norm whose input *is* the conv's output tensor; else only a batch norm
+    that follows the conv in the same Sequential."""
+    import torch
     from torch import nn
 
-    parent_name, _, leaf = conv_name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if not isinstance(parent, nn.Sequential):
-        return
-    names = list(parent._modules)
-    i = names.index(leaf)
-    if i + 1 < len(names) and isinstance(parent._modules[names[i + 1]], nn.BatchNorm2d):
-        kept = OrderedDict((k, m) for k, m in parent._modules.items() if k != names[i + 1])
-        parent._modules = kept
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    if inputs is None:
+        found = []
+        for name in convs:
+            parent_name, _, leaf = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            names = list(parent._modules) if isinstance(parent, nn.Sequential) else []
+            i = names.index(leaf) if leaf in names else -1
+            if 0 <= i < len(names) - 1 and isinstance(parent._modules[names[i + 1]], nn.BatchNorm2d):
+                found.append(f"{parent_name}.{names[i + 1]}" if parent_name else names[i + 1])
+        return found
+    produced: list = []     # the conv outputs themselves: held, so that no id is reused during the pass
+    found: list[str] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: produced.append(out)) for m in convs.values()]
+    hooks += [m.register_forward_hook(lambda _m, args, _o, n=n: found.extend(
+        [n] if any(args[0] is t for t in produced) else [])) for n, m in bns.items()]
+    try:
+        with torch.no_grad():
+            model(*(torch.zeros(tuple(i.shape), dtype=getattr(torch, i.dtype)) for i in inputs))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sorted(set(found))
 
 
 def from_source(source, log, who: str, native: str) -> dict[str, LayerWeights] | None:

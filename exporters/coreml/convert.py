@@ -136,7 +136,7 @@ def build_package(model, inputs: tuple[InputSpec, ...], outputs: Sequence[str], 
     if use_layers:
         from calibration.torch_transfer import transfer
 
-        model = transfer(model, use_layers)
+        model = transfer(model, use_layers, inputs)
     module = Normalize.wrap(model, image["mean"], image["std"]) if image else model.eval()
     args = example_inputs(inputs)
     steps = []

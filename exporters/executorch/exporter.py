@@ -86,7 +86,7 @@ def quantize_pt2e(ctx: ExportContext, tol: Tolerance, max_samples: int = DEFAULT
     if layers:
         from calibration.torch_transfer import transfer
 
-        model = transfer(model, layers)
+        model = transfer(model, layers, inputs)
     cal = eq.calibrate(model, inputs, ctx.calib_feeds, max_samples, per_channel, layers)
     meta: dict[str, Any] = {
         "scheme": "XNNPACKQuantizer symmetric int8, " + ("per-channel" if per_channel else "per-tensor")
