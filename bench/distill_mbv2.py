@@ -1,5 +1,6 @@
-"""A trained network of another family for INT8 checks: a zoo MobileNetV2 distilled from
-pretrained EfficientNet-Lite0 on augmented crops of the bundled *calibration* photos.
+"""A trained network of another family for INT8 checks: a zoo MobileNetV2 (or, with
+``--student``, another zoo network) distilled from pretrained EfficientNet-Lite0 on augmented
+crops of the bundled *calibration* photos.
 
     python bench/distill_mbv2.py --out /tmp/h19quant-val/mbv2_distilled.pt --seconds 300
 
@@ -32,6 +33,7 @@ from edgekit.specs import InputSpec, Preprocess  # noqa: E402
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--student", default="mobilenet_v2", help="zoo model to distill into (any 1000-class one)")
     ap.add_argument("--res", type=int, default=160)
     ap.add_argument("--crops", type=int, default=96, help="augmented crops per calibration photo")
     ap.add_argument("--seconds", type=float, default=300)
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     cal_paths, _ = split_images(bundled_photos())
     samples = crops(cal_paths, args.crops, seed=5)
     t_spec = get_spec("efficientnet_lite0")
-    s_spec = get_spec("mobilenet_v2")
+    s_spec = get_spec(args.student)
     s_pre = Preprocess(resize=int(round(args.res / 0.875)), crop=args.res, mean=s_spec.preprocess.mean,
                        std=s_spec.preprocess.std)
     x_t = np.concatenate([f["input"] for f in ImageFeeds(samples, t_spec.preprocess, t_spec.input)])
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         soft = torch.cat([teacher(torch.from_numpy(x_t[i:i + 64]).to(dev)) for i in range(0, len(x_t), 64)])
     print(f"{len(x_s)} crops, teacher logits ready", flush=True)
-    student = create_model("mobilenet_v2").to(dev)
+    student = create_model(args.student).to(dev)
     opt = torch.optim.AdamW(student.parameters(), lr=2e-3, weight_decay=1e-4)
     x = torch.from_numpy(x_s).to(dev)
     t0, step = time.perf_counter(), 0
