@@ -3,8 +3,9 @@
 ``norm1``/``relu1``/``conv1``/``norm2``/``relu2``/``conv2``), ``transition{1..3}``
 (``norm``/``relu``/``conv``/``pool``) and ``norm5``; then ``classifier``.
 
-densenet121 has 7,978,856 parameters; densenet161/169/201 are registered too. torchvision's released checkpoints use legacy key names
-(``norm.1`` for ``norm1``…); rename those keys (drop the dot before the digit) to load them.
+densenet121 has 7,978,856 parameters; densenet161/169/201 are registered too. torchvision's
+released checkpoints use legacy key names (``norm.1`` for ``norm1``…); ``--weights`` and
+``--pretrained`` rename them (``layouts.py``).
 """
 from __future__ import annotations
 
