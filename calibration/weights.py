@@ -33,41 +33,72 @@ from .qdq import W_QMAX, QdqPlan, weight_scales
 
 DAMPING = (0.01, 0.1)
 MAX_POSITIONS = 4096  # patches per feed and layer used for the statistics (seeded subsample)
+# The output-aware rounding keeps four d×d float64 sums per layer (d: a patch's length). Layers are
+# given them smallest d first while the total stays under this; the rest round to nearest, with the
+# bias correction (which needs only means). Every mobile network and ResNet-50 fit (≤ 3.7 GiB); VGG-16
+# needs 23.5 GiB (its fc6 alone 18.8) and was killed for memory on a 24 GiB machine.
+SECOND_MOMENT_BUDGET = 4 << 30
 
 
 class _Acc:
-    """Sums over patches of one layer: x̂x̂ᵀ, x x̂ᵀ, x, x̂."""
+    """Sums over patches of one layer: x̂x̂ᵀ, x x̂ᵀ (unless ``means_only``), x, x̂."""
 
-    def __init__(self):
+    def __init__(self, means_only: bool = False):
         self.hh = self.xh = self.x = self.h = None
         self.n = 0
+        self.means_only = means_only
 
     def add(self, p: torch.Tensor, ph: torch.Tensor) -> None:
-        parts = (torch.bmm(ph, ph.transpose(1, 2)).double(), torch.bmm(p, ph.transpose(1, 2)).double(),
-                 p.sum(-1).double(), ph.sum(-1).double())
-        if self.hh is None:
+        moments = (None, None) if self.means_only else (torch.bmm(ph, ph.transpose(1, 2)).double(),
+                                                         torch.bmm(p, ph.transpose(1, 2)).double())
+        parts = (*moments, p.sum(-1).double(), ph.sum(-1).double())
+        if self.x is None:
             self.hh, self.xh, self.x, self.h = parts
         else:
-            self.hh += parts[0]
-            self.xh += parts[1]
+            if not self.means_only:
+                self.hh += parts[0]
+                self.xh += parts[1]
             self.x += parts[2]
             self.h += parts[3]
         self.n += p.shape[-1]
 
     def merged(self, other: "_Acc") -> "_Acc":
-        if other.hh is None:
+        if other.x is None:
             return self
-        out = _Acc()
-        out.hh, out.xh, out.x, out.h = self.hh + other.hh, self.xh + other.xh, self.x + other.x, self.h + other.h
+        out = _Acc(self.means_only)
+        if not self.means_only:
+            out.hh, out.xh = self.hh + other.hh, self.xh + other.xh
+        out.x, out.h = self.x + other.x, self.h + other.h
         out.n = self.n + other.n
         return out
 
     def stats(self):
-        """(Cov(x̂), Cov(x, x̂), E[x], E[x̂])"""
+        """(Cov(x̂), Cov(x, x̂), E[x], E[x̂]); the covariances are None with ``means_only``."""
         mx, mh = self.x / self.n, self.h / self.n
+        if self.means_only:
+            return None, None, mx, mh
         cov_h = self.hh / self.n - mh.unsqueeze(2) * mh.unsqueeze(1)
         cov_xh = self.xh / self.n - mx.unsqueeze(2) * mh.unsqueeze(1)
         return cov_h, cov_xh, mx, mh
+
+
+def _with_second_moments(targets, nodes, inits, budget: int = SECOND_MOMENT_BUDGET) -> set[str]:
+    """The layers that get the d×d sums of the output-aware rounding, smallest first, within ``budget``."""
+    cost = {}
+    for t in targets:
+        shape = tuple(inits[t.weight].dims)
+        if nodes[t.node].op_type == "Conv":   # (O, I/g, kh, kw): g groups of d×d sums, d = I/g·kh·kw
+            d, groups = int(np.prod(shape[1:])), int(g.attr(nodes[t.node], "group", 1))
+        else:                                 # Gemm transB (N, K) or MatMul (K, N): d = K
+            d, groups = (shape[1] if t.axis == 0 else shape[0]), 1
+        cost[t.node] = 4 * 8 * d * d * groups
+    chosen, used = set(), 0
+    for node, c in sorted(cost.items(), key=lambda kv: kv[1]):
+        if used + c > budget:
+            break
+        chosen.add(node)
+        used += c
+    return chosen
 
 
 def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray]], max_feeds: int = 32,
@@ -84,7 +115,9 @@ def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray
     tensors = sorted({t.activation for t in targets})
     sess = g.session(g.with_outputs(model, tensors), threads=threads)
     names = {i.name for i in sess.get_inputs()}
-    accs = {t.node: (_Acc(), _Acc()) for t in targets}
+    inits = g.initializers(model)
+    full = _with_second_moments(targets, nodes, inits)
+    accs = {t.node: (_Acc(t.node not in full), _Acc(t.node not in full)) for t in targets}
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for i, feed in enumerate(feeds):
@@ -103,7 +136,6 @@ def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray
                 accs[t.node][0 if i < half else 1].add(p, ph)
             if progress:
                 progress(i + 1, len(feeds))
-        inits = g.initializers(model)
         return {t.node: _decide(nodes[t.node], t, inits, plan, *accs[t.node], gptq=gptq,
                                 bias_correction=bias_correction, ls_target=ls_target) for t in targets}
 
@@ -119,7 +151,9 @@ def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, b
     rtn = (torch.clamp(torch.round(rows / s_rows.unsqueeze(-1)), -W_QMAX, W_QMAX) * s_rows.unsqueeze(-1)).double()
     best_q, choice = rtn, "round"
     total = fit.merged(check)
-    if gptq and check.n and fit.n:
+    if fit.means_only:
+        choice = "round-memory-budget"   # the output-aware rounding's sums would exceed SECOND_MOMENT_BUDGET
+    elif gptq and check.n and fit.n:
         cov_f, cross_f, _, _ = fit.stats()
         cov_c, cross_c, _, _ = check.stats()
         best = _objective(w, rtn, cov_c, cross_c)

@@ -211,3 +211,27 @@ def test_nonnegative_tensors_are_proved_from_the_graph_not_the_data():
     ]
     m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [lo0, lo_neg, hi]))
     assert nonnegative_tensors(m) == {"relu", "relu6", "pool", "gap", "cat", "gate", "se"}
+
+
+def test_layers_over_the_second_moment_budget_round_to_nearest_with_bias_correction(monkeypatch, tmp_path):
+    """VGG-16's output-aware rounding needed 23.5 GiB of d×d sums (fc6: d = 25,088) and was killed
+    for memory. Layers beyond SECOND_MOMENT_BUDGET (smallest first) round to nearest and keep the
+    bias correction, which needs only means."""
+    from calibration import weights as cw
+    from calibration.quantize import quantize_int8
+    from edgekit.feeds import photo_feeds
+    from exporters.onnx.exporter import export_onnx
+    from exporters.onnx.simplify import simplify
+    from tests.calibration.test_calibration import INPUT, PRE, TinyNet, fast
+
+    src = simplify(export_onnx(TinyNet(), (INPUT,), tmp_path / "t.onnx"), tmp_path / "t.sim.onnx")
+    fs = photo_feeds(PRE, INPUT, heldout=8, calib=16)
+    seen = {}
+    real = cw._with_second_moments
+    monkeypatch.setattr(cw, "_with_second_moments",
+                        lambda targets, nodes, inits: seen.setdefault("full", real(targets, nodes, inits, budget=200_000)))
+    art = quantize_int8(src, tmp_path / "t.int8.onnx", fs.calib, fs.heldout, fast(fallback=False, use_cache=False),
+                        log=lambda m: None)
+    counts = art.meta["weight_rounding"]["counts"]
+    assert 0 < len(seen["full"]) < 6 and counts["round-memory-budget"] == 6 - len(seen["full"]), (seen, counts)
+    assert art.meta["weight_rounding"]["bias_corrected"] == 6   # every layer, budget or not
