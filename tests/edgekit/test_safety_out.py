@@ -475,7 +475,10 @@ def test_ctrl_c_during_the_writability_probe_leaves_no_probe(tmp_path, monkeypat
 
     def mkdtemp_then_ctrl_c(*args, **kwargs):
         made = real(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, right here
+        # raise(): a signal to this thread, handled before the call returns. os.kill(getpid()) is
+        # process-directed and may land on another thread (a runtime's pool) after the probe's
+        # window has closed: the test then failed under pytest-xdist, depending on the order
+        signal.raise_signal(signal.SIGINT)
         return made
 
     monkeypatch.setattr(outdir.tempfile, "mkdtemp", mkdtemp_then_ctrl_c)
