@@ -482,6 +482,12 @@ def test_ctrl_c_during_the_writability_probe_leaves_no_probe(tmp_path, monkeypat
         return made
 
     monkeypatch.setattr(outdir.tempfile, "mkdtemp", mkdtemp_then_ctrl_c)
-    with signals.handled(), pytest.raises(KeyboardInterrupt):
-        claim(tmp_path / "x", force=False)
+    # A library an earlier test loaded in this pytest worker may have left SIGINT ignored, and
+    # handled() keeps an inherited "ignore" by design: start from the interpreter's default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with signals.handled(), pytest.raises(KeyboardInterrupt):
+            claim(tmp_path / "x", force=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert list(tmp_path.iterdir()) == []
