@@ -92,6 +92,9 @@ class ExportRequest:
         d = asdict(self)
         for k in ("out", "weights", "calib"):
             d[k] = None if d[k] is None else str(d[k])
+        # ``edgekit parity`` may run from another folder: the paths as given, and where they were
+        for k in ("weights", "calib"):
+            d[f"{k}_resolved"] = None if d[k] is None else str(Path(d[k]).expanduser().resolve())
         d["input_shape"] = list(self.input_shape) if self.input_shape else None
         return d
 

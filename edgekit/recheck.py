@@ -105,7 +105,7 @@ def _request_from_manifest(m: Manifest, given: ExportRequest, console) -> Export
         raise ArtifactError("artifact.json: manifest field 'model.input_shape' must be a list of positive integers")
     target = _manifest_field(m, "request", "target", (str,), "a target name")
     precision = _manifest_field(m, "request", "precision", (str,), "a precision name")
-    for key in ("weights", "calib"):
+    for key in ("weights", "calib", "weights_resolved", "calib_resolved"):
         _manifest_field(m, "request", key, (str, type(None)), "a path or null")
     samples = _manifest_field(m, "request", "samples", (int, type(None)), "an integer or null")
     if precision not in PRECISIONS:
@@ -120,17 +120,28 @@ def _request_from_manifest(m: Manifest, given: ExportRequest, console) -> Export
         if not isinstance(st.meta.get("tolerance", {}), dict):
             raise ArtifactError(f"artifact.json: stages[{i}].meta.tolerance must be an object")
         _check_tolerance(st.meta.get("tolerance", {}), f"stages[{i}].meta.tolerance")
-    weights = given.weights or (req.get("weights") and Path(req["weights"]))
-    calib = given.calib or req.get("calib")
-    if not given.calib and calib and not Path(calib).exists():
-        raise UsageError(f"the export's calibration data is not at {calib} (the path artifact.json recorded)",
-                         hint="a relative path is relative to the folder the export ran in: run from there, or "
-                              "pass --calib")
+    weights = given.weights or _recorded_path(req, "weights", "checkpoint", "--weights")
+    calib = given.calib or _recorded_path(req, "calib", "calibration data", "--calib")
     return ExportRequest(model=model, target=target, precision=precision,
                          input_shape=tuple(shape), weights=weights,
                          pretrained=bool(req.get("pretrained")), calib=calib,
                          samples=given.samples or samples, dynamic_batch=bool(req.get("dynamic_batch")),
                          tolerance=tol, threads=given.threads, device=given.device)
+
+
+def _recorded_path(req: dict, key: str, what: str, flag: str) -> Path | None:
+    """The file the export read: where it was resolved at export time (so that ``edgekit parity``
+    works from any folder), else the path as given, relative to the current folder."""
+    given = req.get(key)
+    if not given:
+        return None
+    resolved = req.get(f"{key}_resolved")
+    for p in (resolved, given):
+        if p and Path(p).exists():
+            return Path(p)
+    where = given if not resolved or resolved == given else f"{given} ({resolved})"
+    raise UsageError(f"the export's {what} is not at {where}, the path artifact.json recorded",
+                     hint=f"pass {flag} with its new place")
 
 
 def _bare_onnx(path: Path, given: ExportRequest) -> tuple[Manifest, ExportRequest]:

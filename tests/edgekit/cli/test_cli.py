@@ -138,11 +138,16 @@ def test_calib_array_file_calibrates_and_other_files_are_refused(tmp_path):
     proc = run_edgekit("export", "lenet5", "--int8", "--calib", "samples.npy", "--no-bench", "--out", str(out),
                        cwd=tmp_path)   # a relative path, recorded as given
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = run_edgekit("parity", str(out))   # from another folder: the recorded path is not there
-    _assert_clean_error(proc, "calibration data is not at samples.npy", "pass --calib")
-    proc = run_edgekit("parity", str(out), "--calib", str(tmp_path / "samples.npy"))
-    assert proc.returncode == 0 and "parity: PASS" in proc.stdout, proc.stderr[-2000:]
     manifest = json.loads((out / "artifact.json").read_text())
+    assert manifest["request"]["calib"] == "samples.npy"
+    assert manifest["request"]["calib_resolved"] == str((tmp_path / "samples.npy").resolve())
+    proc = run_edgekit("parity", str(out))   # from another folder: the path resolved at export time
+    assert proc.returncode == 0 and "parity: PASS" in proc.stdout, proc.stderr[-2000:]
+    (tmp_path / "samples.npy").rename(tmp_path / "moved.npy")
+    proc = run_edgekit("parity", str(out))
+    _assert_clean_error(proc, "calibration data is not at samples.npy (", "pass --calib")
+    proc = run_edgekit("parity", str(out), "--calib", str(tmp_path / "moved.npy"))
+    assert proc.returncode == 0 and "parity: PASS" in proc.stdout, proc.stderr[-2000:]
     qdq = next(s for s in manifest["stages"] if s["stage"] == "qdq")
     assert qdq["meta"]["calibration"]["samples"] == 12 and qdq["meta"]["heldout"]["samples"] == 8   # 20 rows
     assert qdq["meta"]["calibration"]["source"] == "samples.npy: 20 samples (12 for calibration)"
