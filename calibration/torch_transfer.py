@@ -94,7 +94,7 @@ def _module(weight_name: str) -> str:
     return weight_name[: -len(".weight")] if weight_name.endswith(".weight") else ""
 
 
-def transfer(model, layers: dict[str, LayerWeights], inputs=None):
+def transfer(model, layers: dict[str, LayerWeights], inputs):
     """A copy of ``model`` (eval mode) with each batch norm that follows a transferred conv
     removed and the conv's weight and bias replaced by the ONNX's. Raises when a layer of the
     ONNX has no module of that name and shape (the model is not the one that was exported).
@@ -102,7 +102,8 @@ def transfer(model, layers: dict[str, LayerWeights], inputs=None):
     ``inputs`` (the model's InputSpecs) let one forward pass find which batch norm reads each
     conv's output, wherever the model keeps it: in a Sequential after the conv (ConvNormAct),
     or as an attribute beside it (ResNet's ``conv1``/``bn1``, GoogLeNet's and Inception-v3's
-    ``conv``/``bn``). Without them only the Sequential case is found."""
+    ``conv``/``bn``): module order alone missed the second kind and ran those batch norms
+    twice."""
     import torch
     from torch import nn
 
@@ -132,25 +133,14 @@ def transfer(model, layers: dict[str, LayerWeights], inputs=None):
     return model
 
 
-def following_batchnorms(model, convs: dict, inputs=None) -> list[str]:
+def following_batchnorms(model, convs: dict, inputs) -> list[str]:
     """Names of the BatchNorm2d modules that read a conv of ``convs`` directly (the ONNX export
-    folded them into the weights being transferred). With ``inputs``, found by one forward pass
-    on zeros: a batch norm whose input *is* the conv's output tensor; else only a batch norm
-    that follows the conv in the same Sequential."""
+    folded them into the weights being transferred), found by one forward pass on zeros: a
+    batch norm whose input *is* the conv's output tensor."""
     import torch
     from torch import nn
 
     bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    if inputs is None:
-        found = []
-        for name in convs:
-            parent_name, _, leaf = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            names = list(parent._modules) if isinstance(parent, nn.Sequential) else []
-            i = names.index(leaf) if leaf in names else -1
-            if 0 <= i < len(names) - 1 and isinstance(parent._modules[names[i + 1]], nn.BatchNorm2d):
-                found.append(f"{parent_name}.{names[i + 1]}" if parent_name else names[i + 1])
-        return found
     produced: list = []     # the conv outputs themselves: held, so that no id is reused during the pass
     found: list[str] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: produced.append(out)) for m in convs.values()]

@@ -65,7 +65,7 @@ def test_read_qdq_names_layers_by_torch_module(qdq):
 def test_transfer_folds_batchnorm_and_keeps_the_function(qdq):
     art, fs = qdq
     model = TinyNet()
-    moved = transfer(model, read_qdq(art.path))
+    moved = transfer(model, read_qdq(art.path), (INPUT,))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in moved.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
     x = torch.from_numpy(np.concatenate([f["input"] for f in list(fs.heldout)[:8]]))
@@ -121,7 +121,7 @@ def test_transfer_into_another_model_is_an_error(qdq):
     other = nn.Sequential()
     other.add_module("stem", nn.Sequential(nn.Conv2d(3, 8, 3)))
     with pytest.raises(CalibrationError, match="does not match|lacks"):
-        transfer(other, read_qdq(art.path))
+        transfer(other, read_qdq(art.path), (INPUT,))
 
 
 def _ctx(target: str, art, fs, **options) -> ExportContext:
@@ -146,7 +146,7 @@ def test_executorch_program_holds_edgekit_int8_weights(qdq, tmp_path):
 
     art, fs = qdq
     layers = read_qdq(art.path)
-    cal = eq.calibrate(transfer(TinyNet(), layers), (INPUT,), fs.calib, 32, True, layers)
+    cal = eq.calibrate(transfer(TinyNet(), layers, (INPUT,)), (INPUT,), fs.calib, 32, True, layers)
     floats = [n for n, path in cal.weighted if not layers[path].quantized]
     module = cal.convert(floats)
     consts = [functools.reduce(getattr, n.target.split("."), module) for n in module.graph.nodes if n.op == "get_attr"]
@@ -222,7 +222,7 @@ def test_coreml_w8a8_follows_the_shared_graph_around_a_squeeze_excite(tmp_path):
     art = quantize_int8(src, tmp_path / "se.int8.onnx", fs.calib, fs.heldout, fast(cache_dir=tmp_path / "cache"),
                         log=lambda m: None)
     layers = read_qdq(art.path)
-    final, meta = quantize_w8a8(transfer(model, layers), (torch.zeros(INPUT.shape),), fs.calib, (INPUT,), 16, layers)
+    final, meta = quantize_w8a8(transfer(model, layers, (INPUT,)), (torch.zeros(INPUT.shape),), fs.calib, (INPUT,), 16, layers)
     assert meta["activation_quantizers_removed"] >= 1, meta
     sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
     xs = [f["input"] for f in fs.heldout]
