@@ -46,8 +46,25 @@ def threshold(stats: TensorStats, method: str, percentile: float = 99.99) -> flo
     return _mse(stats)
 
 
-def scale_for(t: float, unsigned: bool = False) -> float:
-    return float(max(t, 1e-12) / (UQMAX if unsigned else QMAX))
+def scale_for(t: float, unsigned: bool = False, floor: float = 0.0) -> float:
+    """The step of threshold ``t``: ``t / 127`` (signed), ``t / 255`` (uint8 from 0), or
+    ``(t − floor) / 255`` (uint8 from a proven ``floor < 0``, :mod:`calibration.bounds`)."""
+    if not unsigned:
+        return float(max(t, 1e-12) / QMAX)
+    return float(max(t - min(floor, 0.0), 1e-12) / UQMAX)
+
+
+def floor_helps(t: float, floor: float) -> bool:
+    """Whether the uint8 grid from ``floor`` is finer than the symmetric one for threshold ``t``."""
+    return (t - floor) / UQMAX < t / QMAX
+
+
+def zero_point(scale: float, floor: float = 0.0) -> int:
+    """The uint8 zero point that puts ``floor`` (≤ 0) on the grid of ``scale``: the lowest
+    code is at or below it, and 0.0 stays exactly representable (zero padding)."""
+    if floor >= 0:
+        return 0
+    return int(min(UQMAX, np.ceil(-floor / scale - 1e-6)))
 
 
 def qbounds(unsigned: bool) -> tuple[int, int]:
@@ -55,11 +72,14 @@ def qbounds(unsigned: bool) -> tuple[int, int]:
     return (0, UQMAX) if unsigned else (-QMAX - 1, QMAX)
 
 
-def fake_quant(x, scale: float, unsigned: bool = False):
-    """``x`` (a torch tensor) rounded on the activation grid of ``scale``."""
+def fake_quant(x, scale: float, unsigned: bool = False, zero: int = 0):
+    """``x`` (a torch tensor) rounded on the activation grid of ``scale`` (uint8 codes are
+    offset by ``zero``)."""
     import torch
 
     lo, hi = qbounds(unsigned)
+    if zero:
+        return (torch.clamp(torch.round(x / scale) + zero, lo, hi) - zero) * scale
     return torch.clamp(torch.round(x / scale), lo, hi) * scale
 
 

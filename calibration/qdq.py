@@ -10,8 +10,10 @@ and .../quantized-types-explicit-quantization.html):
   pools or reshapes it: :func:`calibration.graph.nonnegative_tensors`) may instead be
   ``uint8`` with zero point 0, listed in ``QdqPlan.unsigned``: the same threshold on 255
   steps instead of 127, which halves the rounding step of most activations of a ReLU
-  network (ONNX Runtime's and NNCF's own choice for such tensors). TensorRT exports
-  calibrate with ``Int8Options(unsigned=False)``;
+  network (ONNX Runtime's and NNCF's own choice for such tensors). A tensor with a proven
+  floor below 0 (h-swish, SiLU: :mod:`calibration.bounds`) is ``uint8`` with the zero point
+  that puts the floor on the grid (``QdqPlan.floors``). TensorRT exports calibrate with
+  ``Int8Options(unsigned=False)``: every activation signed, zero point 0;
 * weights pre-quantized: an INT8 initializer followed by a ``DequantizeLinear`` with
   per-channel scales on the output-channel axis (K = axis 0 for Conv; the output
   column axis for Gemm / MatMul);
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import graph as g
+from . import methods
 from .graph import QuantTarget
 
 W_QMAX = 127
@@ -51,10 +54,15 @@ class QdqPlan:
     weight_scales: dict[str, np.ndarray] = field(default_factory=dict)  # weight name -> fixed per-channel scales
     residual: bool = True
     per_channel: bool = True   # False: one scale per weight tensor (a naive baseline)
-    unsigned: set[str] = field(default_factory=set)  # activations held as uint8 (zero point 0)
+    unsigned: set[str] = field(default_factory=set)  # activations held as uint8 (zero point 0, or see floors)
+    floors: dict[str, float] = field(default_factory=dict)  # uint8 tensors with a proven floor < 0 (bounds.py)
 
     def quantized(self) -> list[QuantTarget]:
         return [t for t in self.targets if t.node not in self.float_nodes]
+
+    def zero_point(self, tensor: str) -> int:
+        """The uint8 zero point of an activation (0 unless it has a floor below 0)."""
+        return methods.zero_point(self.act_scales[tensor], self.floors.get(tensor, 0.0)) if tensor in self.unsigned else 0
 
 
 def weight_scales(w: np.ndarray, axis: int, clip: np.ndarray | None = None) -> np.ndarray:
@@ -114,7 +122,7 @@ def build(model, plan: QdqPlan):
         sname, zname = f"{base}_qscale", f"{base}_qzero"
         zdtype = np.uint8 if t in plan.unsigned else np.int8
         new_inits.extend([nh.from_array(np.asarray(plan.act_scales[t], np.float32), sname),
-                          nh.from_array(np.asarray(0, zdtype), zname)])
+                          nh.from_array(np.asarray(plan.zero_point(t), zdtype), zname)])
         q = helper.make_node("QuantizeLinear", [t, sname, zname], [f"{base}_quantized"], name=f"{base}_QuantizeLinear")
         dq = helper.make_node("DequantizeLinear", [f"{base}_quantized", sname, zname], [dequantized_name(t)],
                               name=f"{base}_DequantizeLinear")

@@ -35,14 +35,14 @@ from edgekit.feeds import feeds_fingerprint, feeds_info, take
 from . import gate as gate_mod
 from . import graph as g
 from . import equalize as eq
-from . import methods, qdq, ranges
+from . import bounds, methods, qdq, ranges
 from .cache import CalibrationCache, make_key
 from .weights import calibrate_weights
 from .sensitivity import rank_layers
 from .stats import collect
 
 Feeds = Iterable[dict[str, np.ndarray]]
-CACHE_VERSION = 5  # 3: biases on the accumulator grid, the SQNR target; 4: uint8 activations; 5: their manifest list (2026-12-04)
+CACHE_VERSION = 6  # 3: biases on the accumulator grid, the SQNR target; 4: uint8 activations; 5: their manifest list (2026-12-04); 6: uint8 from a proven floor (h-swish, SiLU)
 DEFAULT_METHOD = "auto"
 
 
@@ -78,6 +78,7 @@ class Int8Options:
     absorb_bias: bool = False       # likewise
     range_feeds: int = 8
     unsigned: bool = True           # uint8 activations where the graph proves them >= 0 (qdq.py); False: TensorRT
+    floors: bool = True             # with unsigned: uint8 + zero point where the graph proves a floor < 0 (bounds.py)
 
     def __post_init__(self):
         methods.check_method(self.method)
@@ -159,14 +160,17 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     # 2-3. ranges, weight rounding, bias correction
     t0 = time.perf_counter()
     range_choices: dict[str, str] = {}
-    unsigned = g.nonnegative_tensors(model) & set(tensors) if options.unsigned else set()
+    unsigned, floors = _unsigned(model, tensors, options)
     if options.method == "auto":
         picked, range_choices = ranges.select(model, targets, stats, calib, max_feeds=options.range_feeds,
-                                              unsigned=unsigned)
+                                              unsigned=unsigned, floors=floors)
+        signed = {t for t, c in range_choices.items() if c.endswith(ranges.SIGNED)}
     else:
         picked = {t: methods.threshold(stats[t], options.method, options.percentile) for t in tensors}
-    act_scales = {t: methods.scale_for(th, t in unsigned) for t, th in picked.items()}
-    plan = qdq.QdqPlan(targets, act_scales, residual=options.residual, unsigned=unsigned)
+        signed = {t for t, f in floors.items() if not methods.floor_helps(picked[t], f)}
+    unsigned, floors = unsigned - signed, {t: f for t, f in floors.items() if t not in signed}
+    act_scales = {t: methods.scale_for(th, t in unsigned, floors.get(t, 0.0)) for t, th in picked.items()}
+    plan = qdq.QdqPlan(targets, act_scales, residual=options.residual, unsigned=unsigned, floors=floors)
     choices = calibrate_weights(model, plan, calib, max_feeds=options.weight_feeds, gptq=options.gptq,
                                 bias_correction=options.bias_correction, ls_target=options.ls_target,
                                 progress=_step(progress, "weights"))
@@ -245,6 +249,16 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     return _artifact(src, path, meta)
 
 
+def _unsigned(model, tensors: list[str], options: Int8Options) -> tuple[set[str], dict[str, float]]:
+    """The activations held as uint8, and the floors (< 0) of those that can go negative."""
+    if not options.unsigned:
+        return set(), {}
+    if not options.floors:
+        return g.nonnegative_tensors(model) & set(tensors), {}
+    lows = {t: b for t, b in bounds.lower_bounds(model).items() if t in set(tensors)}
+    return set(lows), {t: b for t, b in lows.items() if b < 0}
+
+
 def _scales(stats, tensors, method: str, percentile: float) -> dict[str, float]:
     return {t: methods.scale_for(methods.threshold(stats[t], method, percentile)) for t in tensors}
 
@@ -280,8 +294,9 @@ def _meta(model, targets, plan, options, stats, choices, first, final, steps, ra
         "method": options.method,
         "options": options.to_dict(),
         "scheme": {"weights": "int8 symmetric per-channel (axis: output channels)", "activations":
-                   "per-tensor, zero point 0: uint8 where never negative, else int8" if plan.unsigned
-                   else "int8 symmetric per-tensor", "zero_point": 0, "qdq_placement": "inputs of Conv/Gemm/MatMul",
+                   "per-tensor: uint8 where never negative (zero point 0) or above a proven floor (zero point "
+                   "from the floor), else int8 (zero point 0)" if plan.unsigned
+                   else "int8 symmetric per-tensor", "zero_point": "0 unless activation_floors", "qdq_placement": "inputs of Conv/Gemm/MatMul",
                    "residual_add_inputs_quantized": options.residual, "bias": "float"},
         "calibration": {**calib_info, "fingerprint": calib_fp, "statistics_samples":
                         min(calib_info["samples"], options.stats_feeds)},
@@ -291,8 +306,10 @@ def _meta(model, targets, plan, options, stats, choices, first, final, steps, ra
                    "int8_conv_fraction": round(1 - len(float_convs) / len(convs), 4) if convs else None},
         "float_layers": sorted(plan.float_nodes),
         "weight_rounding": {"counts": rounding, "gptq_layers": gptq_layers, "bias_corrected": len(plan.biases)},
-        "activation_ranges": {t: round(s * (methods.UQMAX if t in plan.unsigned else methods.QMAX), 6)
+        "activation_ranges": {t: round(s * (methods.UQMAX - plan.zero_point(t) if t in plan.unsigned else methods.QMAX), 6)
                               for t, s in sorted(plan.act_scales.items())},
+        "activation_floors": {t: {"floor": round(f, 6), "zero_point": plan.zero_point(t)}
+                              for t, f in sorted(plan.floors.items()) if t in {q.activation for q in plan.quantized()}},
         "unsigned_activations": sorted(plan.unsigned & {t.activation for t in plan.quantized()}),
         "gate": {"tolerance": options.gate.to_dict(), "top1_gated": options.gate.top1 is not None,
                  "passed": bool(final), "before": gate_mod.summary(first), "after": gate_mod.summary(final),

@@ -60,6 +60,9 @@ def clip_bound(model, tensor: str) -> float | None:
     return None if hi is None else float(hi)
 
 
+SIGNED = ", signed"   # a floored tensor's choice held on the symmetric grid (its label ends so)
+
+
 def candidates(stats: TensorStats) -> dict[str, float]:
     out = {}
     for name, p in CANDIDATES:
@@ -69,10 +72,12 @@ def candidates(stats: TensorStats) -> dict[str, float]:
 
 
 def select(model, targets, stats: dict[str, TensorStats], feeds: Iterable[dict[str, np.ndarray]],
-           max_feeds: int = 8, unsigned: frozenset[str] | set[str] = frozenset()
-           ) -> tuple[dict[str, float], dict[str, str]]:
+           max_feeds: int = 8, unsigned: frozenset[str] | set[str] = frozenset(),
+           floors: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, str]]:
     """(tensor → threshold, tensor → chosen candidate) for every activation in ``targets``;
-    a tensor in ``unsigned`` is scored on the uint8 grid it will have."""
+    a tensor in ``unsigned`` is scored on the uint8 grid it will have (from its floor in
+    ``floors`` where it has one below 0)."""
+    floors = floors or {}
     tensors = sorted({t.activation for t in targets})
     thresholds: dict[str, float] = {}
     chosen: dict[str, str] = {}
@@ -98,7 +103,12 @@ def select(model, targets, stats: dict[str, TensorStats], feeds: Iterable[dict[s
             if bound is not None:
                 cands = {k: min(v, bound) for k, v in cands.items()}
             refs = [op(x) for op in ops[t]]
-            errs = {label: output_error(ops[t], x, th, refs, t in unsigned) for label, th in cands.items()}
+            errs = {label: output_error(ops[t], x, th, refs, t in unsigned, floors.get(t, 0.0))
+                    for label, th in cands.items()}
+            if t in floors:   # the floor's uint8 grid, or the symmetric one where it is finer (T < |floor|)
+                signed = {f"{label}{SIGNED}": th for label, th in cands.items()}
+                errs.update({label: output_error(ops[t], x, th, refs) for label, th in signed.items()})
+                cands.update(signed)
             # within TIE of the least error, the widest range: clipping error grows on photos that
             # calibration did not see, rounding error does not
             least = min(errs.values())
@@ -128,10 +138,13 @@ def activations(model, tensors: list[str], feeds) -> dict[str, np.ndarray]:
     return {t: np.concatenate(v, axis=0).astype(np.float32) for t, v in acts.items()}
 
 
-def output_error(ops, x: torch.Tensor, threshold: float, refs=None, unsigned: bool = False) -> float:
+def output_error(ops, x: torch.Tensor, threshold: float, refs=None, unsigned: bool = False,
+                 floor: float = 0.0) -> float:
     """Relative squared error at the consumers' outputs when ``x`` is rounded on the INT8 grid
-    of ``threshold`` (signed, or uint8 for an ``unsigned`` tensor; summed over consumers)."""
-    xq = methods.fake_quant(x, methods.scale_for(threshold, unsigned), unsigned)
+    of ``threshold`` (signed, or uint8 for an ``unsigned`` tensor, from ``floor``; summed over
+    consumers)."""
+    scale = methods.scale_for(threshold, unsigned, floor)
+    xq = methods.fake_quant(x, scale, unsigned, methods.zero_point(scale, floor) if unsigned else 0)
     refs = refs if refs is not None else [op(x) for op in ops]
     return sum(float(((op(xq) - r) ** 2).sum() / max(float((r ** 2).sum()), 1e-30)) for op, r in zip(ops, refs))
 

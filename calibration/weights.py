@@ -127,8 +127,8 @@ def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray
                 x = torch.from_numpy(np.array(acts[t.activation], np.float32))
                 s = plan.act_scales.get(t.activation)
                 if t.activation not in rounded:
-                    rounded[t.activation] = (methods.fake_quant(x, s, t.activation in plan.unsigned)
-                                             if s else x)
+                    rounded[t.activation] = (methods.fake_quant(x, s, t.activation in plan.unsigned,
+                                                                plan.zero_point(t.activation)) if s else x)
                 p, ph = _patches(nodes[t.node], x), _patches(nodes[t.node], rounded[t.activation])
                 if p.shape[-1] > MAX_POSITIONS:
                     keep = torch.randperm(p.shape[-1], generator=gen)[:MAX_POSITIONS]
