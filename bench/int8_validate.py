@@ -8,7 +8,9 @@ Variants (all on the same FP32 ONNX, calibration and held-out feeds, see bench/i
   cross-layer equalization; output-aware rounding and bias correction as before);
 * ``after``: the defaults (ranges chosen per tensor by output error; CLE is off by default);
 * ``after_fallback`` (``--fallback``): the defaults plus the float fallback the pipeline
-  runs for trained weights.
+  runs for trained weights;
+* ``no_floors``: the defaults without the uint8 grids from proven floors (h-swish, SiLU
+  outputs held symmetric, as before 2026-12-05; ReLU networks are the same either way).
 
 The float fallback is off in the first two so the figures show what the methods alone do.
 Scores: top-1 agreement with FP32, top-1 on confident crops (FP32 softmax top-1 minus top-2
@@ -35,6 +37,7 @@ VARIANTS = {
     "cle_only": dict(method="mse", fallback=False),
     "ranges_only": dict(equalize=False, fallback=False),
     "cle_relu6": dict(equalize_relu6=True, absorb_bias=True, fallback=False),
+    "no_floors": dict(floors=False, fallback=False),   # h-swish/SiLU outputs on the symmetric grid (before 2026-12-05)
 }
 
 
