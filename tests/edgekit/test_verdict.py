@@ -243,9 +243,11 @@ def test_a_rewrite_that_costs_more_than_half_a_db_is_rejected_on_trained_weights
     src, fs, qdq, ort = swish_stages
     ctx = SimpleNamespace(fp32_source=src, heldout_feeds=fs.heldout, trained=True,
                           request=SimpleNamespace(weights=None, pretrained=True))
-    # a rewrite that moves the numbers a little: one scale 0.02 % off
+    # a rewrite that moves the numbers a little: one scale 0.02 % off (its cost may come out on
+    # either side of 0 by rounding ties; it is small and the form is delivered)
     ok = rewrite_cost(ctx, qdq.path, last_activation_scale_times(qdq.path, 1.0002, tmp_path / "close.onnx"))
-    assert not ok["rejected"] and 0 < ok["cost_db"] <= verdict.REWRITE_MAX_COST_DB, ok
+    assert ok["sqnr_db_rewrite"] != ok["sqnr_db_shared"], ok
+    assert not ok["rejected"] and abs(ok["cost_db"]) <= verdict.REWRITE_MAX_COST_DB, ok
     # a rewrite that loses accuracy: the classifier input's scale off by 10%
     worse = last_activation_scale_times(ort.path, 1.1, tmp_path / "worse.onnx")
     bad = rewrite_cost(ctx, qdq.path, worse)
