@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import inspect
 from itertools import islice
@@ -51,20 +52,49 @@ ACTIVATION_OBSERVER = "min_max"
 QUIET = ("coremltools", "torch.jit", "torch.fx", "torch.ao", "root")
 
 
+def _reads_training(m) -> bool:
+    """Whether ``m``'s class (outside ``torch.nn``) branches on ``self.training`` in ``forward``."""
+    cls = type(m)
+    if cls.__module__.startswith("torch."):
+        return False
+    try:
+        return "self.training" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+
+
 def training_dependent_modules(model) -> list[str]:
     """Parameter-free modules outside ``torch.nn`` whose ``forward`` reads ``self.training``."""
-    names = []
-    for name, m in model.named_modules():
-        cls = type(m)
-        if not name or cls.__module__.startswith("torch.") or any(True for _ in m.parameters(recurse=True)):
-            continue
-        try:
-            src = inspect.getsource(cls.forward)
-        except (OSError, TypeError):
-            continue
-        if "self.training" in src:
-            names.append(name)
-    return names
+    return [name for name, m in model.named_modules()
+            if name and not any(True for _ in m.parameters(recurse=True)) and _reads_training(m)]
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_branch(cls):
+    """``cls`` whose ``training`` always reads False (``train()`` cannot set it)."""
+    return type(cls.__name__, (cls,), {"training": property(lambda self: False, lambda self, value: None),
+                                       "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+
+
+def pin_eval_branches(model):
+    """A copy of ``model`` in which each module *with* parameters whose ``forward`` branches on
+    ``self.training`` always takes its eval branch, and their names; ``model`` itself when none.
+
+    ``LinearQuantizer.prepare`` traces in training mode, so GoogLeNet's and Inception-v3's
+    forward (auxiliary heads and a tuple of logits in training, one tensor in eval) was traced
+    with three outputs, and the Core ML conversion of the result failed ("Number of outputs
+    provided, 1, do not match the number of outputs detected in the model, 3"). Such a module
+    cannot be a leaf of the trace (its convolutions must be quantized), so its class is swapped
+    for one whose ``training`` is always False; its children still switch modes as before."""
+    names = [name for name, m in model.named_modules()
+             if any(True for _ in m.parameters(recurse=True)) and _reads_training(m)]
+    if not names:
+        return model, []
+    model = copy.deepcopy(model)
+    for name in names:
+        m = model.get_submodule(name)
+        m.__class__ = _eval_branch(type(m))
+    return model, names
 
 
 def _static_pad(conv) -> tuple[int, ...] | None:
@@ -130,6 +160,7 @@ def quantize_w8a8(model, args, calib: Feeds, inputs: tuple[InputSpec, ...], max_
     from coremltools.optimize.torch.quantization import LinearQuantizer, LinearQuantizerConfig
 
     model, padded = standardize_padded_convs(model.eval())
+    model, pinned_eval = pin_eval_branches(model)
     leaves = training_dependent_modules(model)
     # min_max, not the default moving average (averaging constant 0.01, which mostly keeps the
     # first image's range): pretrained Lite0 fake-quant top-1 vs FP32 on 60 held-out photos
@@ -160,7 +191,7 @@ def quantize_w8a8(model, args, calib: Feeds, inputs: tuple[InputSpec, ...], max_
     meta = {"mode": "w8a8", "api": "coremltools.optimize.torch.quantization.LinearQuantizer",
             "scheme": "symmetric int8 per-channel weights, uint8/int8 activations (zero point 0 or 128)",
             "milestones": W8A8_MILESTONES, "activation_observer": ACTIVATION_OBSERVER, "calibration_rows": rows,
-            "kept_as_modules": leaves, "padded_convs_rewritten": padded,
+            "kept_as_modules": leaves, "eval_branch_pinned": pinned_eval, "padded_convs_rewritten": padded,
             "weights": "edgekit calibration" if layers else "coremltools observers (nearest rounding)"}
     if layers:
         quantized = sum(1 for l in layers.values() if l.quantized)

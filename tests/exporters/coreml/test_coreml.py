@@ -284,3 +284,46 @@ def test_macos_runtime_parity(small_package):  # pragma: no cover - macOS only
     assert runner.name == "coreml-macos-CPU_ONLY"
     comp = compare(ctx.model, art, runner, ctx.heldout_feeds, Tolerance(max_abs=1e-3, cosine=0.9999))
     assert comp.passed, comp.failures
+
+
+def test_int8_of_a_network_with_training_only_outputs(tmp_path):
+    """GoogLeNet and Inception-v3 return auxiliary logits in training mode only. LinearQuantizer
+    traces in training mode; the trace took that branch, and the three-output module failed to
+    convert. Their eval branch is pinned for the trace (exporters/coreml/quant.py)."""
+    import torch
+    from torch import nn
+
+    from edgekit.specs import InputSpec
+    from exporters.coreml.convert import build_package
+    from exporters.coreml.quant import pin_eval_branches
+
+    class AuxNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU())
+            self.aux = nn.Linear(8, 4)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.conv(x).mean((2, 3))
+            if self.training:
+                return self.fc(x), self.aux(x)
+            return self.fc(x)
+
+    torch.manual_seed(0)
+    net = AuxNet().eval()
+    pinned, names = pin_eval_branches(net)
+    assert names == [""] and pinned is not net and type(net) is AuxNet   # the caller's model is untouched
+    pinned.train()
+    assert pinned.conv[1].training and isinstance(pinned(torch.zeros(2, 3, 16, 16)), torch.Tensor)
+    spec = InputSpec("input", (1, 3, 16, 16))
+    rng = np.random.default_rng(0)
+    calib = [{"input": rng.standard_normal(spec.shape).astype(np.float32)} for _ in range(4)]
+    meta, module = build_package(net, (spec,), ("logits",), tmp_path / "aux.mlpackage", "int8", "iOS17", calib=calib)
+    assert meta["quantization"]["eval_branch_pinned"] == [""]
+    x = torch.from_numpy(calib[0]["input"])
+    with torch.no_grad():
+        out, ref = module.eval()(x), net(x)
+    assert isinstance(out, torch.Tensor) and out.shape == ref.shape
+    assert float(torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)) > 0.99
+    assert (tmp_path / "aux.mlpackage").is_dir()
