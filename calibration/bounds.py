@@ -14,6 +14,8 @@ be undercut by another photo, and the grid would then clip it.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import graph as g
@@ -25,18 +27,19 @@ GATES = ("Sigmoid", "HardSigmoid")   # outputs in [0, 1]
 HARDSWISH_FLOOR = -0.375             # x · relu6(x + 3) / 6 at x = −1.5
 
 
-def _gate(x: np.ndarray, node) -> np.ndarray:
-    if node.op_type == "Sigmoid":
-        return 1.0 / (1.0 + np.exp(-x))
-    alpha, beta = float(g.attr(node, "alpha", 0.2)), float(g.attr(node, "beta", 0.5))
-    return np.clip(alpha * x + beta, 0.0, 1.0)
-
-
 def self_gated_floor(gate_node) -> float | None:
     """min over x of ``x · gate(x)`` (SiLU: −0.27846; x · hardsigmoid(x): −0.375), found on a
     fine grid and lowered by a margin larger than the grid's error; None when it is unbounded."""
+    if gate_node.op_type == "Sigmoid":
+        return _floor_of("Sigmoid", 0.0, 0.0)
+    return _floor_of("HardSigmoid", float(g.attr(gate_node, "alpha", 0.2)), float(g.attr(gate_node, "beta", 0.5)))
+
+
+@functools.lru_cache(maxsize=None)
+def _floor_of(op: str, alpha: float, beta: float) -> float | None:
+    """One grid search per gate kind (a network has dozens of identical SiLUs)."""
     x = np.linspace(-64.0, 0.0, 1 << 20)
-    y = x * _gate(x, gate_node)
+    y = x * (1.0 / (1.0 + np.exp(-x)) if op == "Sigmoid" else np.clip(alpha * x + beta, 0.0, 1.0))
     if y[0] < y.min() + 1e-9 and y[0] < -1e-3:   # still falling at the grid's end: no floor found
         return None
     return float(y.min()) * (1 + 1e-4) - 1e-7
@@ -68,13 +71,13 @@ def lower_bounds(model) -> dict[str, float]:
         elif op == "Concat" and n.input and all(i in bounds for i in n.input if i):
             bounds[out] = min(bounds[i] for i in n.input if i)
         elif op == "Mul" and len(n.input) == 2:
-            floor = _mul_floor(n.input[0], n.input[1], bounds, unit, prod, inits)
+            floor = _mul_floor(n.input[0], n.input[1], bounds, unit, prod)
             if floor is not None:
                 bounds[out] = floor
     return bounds
 
 
-def _mul_floor(a: str, b: str, bounds: dict[str, float], unit: set[str], prod, inits) -> float | None:
+def _mul_floor(a: str, b: str, bounds: dict[str, float], unit: set[str], prod) -> float | None:
     for x, gate in ((a, b), (b, a)):
         p = prod.get(gate)
         if p is not None and p.op_type in GATES and p.input and p.input[0] == x:

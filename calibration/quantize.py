@@ -255,7 +255,8 @@ def _unsigned(model, tensors: list[str], options: Int8Options) -> tuple[set[str]
         return set(), {}
     if not options.floors:
         return g.nonnegative_tensors(model) & set(tensors), {}
-    lows = {t: b for t, b in bounds.lower_bounds(model).items() if t in set(tensors)}
+    wanted = set(tensors)
+    lows = {t: b for t, b in bounds.lower_bounds(model).items() if t in wanted}
     return set(lows), {t: b for t, b in lows.items() if b < 0}
 
 
@@ -284,6 +285,7 @@ def _brief(s: dict) -> str:
 def _meta(model, targets, plan, options, stats, choices, first, final, steps, ranking, baselines,
           calib_info, held_info, calib_fp, held_fp) -> dict[str, Any]:
     convs = [t for t in targets if t.op in ("Conv", "ConvTranspose")]
+    read_int8 = {t.activation for t in plan.quantized()}
     float_convs = [t for t in convs if t.node in plan.float_nodes]
     gptq_layers = sorted(n for n, c in choices.items() if c.startswith("gptq"))
     rounding = {}
@@ -309,8 +311,8 @@ def _meta(model, targets, plan, options, stats, choices, first, final, steps, ra
         "activation_ranges": {t: round(s * (methods.UQMAX - plan.zero_point(t) if t in plan.unsigned else methods.QMAX), 6)
                               for t, s in sorted(plan.act_scales.items())},
         "activation_floors": {t: {"floor": round(f, 6), "zero_point": plan.zero_point(t)}
-                              for t, f in sorted(plan.floors.items()) if t in {q.activation for q in plan.quantized()}},
-        "unsigned_activations": sorted(plan.unsigned & {t.activation for t in plan.quantized()}),
+                              for t, f in sorted(plan.floors.items()) if t in read_int8},
+        "unsigned_activations": sorted(plan.unsigned & read_int8),
         "gate": {"tolerance": options.gate.to_dict(), "top1_gated": options.gate.top1 is not None,
                  "passed": bool(final), "before": gate_mod.summary(first), "after": gate_mod.summary(final),
                  "fallback": steps},
