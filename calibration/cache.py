@@ -50,9 +50,12 @@ class CalibrationCache:
         except (OSError, json.JSONDecodeError):
             return None
 
-    def store(self, key: str, model: Path, meta: dict[str, Any]) -> Path:
+    def store(self, key: str, model: Path, meta: dict[str, Any], extras: dict[str, Path] | None = None) -> Path:
+        """The entry: the model, its meta and ``extras`` (file name → file; spare fallback steps)."""
         def fill(tmp: Path) -> None:
             shutil.copyfile(model, tmp / "model.onnx")
+            for name, f in (extras or {}).items():
+                shutil.copyfile(f, tmp / name)
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json))
         return self._atomic(self.root / "result" / key, fill)
 

@@ -35,7 +35,7 @@ from edgekit.feeds import feeds_fingerprint, feeds_info, take
 from . import gate as gate_mod
 from . import graph as g
 from . import equalize as eq
-from . import bounds, methods, qdq, ranges
+from . import bounds, methods, qdq, ranges, spares
 from .cache import CalibrationCache, make_key
 from .weights import calibrate_weights
 from .sensitivity import rank_layers
@@ -79,6 +79,7 @@ class Int8Options:
     range_feeds: int = 8
     unsigned: bool = True           # uint8 activations where the graph proves them >= 0 (qdq.py); False: TensorRT
     floors: bool = True             # with unsigned: uint8 + zero point where the graph proves a floor < 0 (bounds.py)
+    spare_steps: int = 0            # when the gate passes: also write the next N fallback steps (spares.py)
 
     def __post_init__(self):
         methods.check_method(self.method)
@@ -105,8 +106,11 @@ class Int8Options:
 
 def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, options: Int8Options | None = None,
                   log: Callable[[str], None] = print,
-                  progress: Callable[[str, int, int], None] | None = None) -> Artifact:
-    """Calibrate ``src`` (an FP32 ONNX stage) and write the Q/DQ ONNX to ``path``."""
+                  progress: Callable[[str, int, int], None] | None = None,
+                  spare_dir: Path | None = None) -> Artifact:
+    """Calibrate ``src`` (an FP32 ONNX stage) and write the Q/DQ ONNX to ``path``. With
+    ``options.spare_steps`` and ``spare_dir``: the next fallback steps past a passed gate go to
+    ``spare_dir`` too (:mod:`calibration.spares`)."""
     options = options or Int8Options()
     path = Path(path)
     t_start = time.perf_counter()
@@ -120,6 +124,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
             model_path, meta = hit
             log(f"reusing calibration cache {model_path.parent} (same model, feeds, method and options)")
             shutil.copyfile(model_path, path)
+            spares.restore(meta, model_path.parent, spare_dir)
             meta["cache"] = {"hit": True, "key": key, "dir": str(model_path.parent)}
             return _artifact(src, path, meta)
 
@@ -215,6 +220,15 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
                 log(f"INT8 gate cannot pass with at most {max_float} of {len(targets)} layers in float "
                     f"({options.max_float_fraction:.0%}); keeping the best step ({len(floats)} in float: "
                     f"{gate_mod.describe(final)}); the artifact is written, the gate is marked failed")
+        spare = []
+        if final and options.fallback and options.spare_steps > 0 and spare_dir is not None:
+            if not ranking:
+                ranking = rank_layers(model, plan, calib, max_feeds=options.sensitivity_feeds,
+                                      progress=_step(progress, "sensitivity"))
+            spare = spares.write(model, plan, ranking, options.spare_steps, max_float, work)
+            if spare:
+                log(f"spare fallback steps (used if a target's artifact misses the bar): "
+                    f"{', '.join(d['float_added'] for d in spare)}")
         timings["gate"] = time.perf_counter() - t0
 
         baselines = {}
@@ -230,12 +244,16 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
                 log(f"baseline {name.replace('_', ' ')}: {_brief(baselines[name])}")
             timings["baselines"] = time.perf_counter() - t0
         shutil.copyfile(candidate, path)
+        if spare:
+            spares.restore({"spares": spare}, work, spare_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     meta = _meta(model, targets, plan, options, stats, choices, first, final, steps, ranking, baselines,
                  calib_info, held_info, calib_fp, held_fp)
     meta["equalization"] = equalized
+    if spare:
+        meta["spares"] = spare
     if range_choices:
         counts: dict[str, int] = {}
         for c in range_choices.values():
@@ -245,7 +263,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     meta["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     meta["cache"] = {"hit": False, "key": key, "dir": str(cache.root / "result" / key) if options.use_cache else None}
     if options.use_cache:
-        cache.store(key, path, meta)
+        cache.store(key, path, meta, {d["file"]: spare_dir / d["file"] for d in spare})
     return _artifact(src, path, meta)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from .errors import ExportError, UsageError
 from .recheck import user_ref_sha256
 from .specs import InputSpec, check_precision
 from .verdict import apply_yardstick, calibration_target, gate_tolerance, quantization_tolerance, top1_note
+
+# Spare fallback steps the calibration writes past a passed gate (trained weights), taken one at a
+# time when the delivered artifact misses the bar its Q/DQ graph met (edgekit/retry.py).
+SPARE_STEPS = 2
 
 
 @dataclass
@@ -164,7 +169,7 @@ def parity_feeds(res: Resolved, request: ExportRequest, console: Console | None 
 
 
 def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Path, stem: str,
-                 console: Console) -> list[Artifact]:
+                 console: Console, spare_dir: Path | None = None) -> list[Artifact]:
     from .targets import get_target
 
     onnx = get_target("onnx")  # the shared ONNX stages are the ONNX target's work
@@ -208,6 +213,7 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
         opts = Int8Options(tolerance=calibration_target(gate), gate_top1=trained, fallback=trained,
                            yardstick_top1=None if yard is None else round(yard["top1"], 4),
                            unsigned=not target.signed_activations,
+                           spare_steps=SPARE_STEPS if trained and request.parity else 0,
                            **({"method": request.calib_method} if request.calib_method else {}))
         if feeds.bundled:
             console.warn("calibrating on edgekit's bundled photos: production INT8 needs your own data (--calib DIR)")
@@ -216,7 +222,7 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
                          "trained weights would quantize; pass --pretrained or --weights)")
         with console.step(f"INT8 calibration + Q/DQ ({feeds.calib.source})") as d:
             stages.append(quantize_int8(stages[-1], work / f"{stem}.int8.onnx", feeds.calib, feeds.heldout, opts,
-                                        log=console.info))
+                                        log=console.info, spare_dir=spare_dir))
             lay, gate = stages[-1].meta.get('layers', {}), stages[-1].meta.get('gate', {})
             verdict = ("not assessed (untrained weights)" if not trained
                        else "passed" if gate.get("passed") else "FAILED")
@@ -237,7 +243,8 @@ class _Clean(list):
 
 
 def export(request: ExportRequest, console: Console | None = None) -> ExportResult:
-    from .parity import reference_outputs, run_parity
+    from . import retry
+    from .parity import reference_outputs
     from .targets import get_target
     from .torch_runner import TorchRunner, fp32_rounding_error
 
@@ -258,11 +265,13 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     feeds = parity_feeds(res, request, console)
     floor = fp32_rounding_error(res.model, res.inputs, feeds.heldout) if request.parity else 0.0
     tol = tolerance_fn(res.spec, request, bool(res.weights.trained), floor)
-    with atomic_dir(out, overwrite=request.force, log=console) as work:
+    with atomic_dir(out, overwrite=request.force, log=console) as work, \
+            tempfile.TemporaryDirectory(prefix="edgekit-spares-") as spare_tmp:
         stages: list[Artifact] = []
+        spare_dir = Path(spare_tmp)
         if target.source == "onnx" or not target.handles_precision(request):
             # a torch-fed target that reuses the shared calibration gets the Q/DQ stage too
-            stages += _onnx_stages(res, request, target, feeds, work, stem, console)
+            stages += _onnx_stages(res, request, target, feeds, work, stem, console, spare_dir)
         lint = target.lint(stages[-1]) if stages else []
         errors = [p for p in lint if p.get("level") == "error"]
         if errors and not request.dry_run:
@@ -270,30 +279,34 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
             raise ExportError("lint", f"{len(errors)} problem(s) for {target.name}; first: node "
                               f"'{first.get('node')}': {first.get('message')}",
                               hint="run 'edgekit export ... --dry-run' to see the full lint report")
-        if not request.dry_run and target.builds_artifact(request):
-            fp32 = [s for s in stages if s.precision == "fp32"]
-            ctx = ExportContext(request=request, spec=res.spec, model=res.model, inputs=res.inputs,
-                                source=stages[-1] if stages else None, calib_feeds=feeds.calib,
-                                heldout_feeds=feeds.heldout, log=console.info, warn=console.warn, stem=stem,
-                                fp32_source=fp32[-1] if fp32 else None)
-            with console.step(f"build {target.name} artifact") as d:
-                art = target.export(ctx, work)
-                d["summary"] = f"{art.format}, {art.size_bytes / 1e6:.1f} MB"
-            stages.append(art)
-        comps: list[Comparison] = []
-        stability = None
+        reference = pairs = stability = None
         if request.parity:
-            runners = [(s, get_target(s.target).open(s, device=stage_device(s, request), threads=request.threads))
-                       for s in stages]
-            with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
+            with console.step(f"torch reference on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
                 reference = TorchRunner(res.model, res.inputs, stages[0].outputs if stages else ("output",))
                 pairs = reference_outputs(reference, feeds.heldout)
-                comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
             stability = _stability(res, request, reference, pairs, console)
-            if request.arch:
-                from .arm.compare import hook as arm_hook
+        qdq_at = next((i for i, s in enumerate(stages) if s.stage == "qdq"), None)
+        spare = []
+        if qdq_at is not None and request.parity:
+            from calibration import spares
 
-                comps += arm_hook(stages, pairs, tol, request, console, feeds.heldout.source)
+            spare = spares.stages(stages[qdq_at], spare_dir)
+        for attempt in range(1, len(spare) + 2):
+            seen = len(console.warnings)
+            stages = _build(stages, res, request, target, feeds, work, stem, console)
+            comps = _parity(stages, request, feeds, tol, reference, pairs, stability, console)
+            why = retry.reason(comps) if spare and not request.dry_run else None
+            if why is None:
+                break
+            nxt = spare.pop(0)
+            console.warn(f"{why}: taking the calibration's next fallback step "
+                         f"({nxt.meta['spare_step']['float_added']} in float too) and rebuilding")
+            retry.superseded(console.warnings, seen, attempt)
+            stages = retry.swap(stages, qdq_at, nxt, work, get_target("onnx").pruned)
+        if request.parity and request.arch:
+            from .arm.compare import hook as arm_hook
+
+            comps += arm_hook(stages, pairs, tol, request, console, feeds.heldout.source)
             apply_yardstick(comps, stability)
         latency = _latency(stages, res, request, feeds, console) if (request.bench and stages) else None
         model_info = {**res.spec.summary(), "alias": res.alias, "weights": res.weights.to_dict(),
@@ -309,6 +322,38 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
         manifest.write(work)
     manifest = Manifest.read(out)
     return ExportResult(out=Path(out).resolve(), manifest=manifest, comparisons=comps, latency=latency, lint=lint)
+
+
+def _build(stages: list[Artifact], res: Resolved, request: ExportRequest, target, feeds, work: Path, stem: str,
+           console: Console) -> list[Artifact]:
+    """``stages`` with the target's artifact appended (when it builds one)."""
+    if request.dry_run or not target.builds_artifact(request):
+        return stages
+    fp32 = [s for s in stages if s.precision == "fp32"]
+    ctx = ExportContext(request=request, spec=res.spec, model=res.model, inputs=res.inputs,
+                        source=stages[-1] if stages else None, calib_feeds=feeds.calib,
+                        heldout_feeds=feeds.heldout, log=console.info, warn=console.warn, stem=stem,
+                        fp32_source=fp32[-1] if fp32 else None)
+    with console.step(f"build {target.name} artifact") as d:
+        art = target.export(ctx, work)
+        d["summary"] = f"{art.format}, {art.size_bytes / 1e6:.1f} MB"
+    return [*stages, art]
+
+
+def _parity(stages: list[Artifact], request: ExportRequest, feeds, tol, reference, pairs, stability,
+            console: Console) -> list[Comparison]:
+    """Every stage against the torch reference's ``pairs`` (and its fidelity), with the yardstick."""
+    from .parity import run_parity
+    from .targets import get_target
+
+    if not request.parity:
+        return []
+    runners = [(s, get_target(s.target).open(s, device=stage_device(s, request), threads=request.threads))
+               for s in stages]
+    with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
+        comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
+    apply_yardstick(comps, stability)
+    return comps
 
 
 def _default_out(request: ExportRequest, target) -> Path | None:

@@ -266,6 +266,40 @@ def test_failing_gate_keeps_layers_in_float_until_it_passes(tiny, tmp_path):
     assert art2.meta["gate"]["passed"] is False and len(art2.meta["float_layers"]) == 1
 
 
+def test_spare_steps_continue_the_fallback_past_a_passed_gate(tiny, tmp_path):
+    """calibration/spares.py: the next fallback steps, written beside a passed gate and restored
+    from the cache, each one more layer of the ranking in float."""
+    from calibration import spares
+
+    src, fs = tiny
+    opts = fast(max_float_fraction=0.6, spare_steps=2, cache_dir=tmp_path / "cache")  # 6 layers: 3 may be float
+    logs = []
+    art = quantize_int8(src, tmp_path / "a.onnx", fs.calib, fs.heldout, opts, log=logs.append,
+                        spare_dir=tmp_path / "s1")
+    assert art.meta["gate"]["passed"] and art.meta["float_layers"] == []
+    sp = art.meta["spares"]
+    assert [len(d["float_layers"]) for d in sp] == [1, 2] and sp[1]["float_added"] not in sp[0]["float_layers"]
+    assert [d["float_added"] for d in sp] == [r["node"] for r in art.meta["sensitivity"][:2]]  # the ranking's order
+    assert any("spare fallback steps" in line for line in logs)
+    staged = spares.stages(art, tmp_path / "s1")
+    assert [s.meta["layers"]["int8"] for s in staged] == [5, 4]
+    assert all(s.meta["gate"]["fallback"][-1]["spare"] for s in staged) and "spares" not in staged[0].meta
+    ref = run_outputs(src.path, fs.heldout)
+    for s in staged:
+        m = onnx.load(str(s.path))
+        node = next(n for n in m.graph.node if n.name == s.meta["spare_step"]["float_added"])
+        assert node.input[1] in {t.name for t in m.graph.initializer}   # its float weights, no DQ
+        assert score(s.path, fs.heldout, ref, Tolerance(cosine=0.98)).primary().cosine > 0.98
+    # a cache hit restores them; without a folder there are none
+    again = quantize_int8(src, tmp_path / "b.onnx", fs.calib, fs.heldout, opts, log=lambda m: None,
+                          spare_dir=tmp_path / "s2")
+    assert again.meta["cache"]["hit"] and [p.path.read_bytes() for p in spares.stages(again, tmp_path / "s2")] == \
+        [p.path.read_bytes() for p in staged]
+    none = quantize_int8(src, tmp_path / "c.onnx", fs.calib, fs.heldout, fast(spare_steps=2, use_cache=False),
+                         log=lambda m: None)
+    assert "spares" not in none.meta
+
+
 def test_cache_reuses_the_calibrated_model(tiny, tmp_path):
     src, fs = tiny
     opts = fast(cache_dir=tmp_path / "cache")

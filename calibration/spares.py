@@ -1,0 +1,90 @@
+"""Spare fallback steps: the Q/DQ graphs one and two float layers past a passed gate.
+
+The calibration gate judges the shared Q/DQ graph as ONNX Runtime runs it. A target then
+executes that graph its own way (OpenVINO's fused kernels) or re-encodes it (the ONNX Runtime
+form, ExecuTorch's and Core ML's own quantization points), and each moves the logits a little:
+on a trained network whose shared graph passes by one held-out sample, that is enough to flip a
+near-tie or two and fail the delivered artifact (torchvision's MobileNetV2 on OpenVINO: shared
+graph 95.5 %, IR 94.0 % against a 95.0 % bar). So, when asked, :func:`quantize_int8` also
+writes the next ``spare_steps`` steps of the same fallback: the same calibration, ranges and
+rounding, with the next most INT8-sensitive layers of its ranking in float, within the same
+float budget. The pipeline (edgekit/retry.py) swaps one in only when the delivered artifact fails
+its quantization check while the shared graph passed and the runtime's fidelity held; it never
+re-calibrates and never chooses on anything but the export's own gate.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgekit.artifact import Artifact
+
+from . import graph as g
+from . import qdq
+
+
+def write(model, plan: qdq.QdqPlan, ranking, steps: int, max_float: int, work: Path) -> list[dict[str, Any]]:
+    """Write up to ``steps`` spare graphs to ``work`` (``spare1.onnx``, ...), each with one more
+    layer of ``ranking`` in float than the last, never past ``max_float`` float layers."""
+    floats, out = set(plan.float_nodes), []
+    read = {t.activation for t in plan.quantized()}
+    for s in ranking:
+        if len(out) >= steps or len(floats) >= max_float:
+            break
+        if s.node in floats:
+            continue
+        floats.add(s.node)
+        spare = replace(plan, float_nodes=set(floats))
+        name = f"spare{len(out) + 1}.onnx"
+        g.onnx_mod().save(qdq.build(model, spare), str(work / name))
+        out.append({"file": name, "float_added": s.node, "layer_sqnr_db": round(s.sqnr_db, 2),
+                    "float_layers": sorted(floats),
+                    "float_activations": sorted(read - {t.activation for t in spare.quantized()}),
+                    "layers": _layers(plan.targets, floats)})
+    return out
+
+
+def _layers(targets, floats: set[str]) -> dict[str, Any]:
+    """The ``layers`` counts of the quantize meta for a plan with ``floats`` in float."""
+    convs = [t for t in targets if t.op in ("Conv", "ConvTranspose")]
+    float_convs = sum(t.node in floats for t in convs)
+    return {"int8": len(targets) - len(floats), "int8_convs": len(convs) - float_convs,
+            "int8_conv_fraction": round(1 - float_convs / len(convs), 4) if convs else None}
+
+
+def restore(meta: dict[str, Any], src_dir: Path, dest: Path | None) -> None:
+    """Copy the spare files ``meta`` lists from ``src_dir`` (a cache entry, a work folder) to ``dest``."""
+    if dest is None:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for d in meta.get("spares") or []:
+        f = Path(src_dir) / d["file"]
+        if f.is_file() and f.resolve() != (dest / d["file"]).resolve():
+            shutil.copyfile(f, dest / d["file"])
+
+
+def stages(art: Artifact, spare_dir: Path) -> list[Artifact]:
+    """The spare steps of the Q/DQ stage ``art`` as stages of their own (missing files skipped).
+    Each one's meta is ``art``'s with its float layers, its layer counts and the step recorded."""
+    out = []
+    for d in (art.meta or {}).get("spares") or []:
+        f = Path(spare_dir) / d["file"]
+        if not f.is_file():
+            continue
+        meta = copy.deepcopy({k: v for k, v in art.meta.items() if k != "spares"})
+        meta["float_layers"] = list(d["float_layers"])
+        gone = set(d.get("float_activations") or [])
+        if "unsigned_activations" in meta:
+            meta["unsigned_activations"] = [t for t in meta["unsigned_activations"] if t not in gone]
+        if "activation_floors" in meta:
+            meta["activation_floors"] = {t: v for t, v in meta["activation_floors"].items() if t not in gone}
+        meta.setdefault("layers", {}).update(d.get("layers") or {})
+        meta.setdefault("gate", {}).setdefault("fallback", []).append(
+            {"float": d["float_added"], "layer_sqnr_db": d["layer_sqnr_db"], "spare": True})
+        meta["spare_step"] = {"file": d["file"], "float_added": d["float_added"]}
+        out.append(Artifact(path=f, stage=art.stage, format=art.format, precision=art.precision, target=art.target,
+                            inputs=art.inputs, outputs=art.outputs, parent=art.parent, meta=meta, tools=art.tools))
+    return out
