@@ -249,6 +249,15 @@ def _run(runner: Any, feeds: list[dict], warmup: int, iters: int | None, seconds
     return samples, first_ms, timed_s
 
 
+# Pause before each runner's block in an interleaved run. ONNX Runtime's intra-op threads
+# spin-wait after each run (its default allow_spinning) and take CPU from whatever runs next on a
+# 2-core machine: MobileNetV3-Large's OpenVINO INT8 IR timed right after ONNX Runtime FP32 read
+# 1.08 ms, after a 10 / 20 / 50 ms pause 1.01 / 0.90 / 0.89 ms, and 0.87 ms after another
+# OpenVINO model (2026-12-06). Without the pause, whichever runner followed ONNX Runtime in the
+# round was measured slower than it is.
+SETTLE_S = 0.05
+
+
 def time_runners(runners: Mapping[str, Any], feed: Mapping[str, np.ndarray], seconds: float = 1.5,
                  warmup: int = 5, rounds: int = 10) -> dict[str, dict[str, Any]]:
     """p50/p90/mean/min latency (ms) of each *entered* runner on one feed, and its p50 in
@@ -266,6 +275,8 @@ def time_runners(runners: Mapping[str, Any], feed: Mapping[str, np.ndarray], sec
     gc.collect()  # once: the rounds allocate little, and a collection per round would cost more than the round
     for rnd in range(max(1, rounds)):
         for k, r in runners.items():
+            if len(runners) > 1:
+                time.sleep(SETTLE_S)  # the previous runner's worker threads stop spinning first
             s = measure(r, feed, warmup=warmup if rnd == 0 else 1, seconds=per_round, opened=True, min_iters=1,
                         collect=False)
             pooled[k] += s.samples_ms

@@ -139,7 +139,11 @@ class OpenVinoRunner:
         if self._request is None:
             raise RuntimeError("OpenVinoRunner.infer called outside its 'with' block")
         args = {i: np.ascontiguousarray(feeds[spec.name], dtype=np.float32) for i, spec in enumerate(self.inputs)}
-        res = self._request.infer(args)
+        # share_inputs: OpenVINO reads the (contiguous float32) arrays in place instead of copying them
+        # into its own tensors first, as a deployment would. The copy cost MobileNetV3-Large's INT8 IR
+        # 0.26 ms of 1.12 ms per call on 2 threads (2026-12-06). Outputs stay copies: the request
+        # reuses its output buffers on the next call.
+        res = self._request.infer(args, share_inputs=True)
         # outputs by position: the IR keeps the ONNX names, the artifact may name them differently
         return {name: np.asarray(res[port], dtype=np.float32) for name, port in zip(self.outputs, self._compiled.outputs)}
 
