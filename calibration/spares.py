@@ -68,9 +68,14 @@ def restore(meta: dict[str, Any], src_dir: Path, dest: Path | None) -> None:
 
 def stages(art: Artifact, spare_dir: Path) -> list[Artifact]:
     """The spare steps of the Q/DQ stage ``art`` as stages of their own (missing files skipped).
-    Each one's meta is ``art``'s with its float layers, its layer counts and the step recorded."""
+    Each one's meta is ``art``'s with its float layers, its layer counts and the step recorded.
+    ``art.meta["spares"]`` keeps what was prepared, without the scratch files' names (they are
+    not delivered)."""
     out = []
-    for d in (art.meta or {}).get("spares") or []:
+    listed = (art.meta or {}).get("spares") or []
+    if listed:
+        art.meta["spares"] = [{"float_added": d["float_added"], "layer_sqnr_db": d["layer_sqnr_db"]} for d in listed]
+    for d in listed:
         f = Path(spare_dir) / d["file"]
         if not f.is_file():
             continue

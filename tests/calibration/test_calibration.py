@@ -282,6 +282,7 @@ def test_spare_steps_continue_the_fallback_past_a_passed_gate(tiny, tmp_path):
     assert [d["float_added"] for d in sp] == [r["node"] for r in art.meta["sensitivity"][:2]]  # the ranking's order
     assert any("spare fallback steps" in line for line in logs)
     staged = spares.stages(art, tmp_path / "s1")
+    assert art.meta["spares"] == [{"float_added": d["float_added"], "layer_sqnr_db": d["layer_sqnr_db"]} for d in sp]
     assert [s.meta["layers"]["int8"] for s in staged] == [5, 4]
     assert all(s.meta["gate"]["fallback"][-1]["spare"] for s in staged) and "spares" not in staged[0].meta
     ref = run_outputs(src.path, fs.heldout)
