@@ -75,7 +75,9 @@ def stages(art: Artifact, spare_dir: Path) -> list[Artifact]:
     listed = (art.meta or {}).get("spares") or []
     if listed:
         art.meta["spares"] = [{"float_added": d["float_added"], "layer_sqnr_db": d["layer_sqnr_db"]} for d in listed]
-    for d in listed:
+    steps = []
+    for step, d in enumerate(listed, 1):
+        steps.append({"float": d["float_added"], "layer_sqnr_db": d["layer_sqnr_db"], "spare": True})
         f = Path(spare_dir) / d["file"]
         if not f.is_file():
             continue
@@ -87,9 +89,8 @@ def stages(art: Artifact, spare_dir: Path) -> list[Artifact]:
         if "activation_floors" in meta:
             meta["activation_floors"] = {t: v for t, v in meta["activation_floors"].items() if t not in gone}
         meta.setdefault("layers", {}).update(d.get("layers") or {})
-        meta.setdefault("gate", {}).setdefault("fallback", []).append(
-            {"float": d["float_added"], "layer_sqnr_db": d["layer_sqnr_db"], "spare": True})
-        meta["spare_step"] = {"file": d["file"], "float_added": d["float_added"]}
+        meta.setdefault("gate", {}).setdefault("fallback", []).extend(copy.deepcopy(steps))
+        meta["spare_step"] = {"step": step, "float_added": d["float_added"]}
         out.append(Artifact(path=f, stage=art.stage, format=art.format, precision=art.precision, target=art.target,
                             inputs=art.inputs, outputs=art.outputs, parent=art.parent, meta=meta, tools=art.tools))
     return out

@@ -291,18 +291,10 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
             from calibration import spares
 
             spare = spares.stages(stages[qdq_at], spare_dir)
-        for attempt in range(1, len(spare) + 2):
-            seen = len(console.warnings)
-            stages = _build(stages, res, request, target, feeds, work, stem, console)
-            comps = _parity(stages, request, feeds, tol, reference, pairs, stability, console)
-            why = retry.reason(comps) if spare and not request.dry_run else None
-            if why is None:
-                break
-            nxt = spare.pop(0)
-            console.warn(f"{why}: taking the calibration's next fallback step "
-                         f"({nxt.meta['spare_step']['float_added']} in float too) and rebuilding")
-            retry.superseded(console.warnings, seen, attempt)
-            stages = retry.swap(stages, qdq_at, nxt, work, get_target("onnx").pruned)
+        stages, comps = retry.run(lambda st: _build(st, res, request, target, feeds, work, stem, console),
+                                  lambda st: _parity(st, request, feeds, tol, reference, pairs, stability, console),
+                                  stages, spare, qdq_at, retry.Attempts(work, spare_dir / "attempts"), console,
+                                  get_target("onnx").pruned, enabled=not request.dry_run)
         if request.parity and request.arch:
             from .arm.compare import hook as arm_hook
 

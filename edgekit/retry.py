@@ -8,8 +8,10 @@ OpenVINO: 94.0 % against a 95.0 % bar, fidelity 32.7 dB). The user would get exi
 artifact one float layer away from passing. So the export asks the calibration for spare steps
 (calibration/spares.py: the same calibration with the next most sensitive layers in float) and,
 when :func:`reason` says so, swaps the next one in as the Q/DQ stage, rebuilds the target
-artifact from it and runs parity again, at most ``len(spares)`` times. The manifest's Q/DQ stage
-records ``spare_step``; the log says why.
+artifact from it and runs parity again, at most ``len(spares)`` times (:func:`run`). The manifest's
+Q/DQ stage records ``spare_step``; the log says why. A superseded attempt's files are set aside, not
+deleted (:class:`Attempts`): when every spare misses the bar too, the closest attempt is delivered
+(exit 1 all the same), and when a rebuild raises, the best attempt that built.
 
 Never taken: for untrained weights (nothing is assessed), when a stage fails its runtime
 fidelity (a runtime that computes something else is a defect to report, not to hide behind
@@ -37,29 +39,118 @@ def reason(comps: Sequence[Comparison]) -> str | None:
     return None
 
 
-def superseded(warnings: list[str], start: int, attempt: int) -> None:
-    """Mark the warnings from ``start`` on as those of a superseded attempt (the manifest keeps
+def superseded(warnings: list[str], start: int, attempt: int, end: int | None = None) -> None:
+    """Mark the warnings ``start:end`` as those of a superseded attempt (the manifest keeps
     them: what the first artifact scored is part of the record, but not the delivered verdict)."""
-    for i in range(start, len(warnings)):
-        warnings[i] = f"[attempt {attempt}, superseded] {warnings[i]}"
+    for i in range(start, len(warnings) if end is None else end):
+        if not warnings[i].startswith("[attempt "):
+            warnings[i] = f"[attempt {attempt}, superseded] {warnings[i]}"
 
 
-def swap(stages: list[Artifact], qdq_index: int, spare: Artifact, work: Path, prune) -> list[Artifact]:
-    """The stage list with ``spare`` in place of the Q/DQ stage (written under the stage's own
-    file name in ``work``, pruned) and every later stage's files removed from ``work``."""
-    work = Path(work).resolve()
-    old = stages[qdq_index]
-    keep = {s.path.resolve() for s in stages[:qdq_index + 1]}
-    for s in stages[qdq_index + 1:]:
-        p = s.path.resolve()
-        if p in keep or work not in p.parents:
-            continue  # the Q/DQ stage delivered as is, or not ours to remove
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    dest = work / old.path.name
-    shutil.copyfile(spare.path, dest)
-    new = Artifact(path=dest, stage=old.stage, format=old.format, precision=old.precision, target=old.target,
-                   inputs=old.inputs, outputs=old.outputs, parent=old.parent, meta=spare.meta, tools=old.tools)
-    return [*stages[:qdq_index], prune(new)]
+def reinstate(warnings: list[str], start: int, end: int, attempt: int) -> None:
+    """Undo :func:`superseded` for ``start:end``: attempt ``attempt`` is the one delivered after all."""
+    tag = f"[attempt {attempt}, superseded] "
+    for i in range(start, end):
+        warnings[i] = warnings[i].removeprefix(tag)
+
+
+def score(comps: Sequence[Comparison]) -> tuple[int, float]:
+    """How good an attempt's parity is: fewest INT8 stages failing their bar, then the last
+    stage's SQNR (top-1 on a few hundred samples moves by near-ties; SQNR does not)."""
+    int8 = [c for c in comps if c.precision == "int8" and c.outputs]
+    failing = sum(bool(c.quantization_failures) for c in int8)
+    return (-failing, int8[-1].primary().sqnr_db if int8 else 0.0)
+
+
+class Attempts:
+    """The attempts of one export. A superseded attempt's files (its Q/DQ stage and everything
+    after it) move to ``scratch`` instead of being deleted, so that the export can deliver the
+    best attempt when every spare fails too, or the last one that built when a rebuild raises."""
+
+    def __init__(self, work: Path, scratch: Path):
+        self.work, self.scratch = Path(work).resolve(), Path(scratch)
+        self.kept: list[tuple[tuple[int, float], int, list[Artifact], list[Comparison], Path]] = []
+
+    def _ours(self, stages: Sequence[Artifact]) -> list[Path]:
+        paths = []
+        for s in stages:
+            p = s.path.resolve()
+            if self.work in p.parents and p.exists() and p not in paths:
+                paths.append(p)
+        return paths
+
+    def supersede(self, stages: list[Artifact], qdq_index: int, comps: Sequence[Comparison], spare: Artifact,
+                  prune) -> list[Artifact]:
+        """Set the current attempt aside and return the stage list for the next: ``spare`` in place
+        of the Q/DQ stage (under the stage's own file name in ``work``, pruned), nothing after it."""
+        n = len(self.kept) + 1
+        folder = self.scratch / f"attempt{n}"
+        folder.mkdir(parents=True)
+        for p in self._ours(stages[qdq_index:]):
+            shutil.move(str(p), str(folder / p.name))
+        self.kept.append((score(comps), n, list(stages), list(comps), folder))
+        old = stages[qdq_index]
+        dest = self.work / old.path.name
+        shutil.copyfile(spare.path, dest)
+        new = Artifact(path=dest, stage=old.stage, format=old.format, precision=old.precision, target=old.target,
+                       inputs=old.inputs, outputs=old.outputs, parent=old.parent, meta=spare.meta, tools=old.tools)
+        return [*stages[:qdq_index], prune(new)]
+
+    def restore(self, current: Sequence[Artifact], qdq_index: int, before: set[Path] | None = None):
+        """Put the best kept attempt back in ``work`` (the current one's files, and any file that
+        appeared since ``before``, move to ``scratch``). Returns (attempt number, stages, comparisons)."""
+        _, n, stages, comps, folder = max(self.kept, key=lambda k: k[0])
+        gone = self.scratch / "discarded"
+        gone.mkdir(exist_ok=True)
+        leftovers = set(self._ours(current[qdq_index:]))
+        if before is not None:
+            leftovers |= {p.resolve() for p in self.work.iterdir()} - before
+        for p in leftovers:
+            if p.exists():
+                shutil.move(str(p), str(gone / f"{len(list(gone.iterdir()))}-{p.name}"))
+        for f in folder.iterdir():
+            shutil.move(str(f), str(self.work / f.name))
+        return n, stages, comps
+
+
+def run(build, check, stages: list[Artifact], spare: list[Artifact], qdq_index: int | None, kept: Attempts,
+        console, prune, enabled: bool = True) -> tuple[list[Artifact], list[Comparison]]:
+    """``build(stages)`` (the target's artifact appended) and ``check(stages)`` (parity), then,
+    while :func:`reason` finds an INT8 stage short of its bar, the next of ``spare`` in place of
+    the Q/DQ stage at ``qdq_index`` and both again. When every spare misses too, the best attempt
+    is delivered; when a rebuild raises, the best attempt that built. ``console`` takes the
+    warnings (each attempt's are marked when it is superseded)."""
+    from .errors import EdgekitError
+
+    marks: dict[int, tuple[int, int]] = {}
+    comps: list[Comparison] = []
+    for attempt in range(1, len(spare) + 2):
+        seen, before = len(console.warnings), {p.resolve() for p in kept.work.iterdir()}
+        try:
+            stages = build(stages)
+            comps = check(stages)
+        except EdgekitError as exc:
+            if not kept.kept:
+                raise
+            superseded(console.warnings, seen, attempt)
+            n, stages, comps = kept.restore(stages, qdq_index, before)
+            reinstate(console.warnings, *marks[n], n)
+            console.warn(f"attempt {attempt} (a spare fallback step) failed to build: {exc}; delivering attempt {n}")
+            break
+        why = reason(comps) if enabled and qdq_index is not None and (spare or kept.kept) else None
+        if why is None:
+            break
+        if not spare:  # every spare step taken, still short: deliver the closest attempt
+            if max(k[0] for k in kept.kept) > score(comps):
+                superseded(console.warnings, seen, attempt)
+                n, stages, comps = kept.restore(stages, qdq_index)
+                reinstate(console.warnings, *marks[n], n)
+                console.warn(f"every spare fallback step missed the bar too: delivering attempt {n}, the closest")
+            break
+        nxt = spare.pop(0)
+        console.warn(f"{why}: taking the calibration's next fallback step "
+                     f"({nxt.meta['spare_step']['float_added']} in float too) and rebuilding")
+        marks[attempt] = (seen, len(console.warnings))
+        superseded(console.warnings, seen, attempt)
+        stages = kept.supersede(stages, qdq_index, comps, nxt, prune)
+    return stages, comps

@@ -285,6 +285,8 @@ def test_spare_steps_continue_the_fallback_past_a_passed_gate(tiny, tmp_path):
     assert art.meta["spares"] == [{"float_added": d["float_added"], "layer_sqnr_db": d["layer_sqnr_db"]} for d in sp]
     assert [s.meta["layers"]["int8"] for s in staged] == [5, 4]
     assert all(s.meta["gate"]["fallback"][-1]["spare"] for s in staged) and "spares" not in staged[0].meta
+    assert [f["float"] for f in staged[1].meta["gate"]["fallback"]] == [d["float_added"] for d in sp]
+    assert [s.meta["spare_step"]["step"] for s in staged] == [1, 2]
     ref = run_outputs(src.path, fs.heldout)
     for s in staged:
         m = onnx.load(str(s.path))

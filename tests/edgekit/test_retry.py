@@ -64,28 +64,86 @@ def test_no_spare_step_where_it_cannot_help_or_is_not_asked(case):
     assert retry.reason(comps) is None
 
 
-def test_swap_replaces_the_qdq_stage_and_removes_later_artifacts_inside_work_only(tmp_path):
+def _art(path, stage, data=b"x", spec=(InputSpec("input", (1, 3, 8, 8)),)):
+    if path.suffix == ".d":
+        path.mkdir()
+        (path / "f").write_bytes(data)
+    else:
+        path.write_bytes(data)
+    return Artifact(path=path, stage=stage, format="onnx", precision="int8", target="onnx", inputs=spec)
+
+
+def test_supersede_sets_the_attempt_aside_and_restore_brings_back_the_best(tmp_path):
     work, outside = tmp_path / "work", tmp_path / "user"
     work.mkdir()
     outside.mkdir()
-    spec = (InputSpec("input", (1, 3, 8, 8)),)
-
-    def art(path, stage, data=b"x"):
-        path.write_bytes(data) if not path.suffix == ".d" else (path.mkdir(), (path / "f").write_bytes(data))
-        return Artifact(path=path, stage=stage, format="onnx", precision="int8", target="onnx", inputs=spec)
-
-    qdq = art(work / "m.int8.onnx", "qdq", b"old")
-    folder = art(work / "m_openvino.d", "openvino")
-    users = art(outside / "keep.onnx", "ort")
-    spare = art(tmp_path / "spare1.onnx", "qdq", b"new")
+    fp32 = _art(work / "m.onnx", "onnx", b"fp32")
+    qdq = _art(work / "m.int8.onnx", "qdq", b"old")
+    folder = _art(work / "m_openvino.d", "openvino", b"ir1")
+    users = _art(outside / "keep.onnx", "ort")
+    spare = _art(tmp_path / "spare1.onnx", "qdq", b"new")
     spare.meta = {"spare_step": {"file": "spare1.onnx", "float_added": "conv3"}, "float_layers": ["conv3"]}
-    fp32 = art(work / "m.onnx", "onnx", b"fp32")
-    out = retry.swap([fp32, qdq, folder, users], 1, spare, work, prune=lambda a: a)
+    ref = _logits()
+    first = [_comp("qdq", ref, ref), _comp("openvino", ref, _flipped(ref, 2), fidelity_ok=True)]
+    kept = retry.Attempts(work, tmp_path / "scratch")
+    out = kept.supersede([fp32, qdq, folder, users], 1, first, spare, prune=lambda a: a)
     assert [s.stage for s in out] == ["onnx", "qdq"]
     assert out[1].path == work / "m.int8.onnx" and out[1].path.read_bytes() == b"new"
     assert out[1].meta["spare_step"]["float_added"] == "conv3" and out[1].sha256 != qdq.sha256
-    assert not folder.path.exists() and (outside / "keep.onnx").read_bytes() == b"x"
-    assert fp32.path.read_bytes() == b"fp32"
+    assert not folder.path.exists() and (tmp_path / "scratch" / "attempt1" / "m_openvino.d" / "f").is_file()
+    assert (outside / "keep.onnx").read_bytes() == b"x" and fp32.path.read_bytes() == b"fp32"
+    # the second attempt builds a worse artifact: the first comes back, files and verdicts
+    second = [*out, _art(work / "m_openvino.d", "openvino", b"ir2")]
+    worse = [_comp("qdq", ref, ref), _comp("openvino", ref, _flipped(ref, 9), fidelity_ok=True)]
+    assert retry.score(first) > retry.score(worse)
+    n, stages, comps = kept.restore(second, 1)
+    assert n == 1 and stages[2].path.name == "m_openvino.d" and comps is not worse
+    assert (work / "m.int8.onnx").read_bytes() == b"old" and (work / "m_openvino.d" / "f").read_bytes() == b"ir1"
+
+
+def test_run_delivers_the_closest_attempt_or_the_last_that_built(tmp_path):
+    from edgekit.console import Console
+    from edgekit.errors import ExportError
+
+    ref = _logits()
+    flips = {1: 3, 2: 8, 3: 6}   # attempt -> flipped samples: every attempt misses a 99 % bar, the first least
+
+    def case(fail_at=None):
+        work = tmp_path / f"w{fail_at}"
+        work.mkdir()
+        qdq = _art(work / "m.int8.onnx", "qdq", b"q0")
+        spares = []
+        for i in (1, 2):
+            sp = _art(tmp_path / f"s{fail_at}-{i}.onnx", "qdq", f"q{i}".encode())
+            sp.meta = {"spare_step": {"float_added": f"conv{i}"}}
+            spares.append(sp)
+        attempt = {"n": 0}
+
+        def build(stages):
+            attempt["n"] += 1
+            if attempt["n"] == fail_at:
+                (work / "half.bin").write_bytes(b"partial")
+                raise ExportError("openvino", "conversion failed")
+            return [*stages, _art(work / "m.ir", "openvino", f"ir{attempt['n']}".encode())]
+
+        def check(stages):
+            return [_comp("qdq", ref, ref), _comp("openvino", ref, _flipped(ref, flips[attempt["n"]]), fidelity_ok=True)]
+
+        console = Console(quiet=True)
+        stages, comps = retry.run(build, check, [qdq], spares, 0, retry.Attempts(work, tmp_path / f"x{fail_at}"),
+                                  console, prune=lambda a: a)
+        return work, stages, comps, console.warnings
+
+    work, stages, comps, warns = case()
+    assert (work / "m.int8.onnx").read_bytes() == b"q0" and (work / "m.ir").read_bytes() == b"ir1"
+    assert comps[-1].primary().top1 == pytest.approx(1 - 3 / 200)
+    assert warns[-1].startswith("every spare fallback step missed the bar too: delivering attempt 1")
+    assert sum(w.startswith("[attempt 2, superseded]") for w in warns) == 1
+    work, stages, comps, warns = case(fail_at=2)
+    assert (work / "m.ir").read_bytes() == b"ir1" and not (work / "half.bin").exists()
+    assert "attempt 2 (a spare fallback step) failed to build" in warns[-1]
+    with pytest.raises(ExportError):   # the first attempt has nothing to fall back on: the error stands
+        case(fail_at=1)
 
 
 def test_warnings_of_a_superseded_attempt_are_marked():
@@ -119,8 +177,8 @@ def test_export_takes_a_spare_step_rebuilds_the_target_and_records_it(tmp_path, 
     out = tmp_path / "out"
     r = export(ExportRequest(model="lenet5", target="onnx", precision="int8", weights=ckpt, out=out, bench=False,
                              samples=16, tolerance={"cosine": 0.9, "sqnr_db": 5.0}))
-    # lenet5's float budget (35 % of 5 layers) leaves one spare: once taken, nothing is left to ask about
-    assert calls == [["onnx", "simplified", "qdq", "ort"]]
+    # asked after each attempt: the first (forced: retry), the second (passes: delivered)
+    assert calls == [["onnx", "simplified", "qdq", "ort"]] * 2
     stages = {s.stage: s for s in r.manifest.stages}
     qdq = stages["qdq"]
     assert qdq.meta["spare_step"]["float_added"] in qdq.meta["float_layers"]
