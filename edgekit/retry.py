@@ -65,7 +65,7 @@ def score(comps: Sequence[Comparison]) -> tuple[int, float]:
 class Attempts:
     """The attempts of one export. A superseded attempt's files (its Q/DQ stage and everything
     after it) move to ``scratch`` instead of being deleted, so that the export can deliver the
-    best attempt when every spare fails too, or the last one that built when a rebuild raises."""
+    best attempt when every spare fails too, or the best one that built when a rebuild raises."""
 
     def __init__(self, work: Path, scratch: Path):
         self.work, self.scratch = Path(work).resolve(), Path(scratch)
