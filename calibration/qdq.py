@@ -31,6 +31,7 @@ Nodes named in ``QdqPlan.float_nodes`` are left untouched (mixed precision).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,14 @@ class QdqPlan:
 
     def quantized(self) -> list[QuantTarget]:
         return [t for t in self.targets if t.node not in self.float_nodes]
+
+    def layer_counts(self) -> dict[str, Any]:
+        """Weighted layers and convolutions, all and INT8 (the quantize meta's ``layers``)."""
+        convs = [t for t in self.targets if t.op in ("Conv", "ConvTranspose")]
+        float_convs = sum(t.node in self.float_nodes for t in convs)
+        return {"weighted": len(self.targets), "int8": len(self.targets) - len(self.float_nodes),
+                "convs": len(convs), "int8_convs": len(convs) - float_convs,
+                "int8_conv_fraction": round(1 - float_convs / len(convs), 4) if convs else None}
 
     def zero_point(self, tensor: str) -> int:
         """The uint8 zero point of an activation (0 unless it has a floor below 0)."""

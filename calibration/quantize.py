@@ -225,7 +225,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
             if not ranking:
                 ranking = rank_layers(model, plan, calib, max_feeds=options.sensitivity_feeds,
                                       progress=_step(progress, "sensitivity"))
-            spare = spares.write(model, plan, ranking, options.spare_steps, max_float, work)
+            spare = spares.write(model, plan, ranking, options.spare_steps, max_float, spare_dir)
             if spare:
                 log(f"spare fallback steps (used if a target's artifact misses the bar): "
                     f"{', '.join(d['float_added'] for d in spare)}")
@@ -244,12 +244,10 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
                 log(f"baseline {name.replace('_', ' ')}: {_brief(baselines[name])}")
             timings["baselines"] = time.perf_counter() - t0
         shutil.copyfile(candidate, path)
-        if spare:
-            spares.restore({"spares": spare}, work, spare_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    meta = _meta(model, targets, plan, options, stats, choices, first, final, steps, ranking, baselines,
+    meta = _meta(plan, options, choices, first, final, steps, ranking, baselines,
                  calib_info, held_info, calib_fp, held_fp)
     meta["equalization"] = equalized
     if spare:
@@ -300,11 +298,9 @@ def _brief(s: dict) -> str:
     return f"{top1}cosine {s['cosine']:.4f}, SQNR {s['sqnr_db']} dB"
 
 
-def _meta(model, targets, plan, options, stats, choices, first, final, steps, ranking, baselines,
+def _meta(plan, options, choices, first, final, steps, ranking, baselines,
           calib_info, held_info, calib_fp, held_fp) -> dict[str, Any]:
-    convs = [t for t in targets if t.op in ("Conv", "ConvTranspose")]
     read_int8 = {t.activation for t in plan.quantized()}
-    float_convs = [t for t in convs if t.node in plan.float_nodes]
     gptq_layers = sorted(n for n, c in choices.items() if c.startswith("gptq"))
     rounding = {}
     for c in choices.values():
@@ -321,9 +317,7 @@ def _meta(model, targets, plan, options, stats, choices, first, final, steps, ra
         "calibration": {**calib_info, "fingerprint": calib_fp, "statistics_samples":
                         min(calib_info["samples"], options.stats_feeds)},
         "heldout": {**held_info, "fingerprint": held_fp},
-        "layers": {"weighted": len(targets), "int8": len(targets) - len(plan.float_nodes),
-                   "convs": len(convs), "int8_convs": len(convs) - len(float_convs),
-                   "int8_conv_fraction": round(1 - len(float_convs) / len(convs), 4) if convs else None},
+        "layers": plan.layer_counts(),
         "float_layers": sorted(plan.float_nodes),
         "weight_rounding": {"counts": rounding, "gptq_layers": gptq_layers, "bias_corrected": len(plan.biases)},
         "activation_ranges": {t: round(s * (methods.UQMAX - plan.zero_point(t) if t in plan.unsigned else methods.QMAX), 6)

@@ -26,8 +26,8 @@ from . import graph as g
 from . import qdq
 
 
-def write(model, plan: qdq.QdqPlan, ranking, steps: int, max_float: int, work: Path) -> list[dict[str, Any]]:
-    """Write up to ``steps`` spare graphs to ``work`` (``spare1.onnx``, ...), each with one more
+def write(model, plan: qdq.QdqPlan, ranking, steps: int, max_float: int, folder: Path) -> list[dict[str, Any]]:
+    """Write up to ``steps`` spare graphs to ``folder`` (``spare1.onnx``, ...), each with one more
     layer of ``ranking`` in float than the last, never past ``max_float`` float layers."""
     floats, out = set(plan.float_nodes), []
     read = {t.activation for t in plan.quantized()}
@@ -39,24 +39,17 @@ def write(model, plan: qdq.QdqPlan, ranking, steps: int, max_float: int, work: P
         floats.add(s.node)
         spare = replace(plan, float_nodes=set(floats))
         name = f"spare{len(out) + 1}.onnx"
-        g.onnx_mod().save(qdq.build(model, spare), str(work / name))
+        folder.mkdir(parents=True, exist_ok=True)
+        g.onnx_mod().save(qdq.build(model, spare), str(folder / name))
         out.append({"file": name, "float_added": s.node, "layer_sqnr_db": round(s.sqnr_db, 2),
                     "float_layers": sorted(floats),
                     "float_activations": sorted(read - {t.activation for t in spare.quantized()}),
-                    "layers": _layers(plan.targets, floats)})
+                    "layers": spare.layer_counts()})
     return out
 
 
-def _layers(targets, floats: set[str]) -> dict[str, Any]:
-    """The ``layers`` counts of the quantize meta for a plan with ``floats`` in float."""
-    convs = [t for t in targets if t.op in ("Conv", "ConvTranspose")]
-    float_convs = sum(t.node in floats for t in convs)
-    return {"int8": len(targets) - len(floats), "int8_convs": len(convs) - float_convs,
-            "int8_conv_fraction": round(1 - float_convs / len(convs), 4) if convs else None}
-
-
 def restore(meta: dict[str, Any], src_dir: Path, dest: Path | None) -> None:
-    """Copy the spare files ``meta`` lists from ``src_dir`` (a cache entry, a work folder) to ``dest``."""
+    """Copy the spare files ``meta`` lists from ``src_dir`` (a cache entry) to ``dest``."""
     if dest is None:
         return
     dest.mkdir(parents=True, exist_ok=True)
