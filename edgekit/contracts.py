@@ -137,6 +137,9 @@ class Exporter:
     # The runtime takes signed INT8 activations only (TensorRT): the shared Q/DQ graph then holds no
     # uint8 activation (calibration/qdq.py)
     signed_activations: ClassVar[bool] = False
+    # The target re-derives the activation grids in PyTorch (ExecuTorch, Core ML): when every attempt
+    # on its calibration misses the bar, the export tries the other signedness (calibration/spares.py)
+    alternate_calibration: ClassVar[bool] = False
 
     def available(self) -> tuple[bool, str]:
         """(True, version) when the backend can run here, else (False, why not)."""

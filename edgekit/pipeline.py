@@ -169,7 +169,8 @@ def parity_feeds(res: Resolved, request: ExportRequest, console: Console | None 
 
 
 def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Path, stem: str,
-                 console: Console, spare_dir: Path | None = None) -> list[Artifact]:
+                 console: Console, spare_dir: Path | None = None, int8: dict | None = None) -> list[Artifact]:
+    """The shared ONNX stages (``int8`` receives the calibration's options, for an alternate)."""
     from .targets import get_target
 
     onnx = get_target("onnx")  # the shared ONNX stages are the ONNX target's work
@@ -215,6 +216,8 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
                            unsigned=not target.signed_activations,
                            spare_steps=SPARE_STEPS if trained and request.parity else 0,
                            **({"method": request.calib_method} if request.calib_method else {}))
+        if int8 is not None:
+            int8["options"] = opts
         if feeds.bundled:
             console.warn("calibrating on edgekit's bundled photos: production INT8 needs your own data (--calib DIR)")
         if not trained:
@@ -268,10 +271,10 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
     with atomic_dir(out, overwrite=request.force, log=console) as work, \
             tempfile.TemporaryDirectory(prefix="edgekit-spares-") as spare_tmp:
         stages: list[Artifact] = []
-        spare_dir = Path(spare_tmp)
+        spare_dir, int8 = Path(spare_tmp), {}
         if target.source == "onnx" or not target.handles_precision(request):
             # a torch-fed target that reuses the shared calibration gets the Q/DQ stage too
-            stages += _onnx_stages(res, request, target, feeds, work, stem, console, spare_dir)
+            stages += _onnx_stages(res, request, target, feeds, work, stem, console, spare_dir, int8)
         lint = target.lint(stages[-1]) if stages else []
         errors = [p for p in lint if p.get("level") == "error"]
         if errors and not request.dry_run:
@@ -286,15 +289,20 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
                 pairs = reference_outputs(reference, feeds.heldout)
             stability = _stability(res, request, reference, pairs, console)
         qdq_at = next((i for i, s in enumerate(stages) if s.stage == "qdq"), None)
-        spare = []
+        spare, more = [], None
         if qdq_at is not None and request.parity:
             from calibration import spares
 
             spare = spares.stages(stages[qdq_at], spare_dir)
+            opts = int8.get("options")
+            if target.alternate_calibration and opts is not None and opts.spare_steps:  # trained weights
+                src = stages[qdq_at - 1]
+                more = lambda: spares.alternate(src, opts, feeds.calib, feeds.heldout,  # noqa: E731
+                                                spare_dir / "alternate", console.info)
         stages, comps = retry.run(lambda st: _build(st, res, request, target, feeds, work, stem, console),
                                   lambda st: _parity(st, request, feeds, tol, reference, pairs, stability, console),
                                   stages, spare, qdq_at, retry.Attempts(work, spare_dir / "attempts"), console,
-                                  get_target("onnx").pruned, enabled=not request.dry_run)
+                                  get_target("onnx").pruned, enabled=not request.dry_run, more=more)
         if request.parity and request.arch:
             from .arm.compare import hook as arm_hook
 

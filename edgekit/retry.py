@@ -8,7 +8,9 @@ OpenVINO: 94.0 % against a 95.0 % bar, fidelity 32.7 dB). The user would get exi
 artifact one float layer away from passing. So the export asks the calibration for spare steps
 (calibration/spares.py: the same calibration with the next most sensitive layers in float) and,
 when :func:`reason` says so, swaps the next one in as the Q/DQ stage, rebuilds the target
-artifact from it and runs parity again, at most ``len(spares)`` times (:func:`run`). The manifest's
+artifact from it and runs parity again, at most ``len(spares)`` times (:func:`run`). Targets that
+re-derive the grids in PyTorch (ExecuTorch, Core ML) then try the alternate calibration, the
+other activation signedness with spares of its own (``calibration.spares.alternate``). The manifest's
 Q/DQ stage records ``spare_step``; the log says why. A superseded attempt's files are set aside, not
 deleted (:class:`Attempts`): when every spare misses the bar too, the closest attempt is delivered
 (exit 1 all the same), and when a rebuild raises, the best attempt that built.
@@ -19,6 +21,7 @@ float layers), or when the Q/DQ stage has no spares (its gate failed, its budget
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -54,12 +57,17 @@ def reinstate(warnings: list[str], start: int, end: int, attempt: int) -> None:
         warnings[i] = warnings[i].removeprefix(tag)
 
 
-def score(comps: Sequence[Comparison]) -> tuple[int, float]:
-    """How good an attempt's parity is: fewest INT8 stages failing their bar, then the last
-    stage's SQNR (top-1 on a few hundred samples moves by near-ties; SQNR does not)."""
+def score(comps: Sequence[Comparison]) -> tuple[int, int, float]:
+    """How good an attempt's parity is: fewest criteria the delivered (last) INT8 stage fails,
+    then fewest INT8 stages failing their bar, then the last stage's SQNR (top-1 on a few hundred
+    samples moves by near-ties; SQNR does not). The delivered artifact comes first: an attempt
+    whose shared graph passes but whose .pte misses top-1 *and* SQNR is not the better one."""
     int8 = [c for c in comps if c.precision == "int8" and c.outputs]
     failing = sum(bool(c.quantization_failures) for c in int8)
-    return (-failing, int8[-1].primary().sqnr_db if int8 else 0.0)
+    last = int8[-1] if int8 else None
+    if last is None:
+        return (0, 0, 0.0)
+    return (-len(last.quantization_failures), -failing, last.primary().sqnr_db)
 
 
 class Attempts:
@@ -114,17 +122,20 @@ class Attempts:
 
 
 def run(build, check, stages: list[Artifact], spare: list[Artifact], qdq_index: int | None, kept: Attempts,
-        console, prune, enabled: bool = True) -> tuple[list[Artifact], list[Comparison]]:
+        console, prune, enabled: bool = True, more=None) -> tuple[list[Artifact], list[Comparison]]:
     """``build(stages)`` (the target's artifact appended) and ``check(stages)`` (parity), then,
     while :func:`reason` finds an INT8 stage short of its bar, the next of ``spare`` in place of
-    the Q/DQ stage at ``qdq_index`` and both again. When every spare misses too, the best attempt
-    is delivered; when a rebuild raises, the best attempt that built. ``console`` takes the
-    warnings (each attempt's are marked when it is superseded)."""
+    the Q/DQ stage at ``qdq_index`` and both again. ``more``: called once, when the spares run out
+    and the bar is still missed, for further Q/DQ stages to try (the alternate calibration of
+    :func:`edgekit.pipeline._alternate`, its own Q/DQ graph and spares). When every attempt misses
+    too, the best one is delivered; when a rebuild raises, the best attempt that built.
+    ``console`` takes the warnings (each attempt's are marked when it is superseded)."""
     from .errors import EdgekitError
 
     marks: dict[int, tuple[int, int]] = {}
     comps: list[Comparison] = []
-    for attempt in range(1, len(spare) + 2):
+    spare = list(spare)
+    for attempt in itertools.count(1):
         seen, before = len(console.warnings), {p.resolve() for p in kept.work.iterdir()}
         try:
             stages = build(stages)
@@ -137,20 +148,39 @@ def run(build, check, stages: list[Artifact], spare: list[Artifact], qdq_index: 
             reinstate(console.warnings, *marks[n], n)
             console.warn(f"attempt {attempt} (a spare fallback step) failed to build: {exc}; delivering attempt {n}")
             break
-        why = reason(comps) if enabled and qdq_index is not None and (spare or kept.kept) else None
+        why = reason(comps) if enabled and qdq_index is not None and (spare or kept.kept or more) else None
         if why is None:
             break
+        if not spare and more is not None:
+            spare, more = _more(more, console), None
         if not spare:  # every spare step taken, still short: deliver the closest attempt
             if max(k[0] for k in kept.kept) > score(comps):
                 superseded(console.warnings, seen, attempt)
                 n, stages, comps = kept.restore(stages, qdq_index)
                 reinstate(console.warnings, *marks[n], n)
-                console.warn(f"every spare fallback step missed the bar too: delivering attempt {n}, the closest")
+                console.warn(f"every further attempt missed the bar too: delivering attempt {n}, the closest")
             break
         nxt = spare.pop(0)
-        console.warn(f"{why}: taking the calibration's next fallback step "
-                     f"({nxt.meta['spare_step']['float_added']} in float too) and rebuilding")
+        console.warn(f"{why}: taking {describe(nxt)} and rebuilding")
         marks[attempt] = (seen, len(console.warnings))
         superseded(console.warnings, seen, attempt)
         stages = kept.supersede(stages, qdq_index, comps, nxt, prune)
     return stages, comps
+
+
+def describe(qdq: Artifact) -> str:
+    """What the Q/DQ stage ``qdq`` of a further attempt is, for the log."""
+    alt, step = qdq.meta.get("alternate_calibration"), qdq.meta.get("spare_step")
+    cal = f"the alternate calibration ({alt['activations']} activations)" if alt else "the calibration"
+    return f"{cal}'s next fallback step ({step['float_added']} in float too)" if step else cal
+
+
+def _more(more, console) -> list[Artifact]:
+    """The Q/DQ stages ``more()`` makes; none (with a warning) when it raises."""
+    from .errors import EdgekitError
+
+    try:
+        return list(more())
+    except EdgekitError as exc:
+        console.warn(f"the alternate calibration failed: {exc}")
+        return []

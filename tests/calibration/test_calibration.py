@@ -303,6 +303,27 @@ def test_spare_steps_continue_the_fallback_past_a_passed_gate(tiny, tmp_path):
     assert "spares" not in none.meta
 
 
+def test_alternate_calibration_flips_the_signedness_and_brings_its_own_spares(tiny, tmp_path):
+    """calibration/spares.alternate: the same options with the other activation signedness, its
+    Q/DQ graph and spare steps as stages of their own, each marked for the manifest."""
+    from calibration import spares
+
+    src, fs = tiny
+    opts = fast(max_float_fraction=0.6, spare_steps=2, unsigned=False, cache_dir=tmp_path / "cache")
+    first = quantize_int8(src, tmp_path / "a.onnx", fs.calib, fs.heldout, opts, log=lambda m: None)
+    assert not first.meta["unsigned_activations"]
+    logs = []
+    alt = spares.alternate(src, opts, fs.calib, fs.heldout, tmp_path / "alt", logs.append)
+    assert len(alt) == 3 and alt[0].meta["unsigned_activations"]          # uint8 where never negative
+    assert [a.meta.get("spare_step", {}).get("step") for a in alt] == [None, 1, 2]
+    assert all(a.meta["alternate_calibration"]["activations"] == "uint8 where never negative" for a in alt)
+    assert all(a.path.parent == tmp_path / "alt" and a.path.is_file() for a in alt)
+    assert "calibrating again with uint8" in logs[0]
+    ref = run_outputs(src.path, fs.heldout)
+    assert score(alt[0].path, fs.heldout, ref, Tolerance(cosine=0.98)).primary().cosine > 0.98
+    assert opts.unsigned is False   # the caller's options are left alone
+
+
 def test_cache_reuses_the_calibrated_model(tiny, tmp_path):
     src, fs = tiny
     opts = fast(cache_dir=tmp_path / "cache")

@@ -137,13 +137,80 @@ def test_run_delivers_the_closest_attempt_or_the_last_that_built(tmp_path):
     work, stages, comps, warns = case()
     assert (work / "m.int8.onnx").read_bytes() == b"q0" and (work / "m.ir").read_bytes() == b"ir1"
     assert comps[-1].primary().top1 == pytest.approx(1 - 3 / 200)
-    assert warns[-1].startswith("every spare fallback step missed the bar too: delivering attempt 1")
+    assert warns[-1].startswith("every further attempt missed the bar too: delivering attempt 1")
     assert sum(w.startswith("[attempt 2, superseded]") for w in warns) == 1
     work, stages, comps, warns = case(fail_at=2)
     assert (work / "m.ir").read_bytes() == b"ir1" and not (work / "half.bin").exists()
     assert "attempt 2 (a spare fallback step) failed to build" in warns[-1]
     with pytest.raises(ExportError):   # the first attempt has nothing to fall back on: the error stands
         case(fail_at=1)
+
+
+def test_run_tries_the_alternate_calibration_once_the_spares_are_spent(tmp_path):
+    """``more`` (the alternate calibration) is asked once, after the last spare missed, and its
+    stages are attempts like the spares; if it raises, the closest attempt so far is delivered."""
+    from edgekit.console import Console
+    from edgekit.errors import CalibrationError
+
+    ref = _logits()
+
+    def case(flips, alt_raises=False):
+        work = tmp_path / f"w{''.join(map(str, flips))}{alt_raises}"
+        work.mkdir()
+        qdq = _art(work / "m.int8.onnx", "qdq", b"q0")
+        sp = _art(tmp_path / f"s{work.name}.onnx", "qdq", b"q1")
+        sp.meta = {"spare_step": {"float_added": "conv1"}}
+        asked = []
+
+        def more():
+            asked.append(len(attempt))
+            if alt_raises:
+                raise CalibrationError("no layer to quantize")
+            alt = _art(tmp_path / f"a{work.name}.onnx", "qdq", b"alt")
+            alt.meta = {"alternate_calibration": {"activations": "uint8 where never negative"}}
+            return [alt]
+
+        attempt = []
+
+        def build(stages):
+            attempt.append(stages[0].path.read_bytes())
+            return [*stages, _art(work / "m.pte", "executorch", f"pte{len(attempt)}".encode())]
+
+        def check(stages):
+            return [_comp("qdq", ref, ref),
+                    _comp("executorch", ref, _flipped(ref, flips[len(attempt) - 1]), fidelity_ok=True)]
+
+        console = Console(quiet=True)
+        stages, comps = retry.run(build, check, [qdq], [sp], 0, retry.Attempts(work, tmp_path / f"x{work.name}"),
+                                  console, prune=lambda a: a, more=more)
+        return work, attempt, asked, comps, console.warnings
+
+    # attempt 1 and the spare miss a 99 % bar; the alternate calibration passes and is delivered
+    work, attempt, asked, comps, warns = case([6, 5, 0])
+    assert attempt == [b"q0", b"q1", b"alt"] and asked == [2] and comps[-1].passed
+    assert (work / "m.int8.onnx").read_bytes() == b"alt" and (work / "m.pte").read_bytes() == b"pte3"
+    assert "taking the alternate calibration (uint8 where never negative activations) and rebuilding" in warns[-1]
+    # the alternate calibration fails to run: the closest attempt (the spare, 5 flips) is delivered
+    work, attempt, asked, comps, warns = case([6, 5], alt_raises=True)
+    assert attempt == [b"q0", b"q1"] and asked == [2] and (work / "m.pte").read_bytes() == b"pte2"
+    assert warns[-1] == "the alternate calibration failed: no layer to quantize"   # attempt 2 stays, the closest
+    work, attempt, asked, comps, warns = case([5, 6], alt_raises=True)
+    assert (work / "m.pte").read_bytes() == b"pte1" and (work / "m.int8.onnx").read_bytes() == b"q0"
+    assert warns[-1].startswith("every further attempt missed the bar too: delivering attempt 1")
+    assert retry.describe(_art(tmp_path / "d.onnx", "qdq")) == "the calibration"
+
+
+def test_score_puts_the_delivered_artifact_first():
+    """An attempt whose shared graph passes but whose artifact fails more criteria ranks below one
+    whose shared graph fails while its artifact fails fewer (ExecuTorch on the uint8 and the
+    signed calibrations of torchvision's MobileNetV2: top-1 and SQNR missed, against top-1 only)."""
+    ref = _logits()
+    noisy = _flipped(ref, 4) + np.random.default_rng(1).normal(scale=0.6, size=ref.shape).astype(np.float32)
+    a = [_comp("qdq", ref, ref), _comp("executorch", ref, noisy, fidelity_ok=True)]
+    b = [_comp("qdq", ref, _flipped(ref, 3)), _comp("executorch", ref, _flipped(ref, 4), fidelity_ok=True)]
+    assert not a[0].quantization_failures and b[0].quantization_failures
+    assert len(b[-1].quantization_failures) < len(a[-1].quantization_failures)
+    assert retry.score(b) > retry.score(a)
 
 
 def test_warnings_of_a_superseded_attempt_are_marked():
@@ -189,3 +256,41 @@ def test_export_takes_a_spare_step_rebuilds_the_target_and_records_it(tmp_path, 
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".onnx") == \
         sorted(s.path.name for s in r.manifest.stages if s.format == "onnx")   # no leftover of attempt 1
     assert r.exit_code == 0
+
+
+def test_export_tries_the_alternate_calibration_and_records_it(tmp_path, monkeypatch):
+    """The pipeline end to end (lenet5, trained weights from a checkpoint, --target onnx --int8,
+    with the target declaring ``alternate_calibration`` as ExecuTorch and Core ML do): when the
+    first calibration's attempts miss the bar (forced once here, with no spare steps), the export
+    calibrates again with the other signedness, rebuilds, and the manifest's Q/DQ stage says so."""
+    import torch
+
+    from calibration import spares
+    from edgekit import create_model
+    from edgekit.contracts import ExportRequest
+    from edgekit.pipeline import export
+    from edgekit.targets import get_target
+
+    ckpt = tmp_path / "lenet.pt"
+    torch.save(create_model("lenet5").state_dict(), ckpt)
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(type(get_target("onnx")), "alternate_calibration", True)
+    monkeypatch.setattr(spares, "stages", lambda art, folder: [])   # no spare steps: straight to the alternate
+    calls = []
+
+    def forced(comps):
+        calls.append([c.stage for c in comps])
+        return "ort: forced by the test" if len(calls) == 1 else None
+
+    monkeypatch.setattr(retry, "reason", forced)
+    out = tmp_path / "out"
+    r = export(ExportRequest(model="lenet5", target="onnx", precision="int8", weights=ckpt, out=out, bench=False,
+                             samples=16, tolerance={"cosine": 0.9, "sqnr_db": 5.0}))
+    assert len(calls) == 2
+    qdq = {s.stage: s for s in r.manifest.stages}["qdq"]
+    assert qdq.meta["alternate_calibration"] == {"activations": "signed int8", "instead_of": "uint8 where never negative",
+                                                 "why": "every attempt on the first calibration missed the bar"}
+    assert qdq.meta["unsigned_activations"] == [] and qdq.meta["options"]["unsigned"] is False
+    warns = r.manifest.reports["warnings"]
+    assert any("taking the alternate calibration (signed int8 activations)" in w for w in warns), warns
+    assert r.exit_code == 0 and not any(p.name.startswith("alternate") for p in out.iterdir())
