@@ -57,6 +57,7 @@ class QdqPlan:
     per_channel: bool = True   # False: one scale per weight tensor (a naive baseline)
     unsigned: set[str] = field(default_factory=set)  # activations held as uint8 (zero point 0, or see floors)
     floors: dict[str, float] = field(default_factory=dict)  # uint8 tensors with a proven floor < 0 (bounds.py)
+    add_inputs: set[str] = field(default_factory=set)  # also quantized where an Add reads them (quantize.add_inputs)
 
     def quantized(self) -> list[QuantTarget]:
         return [t for t in self.targets if t.node not in self.float_nodes]
@@ -184,6 +185,12 @@ def build(model, plan: QdqPlan):
                 node.input[0] = act_dq[a]
             elif b in act_dq and pa is not None and pa.name in quantized_nodes:
                 node.input[1] = act_dq[b]
+
+    for node in graph.node:  # ExecuTorch's points: a layer's output quantized where its residual Add reads it
+        if node.op_type == "Add" and plan.add_inputs:
+            for i, t in enumerate(node.input):
+                if t in plan.add_inputs and t in plan.act_scales:
+                    node.input[i] = act_qdq(t)
 
     # rebuild the node list: weight DQs first, activation Q/DQs right after their producer
     ordered = [n for k, v in new_nodes.items() if k.startswith("__weights__") for n in v]

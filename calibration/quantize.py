@@ -80,6 +80,8 @@ class Int8Options:
     unsigned: bool = True           # uint8 activations where the graph proves them >= 0 (qdq.py); False: TensorRT
     floors: bool = True             # with unsigned: uint8 + zero point where the graph proves a floor < 0 (bounds.py)
     spare_steps: int = 0            # when the gate passes: also write the next N fallback steps (spares.py)
+    add_inputs: bool = False        # also quantize a weighted layer's output where a residual Add reads it
+                                    # (XNNPACK requantizes it: ExecuTorch's alternate calibration, spares.py)
 
     def __post_init__(self):
         methods.check_method(self.method)
@@ -143,6 +145,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     if not targets:
         raise CalibrationError(f"{src.path.name} has no Conv/Gemm/MatMul with constant weights to quantize")
     tensors = sorted({t.activation for t in targets})
+    extra = add_inputs(model, targets) if options.add_inputs else []
     calib_info, held_info = feeds_info(calib), feeds_info(heldout)
     log(f"calibrating {len(targets)} layers ({options.method}) on {calib_info['samples']} samples "
         f"({calib_info['source'] or 'feeds'}); gate on {held_info['samples']} held-out samples")
@@ -153,10 +156,11 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     stats_key = make_key("stats", CACHE_VERSION, src_sha, calib_fp, options.stats_feeds, options.equalize,
                          options.equalize_feeds)
     stats = cache.load_stats(stats_key) if options.use_cache else None
-    if stats is not None and set(tensors) <= set(stats):
+    observed = sorted({*tensors, *extra})
+    if stats is not None and set(observed) <= set(stats):
         log(f"reusing calibration statistics from {cache.root / 'stats' / stats_key}")
     else:
-        stats = collect(model, tensors, take(calib, options.stats_feeds),
+        stats = collect(model, observed, take(calib, options.stats_feeds),
                         progress=_step(progress, "statistics"))
         if options.use_cache:
             cache.store_stats(stats_key, stats)
@@ -165,7 +169,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     # 2-3. ranges, weight rounding, bias correction
     t0 = time.perf_counter()
     range_choices: dict[str, str] = {}
-    unsigned, floors = _unsigned(model, tensors, options)
+    unsigned, floors = _unsigned(model, observed, options)
     if options.method == "auto":
         picked, range_choices = ranges.select(model, targets, stats, calib, max_feeds=options.range_feeds,
                                               unsigned=unsigned, floors=floors)
@@ -173,9 +177,13 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     else:
         picked = {t: methods.threshold(stats[t], options.method, options.percentile) for t in tensors}
         signed = {t for t, f in floors.items() if not methods.floor_helps(picked[t], f)}
+    for t in extra:  # read by an Add only: no consumer layer to score candidates at, the MSE threshold
+        picked.setdefault(t, methods.threshold(stats[t], "mse" if options.method == "auto" else options.method,
+                                               options.percentile))
     unsigned, floors = unsigned - signed, {t: f for t, f in floors.items() if t not in signed}
     act_scales = {t: methods.scale_for(th, t in unsigned, floors.get(t, 0.0)) for t, th in picked.items()}
-    plan = qdq.QdqPlan(targets, act_scales, residual=options.residual, unsigned=unsigned, floors=floors)
+    plan = qdq.QdqPlan(targets, act_scales, residual=options.residual, unsigned=unsigned, floors=floors,
+                       add_inputs=set(extra))
     choices = calibrate_weights(model, plan, calib, max_feeds=options.weight_feeds, gptq=options.gptq,
                                 bias_correction=options.bias_correction, ls_target=options.ls_target,
                                 progress=_step(progress, "weights"))
@@ -250,6 +258,8 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     meta = _meta(plan, options, choices, first, final, steps, ranking, baselines,
                  calib_info, held_info, calib_fp, held_fp)
     meta["equalization"] = equalized
+    if plan.add_inputs:
+        meta["add_inputs"] = sorted(plan.add_inputs)
     if spare:
         meta["spares"] = spare
     if range_choices:
@@ -263,6 +273,18 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     if options.use_cache:
         cache.store(key, path, meta, {d["file"]: spare_dir / d["file"] for d in spare})
     return _artifact(src, path, meta)
+
+
+def add_inputs(model, targets) -> list[str]:
+    """Outputs of weighted layers that an ``Add`` reads (a projection's output before its residual
+    add): ExecuTorch's XNNPACK quantizes them, the shared graph keeps them float unless asked."""
+    weighted = {t.node for t in targets}
+    prod = g.producers(model)
+    out = set()
+    for node in model.graph.node:
+        if node.op_type == "Add":
+            out.update(i for i in node.input if i in prod and prod[i].name in weighted)
+    return sorted(out)
 
 
 def _unsigned(model, tensors: list[str], options: Int8Options) -> tuple[set[str], dict[str, float]]:

@@ -94,7 +94,7 @@ def stages(art: Artifact, spare_dir: Path) -> list[Artifact]:
     return out
 
 
-def alternate(src: Artifact, options, calib, heldout, folder: Path, log) -> list[Artifact]:
+def alternate(src: Artifact, options, calib, heldout, folder: Path, log, extra: dict | None = None) -> list[Artifact]:
     """The calibration of ``src`` with ``options`` but the other activation signedness (signed
     int8 ↔ uint8 where the graph proves a tensor never negative), written to ``folder``, and its
     spare steps: Q/DQ stages for further attempts, each marked ``alternate_calibration``.
@@ -103,10 +103,12 @@ def alternate(src: Artifact, options, calib, heldout, folder: Path, log) -> list
     neither signedness passes on every trained network. Signed: pretrained Lite0/1/2 pass,
     torchvision's MobileNetV2 fails (94.5 % against a 95.0 % bar; its shared graph spends the
     float budget). uint8: MobileNetV2 passes (96.5 %), Lite1 fails on near-ties even with both
-    spare steps (96.5 % against 97.0 %)."""
+    spare steps (96.5 % against 97.0 %). ``extra``: further ``Int8Options`` fields the target's
+    alternate sets (``Exporter.alternate_options``; ExecuTorch: ``add_inputs``)."""
     from .quantize import quantize_int8
 
-    alt = replace(options, unsigned=not options.unsigned)
+    extra = dict(extra or {})
+    alt = replace(options, unsigned=not options.unsigned, **extra)
     kind = "uint8 where never negative" if alt.unsigned else "signed int8"
     before = "uint8 where never negative" if options.unsigned else "signed int8"
     log(f"every attempt on the calibration with {before} activations missed the bar: calibrating again with "
@@ -114,5 +116,6 @@ def alternate(src: Artifact, options, calib, heldout, folder: Path, log) -> list
     folder.mkdir(parents=True, exist_ok=True)
     art = quantize_int8(src, folder / "alternate.int8.onnx", calib, heldout, alt, log=log, spare_dir=folder)
     art.meta["alternate_calibration"] = {"activations": kind, "instead_of": before,
-                                         "why": "every attempt on the first calibration missed the bar"}
+                                         "why": "every attempt on the first calibration missed the bar",
+                                         **({"options": extra} if extra else {})}
     return [art, *stages(art, folder)]

@@ -35,6 +35,7 @@ class LayerWeights:
     scales: np.ndarray | None       # per-output-channel scales; None: the layer stays float
     int8: np.ndarray | None = None
     input_clip: float | None = None  # edgekit's symmetric clip (127 × scale) of the input; None: float input
+    output_clip: float | None = None  # likewise of its output, where a residual Add reads it quantized
     node: str = ""                   # the ONNX node's name (the calibration's sensitivity ranking uses it)
 
     @property
@@ -54,10 +55,28 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
     def array(name: str) -> np.ndarray:
         return numpy_helper.to_array(init[name])
 
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def output_clip(node) -> float | None:
+        """The clip of the Q/DQ pair through which an ``Add`` reads the layer's output, if any
+        (``Int8Options(add_inputs=True)``)."""
+        for q in readers.get(node.output[0], []):
+            if q.op_type != "QuantizeLinear":
+                continue
+            for dq in readers.get(q.output[0], []):
+                if dq.op_type == "DequantizeLinear" and any(r.op_type == "Add" for r in readers.get(dq.output[0], [])):
+                    return clip_of(dq)
+        return None
+
     def input_clip(node) -> float | None:
         """The threshold of the Q/DQ pair on the layer's input, if it has one: 127 × its scale
         (signed int8) or 255 × its scale (uint8, a tensor that is never negative)."""
-        dq = prod.get(node.input[0])
+        return clip_of(prod.get(node.input[0]))
+
+    def clip_of(dq) -> float | None:
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in init:
             return None
         zero = array(dq.input[2]) if len(dq.input) > 2 and dq.input[2] in init else None
@@ -85,6 +104,7 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
             continue
         if layer.module:
             layer.input_clip = input_clip(node) if layer.quantized else None
+            layer.output_clip = output_clip(node)
             layer.node = node.name
             layers[layer.module] = layer
     return layers

@@ -140,6 +140,7 @@ class Exporter:
     # The target re-derives the activation grids in PyTorch (ExecuTorch, Core ML): when every attempt
     # on its calibration misses the bar, the export tries the other signedness (calibration/spares.py)
     alternate_calibration: ClassVar[bool] = False
+    alternate_options: ClassVar[dict] = {}  # Int8Options fields the alternate calibration also sets
 
     def available(self) -> tuple[bool, str]:
         """(True, version) when the backend can run here, else (False, why not)."""

@@ -298,7 +298,7 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
             if target.alternate_calibration and opts is not None and opts.spare_steps:  # trained weights
                 src = stages[qdq_at - 1]
                 more = lambda: spares.alternate(src, opts, feeds.calib, feeds.heldout,  # noqa: E731
-                                                spare_dir / "alternate", console.info)
+                                                spare_dir / "alternate", console.info, target.alternate_options)
         stages, comps = retry.run(lambda st: _build(st, res, request, target, feeds, work, stem, console),
                                   lambda st: _parity(st, request, feeds, tol, reference, pairs, stability, console),
                                   stages, spare, qdq_at, retry.Attempts(work, spare_dir / "attempts"), console,

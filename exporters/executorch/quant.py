@@ -202,6 +202,7 @@ class Calibrated:
     fused_clamps: int
     weighted: list[tuple[str, str]] = field(default_factory=list)  # (node name, module path)
     ranges: dict[str, float] = field(default_factory=dict)  # module path → edgekit's clip of its input
+    output_ranges: dict[str, float] = field(default_factory=dict)  # module path → clip of its output (residual)
     float_outputs: list[str] = field(default_factory=list)  # layers that write the model's outputs: always float
     dynamic_outputs: list[str] = field(default_factory=list)  # output linears: INT8 weights, float output
 
@@ -221,10 +222,10 @@ class Calibrated:
             raise ExportError("executorch-int8", f"no calibration statistics for {len(missing)} observer(s)")
         for key, mod in observers.items():
             mod.load_state_dict(self.observer_state[key])
-        if self.ranges:
+        if self.ranges or self.output_ranges:
             from .ranges import pin_activations
 
-            self.pinned = pin_activations(prepared, self.ranges)
+            self.pinned = pin_activations(prepared, self.ranges, self.output_ranges)
         return convert_pt2e(prepared)
 
 

@@ -33,6 +33,12 @@ def input_ranges(layers: dict[str, Any]) -> dict[str, float]:
     return {path: lw.input_clip for path, lw in layers.items() if lw.input_clip}
 
 
+def output_ranges(layers: dict[str, Any]) -> dict[str, float]:
+    """Module path → edgekit's clip of the layer's output where a residual add reads it
+    (``LayerWeights.output_clip``: a calibration with ``Int8Options(add_inputs=True)``)."""
+    return {path: lw.output_clip for path, lw in layers.items() if getattr(lw, "output_clip", None)}
+
+
 def sensitivity_order(source: Any, layers: dict[str, Any]) -> list[str]:
     """Module paths of the Q/DQ stage's weighted layers, most INT8-sensitive first: the
     calibration's per-layer SQNR ranking (``source.meta["sensitivity"]``, by ONNX node), named
@@ -175,17 +181,20 @@ def observer_consumers(prepared) -> dict[int, list[set[str]]]:
     return out
 
 
-def pin_activations(prepared, ranges: dict[str, float]) -> int:
+def pin_activations(prepared, ranges: dict[str, float], outputs: dict[str, float] | None = None) -> int:
     """Give every activation observer whose tensor feeds a layer in ``ranges`` the qparams of
     edgekit's clip ∩ its observed [min, max] (asymmetric int8, as XNNPACK's activations are).
     An observer shared by several tensors is pinned only when each of them feeds such a layer:
     a squeeze-excite average pool shares its input's observer, and the pooled vector's clip
     would saturate the feature map (untrained MobileNetV3: 0.5 dB from the shared graph).
-    Returns how many observers were pinned."""
+    ``outputs``: the observer of a weighted layer's output that none of those readers pins (a
+    projection's output before its residual add) takes edgekit's clip of that output, where the
+    calibration chose one (:func:`output_ranges`). Returns how many observers were pinned."""
     import torch
     from torchao.quantization.pt2e.observer import ObserverBase
 
     consumers = observer_consumers(prepared)
+    _, _, weighted = _ops()
     pinned, done = 0, set()
     for node in prepared.graph.nodes:
         if node.op != "call_module":
@@ -196,9 +205,19 @@ def pin_activations(prepared, ranges: dict[str, float]) -> int:
         done.add(id(mod))
         tensors = consumers.get(id(mod), [])
         per_tensor = [[ranges[p] for p in readers if p in ranges] for readers in tensors]
-        if not tensors or not all(per_tensor) or not hasattr(mod, "min_val") or mod.min_val.numel() != 1:
+        if not hasattr(mod, "min_val") or mod.min_val.numel() != 1:
             continue
-        clips = [c for cs in per_tensor for c in cs]
+        if tensors and all(per_tensor):
+            clips = [c for cs in per_tensor for c in cs]
+        else:
+            producer = node.args[0] if node.args else None
+            if not outputs or getattr(producer, "op", None) != "call_function" or producer.target not in weighted:
+                continue
+            from .quant import module_path
+
+            clips = [outputs[module_path(producer)]] if module_path(producer) in outputs else []
+            if not clips:
+                continue
         qmin, qmax = int(mod.quant_min), int(mod.quant_max)
         clip = max(clips)
         lo = min(max(float(mod.min_val), -clip), 0.0)

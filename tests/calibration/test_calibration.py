@@ -324,6 +324,31 @@ def test_alternate_calibration_flips_the_signedness_and_brings_its_own_spares(ti
     assert opts.unsigned is False   # the caller's options are left alone
 
 
+def test_add_inputs_quantizes_the_projection_output_its_residual_add_reads(tiny, tmp_path):
+    """``Int8Options(add_inputs=True)`` (ExecuTorch's alternate calibration): the projection's output
+    reaches the residual Add through a Q/DQ pair of its own, with a range the calibration chose,
+    and torch_transfer reads it back as the layer's ``output_clip``."""
+    from calibration.torch_transfer import read_qdq
+
+    src, fs = tiny
+    plain = quantize_int8(src, tmp_path / "p.onnx", fs.calib, fs.heldout, fast(use_cache=False), log=lambda m: None)
+    art = quantize_int8(src, tmp_path / "a.onnx", fs.calib, fs.heldout, fast(add_inputs=True, use_cache=False),
+                        log=lambda m: None)
+    m = onnx.load(str(art.path))
+    prod = {o: n for n in m.graph.node for o in n.output}
+    add = next(n for n in m.graph.node if n.op_type == "Add")
+    sources = [prod[i] for i in add.input]
+    assert [n.op_type for n in sources] == ["DequantizeLinear"] * 2     # both inputs quantized
+    conv_side = [n for n in sources if prod[prod[n.input[0]].input[0]].op_type == "Conv"]
+    assert len(conv_side) == 1 and len(art.meta["add_inputs"]) == 1 and "add_inputs" not in plain.meta
+    layers = read_qdq(art.path)
+    assert layers["project.0"].output_clip > 0 and all(
+        lw.output_clip is None for k, lw in layers.items() if k != "project.0")
+    assert read_qdq(plain.path)["project.0"].output_clip is None
+    ref = run_outputs(src.path, fs.heldout)
+    assert score(art.path, fs.heldout, ref, Tolerance(cosine=0.98)).primary().cosine > 0.98
+
+
 def test_cache_reuses_the_calibrated_model(tiny, tmp_path):
     src, fs = tiny
     opts = fast(cache_dir=tmp_path / "cache")

@@ -203,3 +203,42 @@ def test_an_observer_shared_with_a_feature_map_is_not_pinned_to_the_pooled_clip(
     cal.ranges = {"fc": 1e-3, "head": 1e-3}
     cal.convert([])
     assert cal.pinned >= 1, cal.pinned  # the scaled map feeds only the head: pinned
+
+
+class ResidualNet(nn.Module):
+    """stem → ReLU → project, added to the stem's output → head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.project = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(x + self.project(F.relu(x)))
+
+
+def test_a_projection_output_before_its_residual_add_takes_the_calibrations_range():
+    """XNNPACK quantizes the projection's output before the add; no layer reads that tensor, so
+    only the calibration's own range for it (``output_ranges``, from ``add_inputs``) can pin it."""
+    pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
+    from edgekit.specs import InputSpec
+    from exporters.executorch import quant as eq
+
+    torch.manual_seed(0)
+    inp = InputSpec("input", (1, 3, 16, 16))
+    feeds = [{"input": torch.randn(4, 3, 16, 16).numpy()} for _ in range(4)]
+    cal = eq.calibrate(ResidualNet().eval(), (inp,), feeds, 16, True)
+
+    def project_scale(module):
+        q = next(n for n in module.graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
+                 and "dequantize" not in str(n.target) and "conv" in str(n.args[0].target)
+                 and all("add" in str(v.target) for d in n.users for v in d.users))  # read by the add only
+        return float(q.args[1])
+
+    before = project_scale(cal.convert([]))
+    cal.output_ranges = {"project": 0.01}
+    after = project_scale(cal.convert([]))
+    assert cal.pinned == 1
+    assert after <= 0.02 / 255 * (1 + 1e-6) < before, (before, after)
