@@ -225,25 +225,7 @@ def test_export_takes_a_spare_step_rebuilds_the_target_and_records_it(tmp_path, 
     the Q/DQ stage becomes the calibration's first spare, the ONNX Runtime form is rebuilt from
     it, parity runs again, and the manifest records the step and marks the first attempt's
     warnings superseded."""
-    import torch
-
-    from edgekit import create_model
-    from edgekit.contracts import ExportRequest
-    from edgekit.pipeline import export
-
-    ckpt = tmp_path / "lenet.pt"
-    torch.save(create_model("lenet5").state_dict(), ckpt)
-    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
-    calls = []
-
-    def forced(comps):
-        calls.append([c.stage for c in comps])
-        return "ort: forced by the test" if len(calls) == 1 else None
-
-    monkeypatch.setattr(retry, "reason", forced)
-    out = tmp_path / "out"
-    r = export(ExportRequest(model="lenet5", target="onnx", precision="int8", weights=ckpt, out=out, bench=False,
-                             samples=16, tolerance={"cosine": 0.9, "sqnr_db": 5.0}))
+    r, calls, out = _forced_lenet_export(tmp_path, monkeypatch)
     # asked after each attempt: the first (forced: retry), the second (passes: delivered)
     assert calls == [["onnx", "simplified", "qdq", "ort"]] * 2
     stages = {s.stage: s for s in r.manifest.stages}
@@ -263,19 +245,35 @@ def test_export_tries_the_alternate_calibration_and_records_it(tmp_path, monkeyp
     with the target declaring ``alternate_calibration`` as ExecuTorch and Core ML do): when the
     first calibration's attempts miss the bar (forced once here, with no spare steps), the export
     calibrates again with the other signedness, rebuilds, and the manifest's Q/DQ stage says so."""
+    from calibration import spares
+    from edgekit.targets import get_target
+
+    monkeypatch.setattr(type(get_target("onnx")), "alternate_calibration", True)
+    monkeypatch.setattr(spares, "stages", lambda art, folder: [])   # no spare steps: straight to the alternate
+    r, calls, out = _forced_lenet_export(tmp_path, monkeypatch)
+    assert len(calls) == 2
+    qdq = {s.stage: s for s in r.manifest.stages}["qdq"]
+    assert qdq.meta["alternate_calibration"] == {"activations": "signed int8", "instead_of": "uint8 where never negative",
+                                                 "why": "every attempt on the first calibration missed the bar"}
+    assert qdq.meta["unsigned_activations"] == [] and qdq.meta["options"]["unsigned"] is False
+    warns = r.manifest.reports["warnings"]
+    assert any("taking the alternate calibration (signed int8 activations)" in w for w in warns), warns
+    assert r.exit_code == 0 and not any(p.name.startswith("alternate") for p in out.iterdir())
+
+
+def _forced_lenet_export(tmp_path, monkeypatch):
+    """lenet5 with trained weights from a checkpoint, ``--target onnx --int8``, with
+    ``retry.reason`` forced to ask for one more attempt after the first: (result, the stages
+    ``reason`` saw at each call, the output folder)."""
     import torch
 
-    from calibration import spares
     from edgekit import create_model
     from edgekit.contracts import ExportRequest
     from edgekit.pipeline import export
-    from edgekit.targets import get_target
 
     ckpt = tmp_path / "lenet.pt"
     torch.save(create_model("lenet5").state_dict(), ckpt)
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(type(get_target("onnx")), "alternate_calibration", True)
-    monkeypatch.setattr(spares, "stages", lambda art, folder: [])   # no spare steps: straight to the alternate
     calls = []
 
     def forced(comps):
@@ -286,11 +284,4 @@ def test_export_tries_the_alternate_calibration_and_records_it(tmp_path, monkeyp
     out = tmp_path / "out"
     r = export(ExportRequest(model="lenet5", target="onnx", precision="int8", weights=ckpt, out=out, bench=False,
                              samples=16, tolerance={"cosine": 0.9, "sqnr_db": 5.0}))
-    assert len(calls) == 2
-    qdq = {s.stage: s for s in r.manifest.stages}["qdq"]
-    assert qdq.meta["alternate_calibration"] == {"activations": "signed int8", "instead_of": "uint8 where never negative",
-                                                 "why": "every attempt on the first calibration missed the bar"}
-    assert qdq.meta["unsigned_activations"] == [] and qdq.meta["options"]["unsigned"] is False
-    warns = r.manifest.reports["warnings"]
-    assert any("taking the alternate calibration (signed int8 activations)" in w for w in warns), warns
-    assert r.exit_code == 0 and not any(p.name.startswith("alternate") for p in out.iterdir())
+    return r, calls, out
