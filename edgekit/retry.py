@@ -126,8 +126,8 @@ def run(build, check, stages: list[Artifact], spare: list[Artifact], qdq_index: 
     """``build(stages)`` (the target's artifact appended) and ``check(stages)`` (parity), then,
     while :func:`reason` finds an INT8 stage short of its bar, the next of ``spare`` in place of
     the Q/DQ stage at ``qdq_index`` and both again. ``more``: called once, when the spares run out
-    and the bar is still missed, for further Q/DQ stages to try (the alternate calibration of
-    :func:`edgekit.pipeline._alternate`, its own Q/DQ graph and spares). When every attempt misses
+    and the bar is still missed, for further Q/DQ stages to try (the alternate calibration,
+    :func:`calibration.spares.alternate`: its own Q/DQ graph and spares). When every attempt misses
     too, the best one is delivered; when a rebuild raises, the best attempt that built.
     ``console`` takes the warnings (each attempt's are marked when it is superseded)."""
     from .errors import EdgekitError
@@ -146,7 +146,8 @@ def run(build, check, stages: list[Artifact], spare: list[Artifact], qdq_index: 
             superseded(console.warnings, seen, attempt)
             n, stages, comps = kept.restore(stages, qdq_index, before)
             reinstate(console.warnings, *marks[n], n)
-            console.warn(f"attempt {attempt} (a spare fallback step) failed to build: {exc}; delivering attempt {n}")
+            console.warn(f"attempt {attempt} (a spare fallback step or the alternate calibration) failed to build: "
+                         f"{exc}; delivering attempt {n}")
             break
         why = reason(comps) if enabled and qdq_index is not None and (spare or kept.kept or more) else None
         if why is None:
@@ -154,7 +155,7 @@ def run(build, check, stages: list[Artifact], spare: list[Artifact], qdq_index: 
         if not spare and more is not None:
             spare, more = _more(more, console), None
         if not spare:  # every spare step taken, still short: deliver the closest attempt
-            if max(k[0] for k in kept.kept) > score(comps):
+            if kept.kept and max(k[0] for k in kept.kept) > score(comps):
                 superseded(console.warnings, seen, attempt)
                 n, stages, comps = kept.restore(stages, qdq_index)
                 reinstate(console.warnings, *marks[n], n)

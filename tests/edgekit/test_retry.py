@@ -141,7 +141,7 @@ def test_run_delivers_the_closest_attempt_or_the_last_that_built(tmp_path):
     assert sum(w.startswith("[attempt 2, superseded]") for w in warns) == 1
     work, stages, comps, warns = case(fail_at=2)
     assert (work / "m.ir").read_bytes() == b"ir1" and not (work / "half.bin").exists()
-    assert "attempt 2 (a spare fallback step) failed to build" in warns[-1]
+    assert "attempt 2 (a spare fallback step or the alternate calibration) failed to build" in warns[-1]
     with pytest.raises(ExportError):   # the first attempt has nothing to fall back on: the error stands
         case(fail_at=1)
 
@@ -154,8 +154,8 @@ def test_run_tries_the_alternate_calibration_once_the_spares_are_spent(tmp_path)
 
     ref = _logits()
 
-    def case(flips, alt_raises=False):
-        work = tmp_path / f"w{''.join(map(str, flips))}{alt_raises}"
+    def case(flips, alt_raises=False, spares=True):
+        work = tmp_path / f"w{''.join(map(str, flips))}{alt_raises}{spares}"
         work.mkdir()
         qdq = _art(work / "m.int8.onnx", "qdq", b"q0")
         sp = _art(tmp_path / f"s{work.name}.onnx", "qdq", b"q1")
@@ -181,8 +181,9 @@ def test_run_tries_the_alternate_calibration_once_the_spares_are_spent(tmp_path)
                     _comp("executorch", ref, _flipped(ref, flips[len(attempt) - 1]), fidelity_ok=True)]
 
         console = Console(quiet=True)
-        stages, comps = retry.run(build, check, [qdq], [sp], 0, retry.Attempts(work, tmp_path / f"x{work.name}"),
-                                  console, prune=lambda a: a, more=more)
+        stages, comps = retry.run(build, check, [qdq], [sp] if spares else [], 0,
+                                  retry.Attempts(work, tmp_path / f"x{work.name}"), console, prune=lambda a: a,
+                                  more=more)
         return work, attempt, asked, comps, console.warnings
 
     # attempt 1 and the spare miss a 99 % bar; the alternate calibration passes and is delivered
@@ -197,6 +198,9 @@ def test_run_tries_the_alternate_calibration_once_the_spares_are_spent(tmp_path)
     work, attempt, asked, comps, warns = case([5, 6], alt_raises=True)
     assert (work / "m.pte").read_bytes() == b"pte1" and (work / "m.int8.onnx").read_bytes() == b"q0"
     assert warns[-1].startswith("every further attempt missed the bar too: delivering attempt 1")
+    # no spare steps and the alternate fails to run: the only attempt stands
+    work, attempt, asked, comps, warns = case([6], alt_raises=True, spares=False)
+    assert attempt == [b"q0"] and asked == [1] and (work / "m.pte").read_bytes() == b"pte1"
     assert retry.describe(_art(tmp_path / "d.onnx", "qdq")) == "the calibration"
 
 
