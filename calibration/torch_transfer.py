@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekit.errors import CalibrationError
 
+from .graph import consumers
 from .qdq import INT8_SUFFIX
 
 
@@ -55,10 +56,7 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
     def array(name: str) -> np.ndarray:
         return numpy_helper.to_array(init[name])
 
-    readers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = consumers(model)
 
     def output_clip(node) -> float | None:
         """The clip of the Q/DQ pair through which an ``Add`` reads the layer's output, if any

@@ -291,14 +291,8 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
         qdq_at = next((i for i, s in enumerate(stages) if s.stage == "qdq"), None)
         spare, more = [], None
         if qdq_at is not None and request.parity:
-            from calibration import spares
-
-            spare = spares.stages(stages[qdq_at], spare_dir)
-            opts = int8.get("options")
-            if target.alternate_calibration and opts is not None and opts.spare_steps:  # trained weights
-                src = stages[qdq_at - 1]
-                more = lambda: spares.alternate(src, opts, feeds.calib, feeds.heldout,  # noqa: E731
-                                                spare_dir / "alternate", console.info, target.alternate_options)
+            spare, more = retry.further_attempts(target, stages, qdq_at, int8.get("options"), feeds, spare_dir,
+                                                 console.info)
         stages, comps = retry.run(lambda st: _build(st, res, request, target, feeds, work, stem, console),
                                   lambda st: _parity(st, request, feeds, tol, reference, pairs, stability, console),
                                   stages, spare, qdq_at, retry.Attempts(work, spare_dir / "attempts"), console,

@@ -169,6 +169,19 @@ def run(build, check, stages: list[Artifact], spare: list[Artifact], qdq_index: 
     return stages, comps
 
 
+def further_attempts(target, stages: Sequence[Artifact], qdq_index: int, options, feeds, spare_dir: Path, log):
+    """(the Q/DQ stage's spare steps, the alternate calibration for :func:`run`'s ``more``: None
+    unless the target declares one and the calibration prepared spares, i.e. trained weights)."""
+    from calibration import spares
+
+    spare = spares.stages(stages[qdq_index], spare_dir)
+    if not (target.alternate_calibration and options is not None and options.spare_steps):
+        return spare, None
+    src = stages[qdq_index - 1]
+    return spare, lambda: spares.alternate(src, options, feeds.calib, feeds.heldout, spare_dir / "alternate", log,
+                                           target.alternate_options)
+
+
 def describe(qdq: Artifact) -> str:
     """What the Q/DQ stage ``qdq`` of a further attempt is, for the log."""
     alt, step = qdq.meta.get("alternate_calibration"), qdq.meta.get("spare_step")

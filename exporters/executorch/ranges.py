@@ -36,7 +36,7 @@ def input_ranges(layers: dict[str, Any]) -> dict[str, float]:
 def output_ranges(layers: dict[str, Any]) -> dict[str, float]:
     """Module path → edgekit's clip of the layer's output where a residual add reads it
     (``LayerWeights.output_clip``: a calibration with ``Int8Options(add_inputs=True)``)."""
-    return {path: lw.output_clip for path, lw in layers.items() if getattr(lw, "output_clip", None)}
+    return {path: lw.output_clip for path, lw in layers.items() if lw.output_clip}
 
 
 def sensitivity_order(source: Any, layers: dict[str, Any]) -> list[str]:
@@ -181,6 +181,17 @@ def observer_consumers(prepared) -> dict[int, list[set[str]]]:
     return out
 
 
+def _output_clip(observer, outputs: dict[str, float] | None, weighted) -> float | None:
+    """edgekit's clip of the weighted layer whose output ``observer`` (a prepared graph node)
+    observes, where ``outputs`` has one."""
+    from .quant import module_path
+
+    producer = observer.args[0] if observer.args else None
+    if not outputs or getattr(producer, "op", None) != "call_function" or producer.target not in weighted:
+        return None
+    return outputs.get(module_path(producer))
+
+
 def pin_activations(prepared, ranges: dict[str, float], outputs: dict[str, float] | None = None) -> int:
     """Give every activation observer whose tensor feeds a layer in ``ranges`` the qparams of
     edgekit's clip ∩ its observed [min, max] (asymmetric int8, as XNNPACK's activations are).
@@ -210,14 +221,10 @@ def pin_activations(prepared, ranges: dict[str, float], outputs: dict[str, float
         if tensors and all(per_tensor):
             clips = [c for cs in per_tensor for c in cs]
         else:
-            producer = node.args[0] if node.args else None
-            if not outputs or getattr(producer, "op", None) != "call_function" or producer.target not in weighted:
+            own = _output_clip(node, outputs, weighted)
+            if own is None:
                 continue
-            from .quant import module_path
-
-            clips = [outputs[module_path(producer)]] if module_path(producer) in outputs else []
-            if not clips:
-                continue
+            clips = [own]
         qmin, qmax = int(mod.quant_min), int(mod.quant_max)
         clip = max(clips)
         lo = min(max(float(mod.min_val), -clip), 0.0)
