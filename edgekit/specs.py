@@ -58,6 +58,7 @@ class Preprocess:
 
 MAX_DIM = 1 << 20          # a dimension above a million is a typo, not an image
 MAX_SAMPLES = 1_000_000    # parity/calibration samples; memory is checked separately (edgekit.resources)
+MAX_GUARD_SECONDS = 600.0  # seconds a latency guard times each runner (--guard-seconds)
 TOLERANCE_KEYS = ("max_abs", "cosine", "sqnr_db", "top1")
 # metric -> (lowest, highest) accepted value; every value must also be finite
 TOLERANCE_RANGES = {"max_abs": (0.0, float("inf")), "cosine": (-1.0, 1.0), "sqnr_db": (-1e3, 1e3),

@@ -9,10 +9,28 @@ purpose), otherwise it logs the figures. The guard only reports: it never fails 
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from ..contracts import ExportContext
+from ..contracts import ExportContext, ExportRequest
 from .timing import paired_ratio, time_runners
+
+GUARD_SECONDS = 1.5
+GUARD_ENV = "EDGEKIT_GUARD_SECONDS"
+
+
+def guard_seconds(request: ExportRequest, default: float = GUARD_SECONDS) -> float:
+    """Seconds each runner is timed by an export's INT8 form choice and latency guard: the
+    request's (``--guard-seconds``, or a matrix's timing budget), else ``$EDGEKIT_GUARD_SECONDS``
+    (a CI job's quick setting for every export it runs), else ``default``."""
+    if request.guard_seconds:
+        return float(request.guard_seconds)
+    env = os.environ.get(GUARD_ENV, "").strip()
+    if env:
+        from ..specs import MAX_GUARD_SECONDS, float_option
+
+        return float_option(f"${GUARD_ENV}", 0.0, MAX_GUARD_SECONDS, lo_open=True)(env)
+    return default
 
 
 def int8_guard(ctx: ExportContext, fp32, int8, seconds: float, what: str, advice: str = "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.specs import int_option, parse_shape, parse_tolerances
+from edgekit.specs import MAX_GUARD_SECONDS, float_option, int_option, parse_shape, parse_tolerances
 
 MAX_BATCH = 4096
 MAX_THREADS = 1024
@@ -49,6 +49,9 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="run every stage up to the target build, then stop")
     p.add_argument("--no-parity", dest="parity", action="store_false", help="skip the parity check")
     p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the latency measurement")
+    p.add_argument("--guard-seconds", type=float_option("--guard-seconds", 0.0, MAX_GUARD_SECONDS, lo_open=True),
+                   help="seconds the INT8 form choice and latency guard time each runner (default 1.5, or "
+                        "$EDGEKIT_GUARD_SECONDS); shorter is quicker and noisier")
     p.add_argument("--tol", action="append", default=[], metavar="METRIC=VALUE",
                    help="override a parity threshold: max_abs, cosine, sqnr_db, top1 (repeatable)")
     _add_target_options(p)
@@ -97,7 +100,7 @@ def request_from_args(args: argparse.Namespace):
                          device=args.device, threads=args.threads, dry_run=args.dry_run, parity=args.parity,
                          bench=args.bench, samples=args.samples, options=options, force=args.force,
                          tolerance=_tolerances(args.tol), arch=args.arch, arm_cpus=tuple(args.arm_cpus or ()),
-                         arm_samples=args.arm_samples)
+                         arm_samples=args.arm_samples, guard_seconds=args.guard_seconds)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,11 +24,11 @@ from pathlib import Path
 
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.bench.guard import guard_record, int8_guard
+from edgekit.bench.guard import guard_seconds as request_guard_seconds
 from edgekit.bench.timing import paired_ratio, time_runners
 from edgekit.contracts import ExportContext
 from edgekit.errors import ExportError
 
-GUARD_SECONDS = 1.5
 # The ONNX Runtime forms built from the calibration (exporters.onnx.ort_form.to_ort_form's
 # linear_pairs): with a uint8 pair on every conv output; without one on projections that have no
 # activation (pretrained EfficientNet-Lite0: 0.21 instead of 0.54 dB below the shared graph, 24 %
@@ -113,8 +113,8 @@ GUARD_ADVICE = "; for INT8 speed on this CPU use --target openvino"
 
 
 def guard_seconds(ctx: ExportContext) -> float:
-    """Seconds each runner is timed: the request's (a matrix passes its own), else GUARD_SECONDS."""
-    return ctx.request.guard_seconds or GUARD_SECONDS
+    """Seconds each runner is timed (:func:`edgekit.bench.guard.guard_seconds`)."""
+    return request_guard_seconds(ctx.request)
 
 
 def _time_candidates(ctx: ExportContext, paths: dict[str, Path]) -> dict | None:

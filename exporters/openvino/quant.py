@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from edgekit.artifact import Artifact
-from edgekit.bench.guard import int8_guard
+from edgekit.bench.guard import guard_seconds, int8_guard
 from edgekit import verdict
 from edgekit.compare import Tolerance
 from edgekit.contracts import ExportContext
@@ -36,7 +36,6 @@ from .exporter import settings
 from . import nncf as nq
 from .runner import OpenVinoRunner
 
-GUARD_SECONDS = 1.5
 
 
 def int8_tolerance(ctx: ExportContext) -> tuple[Tolerance, bool]:
@@ -147,7 +146,7 @@ def layer_precisions(model) -> dict[str, list[str]]:
 def latency_guard(ctx: ExportContext, fp32_model, int8_model, src: Artifact, runtime: dict[str, Any]) -> dict:
     """Time INT8 against FP32 on the export's device; warn when INT8 is not faster."""
     device, threads = ctx.request.device or "CPU", ctx.request.threads
-    seconds = settings(ctx.request).ov_guard_seconds or ctx.request.guard_seconds or GUARD_SECONDS
+    seconds = settings(ctx.request).ov_guard_seconds or guard_seconds(ctx.request)
     hint, prec = runtime["hint"], runtime["inference_precision"]
     with OpenVinoRunner(fp32_model, src.inputs, src.outputs, device, threads, hint, prec) as fp32, \
             OpenVinoRunner(int8_model, src.inputs, src.outputs, device, threads, hint, prec) as int8:

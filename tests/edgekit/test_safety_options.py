@@ -67,6 +67,8 @@ EXPORT_BAD = [
     (["--input-shape", "1x1x3000000x32"], "is not an image"),
     (["--input-shape", "1x1x100000x100000"], "input 1x1x100000x100000 is too large"),
     (["--input-shape", "1x1x8x8"], "lenet5 cannot run on input 1x1x8x8: "),
+    (["--guard-seconds", "0"], "--guard-seconds must be > 0 and <= 600, got 0"),
+    (["--guard-seconds", "nan"], "--guard-seconds must be a finite number"),
 ]
 
 
@@ -74,6 +76,14 @@ EXPORT_BAD = [
 def test_export_refuses_bad_options(tmp_path, capsys, extra, needle):
     out = tmp_path / "out"
     _refused(capsys, ["export", "lenet5", "--no-bench", "--out", str(out), *extra], needle)
+    _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("value,needle", [("soon", "$EDGEKIT_GUARD_SECONDS expects a number, got 'soon'"),
+                                          ("-1", "$EDGEKIT_GUARD_SECONDS must be > 0 and <= 600, got -1")])
+def test_a_bad_guard_seconds_variable_is_refused_before_any_work(tmp_path, capsys, monkeypatch, value, needle):
+    monkeypatch.setenv("EDGEKIT_GUARD_SECONDS", value)
+    _refused(capsys, ["export", "lenet5", "--int8", "--no-bench", "--out", str(tmp_path / "out")], needle)
     _nothing_written(tmp_path)
 
 

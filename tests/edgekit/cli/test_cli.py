@@ -262,7 +262,7 @@ def test_onnx_int8_delivers_the_onnxruntime_form_with_a_latency_guard(tmp_path):
     src.write_text(USER_MODEL)
     out = tmp_path / "out"
     proc = run_edgekit("export", f"{src}:tiny", "--int8", "--input-shape", "1x3x32x32", "--out", str(out),
-                       "--no-bench", "--samples", "16")
+                       "--no-bench", "--samples", "16", "--guard-seconds", "0.3")
     # untrained weights: INT8 accuracy is "not assessed" (edgekit/verdict.py), fidelity is gated:
     # nothing is wrong, so exit 0 (this exited 1 on top-1/cosine of deterministic-init logits before)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -283,6 +283,7 @@ def test_onnx_int8_delivers_the_onnxruntime_form_with_a_latency_guard(tmp_path):
         assert ort["meta"]["rewrite"]["quantized_convs"] == 1
     guard = ort["meta"]["latency_guard"]
     assert guard["fp32_p50_ms"] > 0 and guard["int8_p50_ms"] > 0 and isinstance(guard["int8_faster"], bool)
+    assert guard["seconds_each"] == 0.3 and m["request"]["guard_seconds"] == 0.3  # --guard-seconds, over the env's
     rows = {r["stage"]: r for r in m["parity"]}
     assert {"qdq", "ort"} <= set(rows)
     assert rows["ort"]["outputs"][0]["cosine"] > 0.98, rows["ort"]

@@ -134,8 +134,11 @@ def zoo(tmp_path_factory):
     return get
 
 
+# EfficientNetV2-S costs 69 s of the file's 290 on 2 cores (its calibration most); CI leaves it out
+# (EDGEKIT_FAST=1) as the TensorRT dry run and ExecuTorch tests do, and plain `make test` runs it.
 @pytest.mark.parametrize("precision", ("fp32", "fp16", "int8"))
-@pytest.mark.parametrize("name", FOCUS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "efficientnet_v2_s" else n
+                                  for n in FOCUS])
 def test_focus_model_parity(zoo, name, precision):
     b = zoo(name)
     art = b.export(precision)
