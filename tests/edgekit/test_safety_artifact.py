@@ -329,8 +329,9 @@ def test_ci_refuses_non_finite_or_non_positive_numbers(tmp_path, capsys, line, m
 
 
 def test_ci_error_cell_is_a_junit_error_and_never_exit_0(tmp_path):
-    """The reproduction of issue 18 past the config check: a bench that cannot measure
-    (seconds = nan) made report.json say 'error' while JUnit had 0 errors and ci exited 0."""
+    """The reproduction of issue 18 past the config check: a cell that cannot run (seconds = nan)
+    made report.json say 'error' while JUnit had 0 errors and ci exited 0. The bench failed on it
+    then; the export's own check of its latency-guard seconds refuses it first now."""
     from edgekit.ci import load_config, run_ci
 
     cfg_file = tmp_path / "edgekit.toml"
@@ -342,7 +343,8 @@ def test_ci_error_cell_is_a_junit_error_and_never_exit_0(tmp_path):
     suite = ET.parse(cfg.out / "junit.xml").getroot().find("testsuite")
     assert suite.get("errors") == "1" and suite.get("failures") == "0"
     (tc,) = suite.findall("testcase")
-    assert tc.find("error") is not None and "bench failed" in tc.find("error").get("message")
+    assert tc.find("error") is not None
+    assert "export failed: --guard-seconds must be a finite number, got nan" in tc.find("error").get("message")
     assert code == 2
 
 

@@ -28,7 +28,12 @@ def test_every_focus_family_is_covered():
     assert all(any(m.startswith(f.split("_x")[0]) for m in FOCUS) for f in families), families
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "efficientnet_v2_s" else n
+# CI (EDGEKIT_FAST=1) leaves out EfficientNetV2-S (its calibration) and MobileNetV3-Small, whose
+# graph is MobileNetV3-Large's blocks at other widths (12 s); plain `make test` runs both.
+CI_LEAVES_OUT = {"efficientnet_v2_s", "mobilenet_v3_small"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in CI_LEAVES_OUT else n
                                   for n in FOCUS])
 def test_int8_dry_run_gives_qdq_onnx_parity_and_clean_lint(name, tmp_path, edgekit_cli, monkeypatch):
     """The real command in its own process, as a user runs it (a fresh interpreter per model also
