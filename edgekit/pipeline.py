@@ -22,11 +22,7 @@ from .contracts import ExportContext, ExportRequest
 from .errors import ExportError, UsageError
 from .recheck import user_ref_sha256
 from .specs import InputSpec, check_precision
-from .verdict import apply_yardstick, calibration_target, gate_tolerance, quantization_tolerance, top1_note
-
-# Spare fallback steps the calibration writes past a passed gate (trained weights), taken one at a
-# time when the delivered artifact misses the bar its Q/DQ graph met (edgekit/retry.py).
-SPARE_STEPS = 2
+from .verdict import apply_yardstick, quantization_tolerance, top1_note
 
 
 @dataclass
@@ -198,43 +194,10 @@ def _onnx_stages(res: Resolved, request: ExportRequest, target, feeds, work: Pat
             stages.append(convert_fp16(stages[-1], work / f"{stem}.fp16.onnx"))
             d["summary"] = f"{stages[-1].meta.get('nodes', '?')} nodes"
     elif request.precision == "int8":
-        from calibration.quantize import Int8Options, quantize_int8
+        from .int8_stage import int8_stage
 
-        trained = bool(res.weights.trained)
-        gate = gate_tolerance(res.spec, request, "int8", trained)
-        # The float fallback ranks layers by how much INT8 hurts *these* weights: on
-        # deterministic-init weights that says nothing about the trained model, and its float
-        # layers would make the artifact's latency unlike the trained model's (the OpenVINO NNCF
-        # route skips its fallback for the same reason).
-        yard = None
-        if trained and request.parity:
-            from calibration.gate import yardstick
-
-            with console.step("yardstick for the INT8 gate (FP32 ONNX vs itself, ±½ pixel step of input noise)") as d:
-                yard = yardstick(stages[-1].path, feeds.heldout, res.inputs[0], res.spec.preprocess)
-                if yard is None or yard.get("top1") is None:
-                    yard, d["summary"] = None, "no image input or no class output: the fixed top-1 floor applies"
-                else:
-                    d["summary"] = f"top-1 {yard['top1']:.1%}"
-        opts = Int8Options(tolerance=calibration_target(gate), gate_top1=trained, fallback=trained,
-                           yardstick_top1=None if yard is None else round(yard["top1"], 4),
-                           unsigned=not target.signed_activations,
-                           spare_steps=SPARE_STEPS if trained and request.parity else 0,
-                           **({"method": request.calib_method} if request.calib_method else {}))
-        if int8 is not None:
-            int8["options"] = opts
-        if feeds.bundled:
-            console.warn("calibrating on edgekit's bundled photos: production INT8 needs your own data (--calib DIR)")
-        if not trained:
-            console.info("deterministic-init weights: every layer stays INT8 (the float fallback cannot tell how "
-                         "trained weights would quantize; pass --pretrained or --weights)")
-        with console.step(f"INT8 calibration + Q/DQ ({feeds.calib.source})") as d:
-            stages.append(quantize_int8(stages[-1], work / f"{stem}.int8.onnx", feeds.calib, feeds.heldout, opts,
-                                        log=console.info, spare_dir=spare_dir))
-            lay, gate = stages[-1].meta.get('layers', {}), stages[-1].meta.get('gate', {})
-            verdict = ("not assessed (untrained weights)" if not trained
-                       else "passed" if gate.get("passed") else "FAILED")
-            d["summary"] = f"{lay.get('int8_convs', '?')}/{lay.get('convs', '?')} convs INT8, gate {verdict}"
+        stages.append(int8_stage(res, request, target, feeds, stages[-1], work / f"{stem}.int8.onnx", console,
+                                 spare_dir=spare_dir, int8=int8))
     return list(stages)
 
 

@@ -1,0 +1,62 @@
+"""The shared INT8 stage of an export: the yardstick its gate is judged against, the calibration's
+options for this target and these weights, then the calibrated Q/DQ ONNX (calibration/quantize.py)
+that every target that does not quantize itself builds from (DESIGN.md §4)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .artifact import Artifact
+from .console import Console
+from .contracts import ExportRequest
+from .verdict import calibration_target, gate_tolerance
+
+# Spare fallback steps the calibration writes past a passed gate (trained weights), taken one at a
+# time when the delivered artifact misses the bar its Q/DQ graph met (edgekit/retry.py).
+SPARE_STEPS = 2
+
+
+def int8_stage(res, request: ExportRequest, target, feeds, source: Artifact, path: Path, console: Console,
+               spare_dir: Path | None = None, int8: dict | None = None) -> Artifact:
+    """Calibrate ``source`` (the simplified FP32 ONNX) into the Q/DQ ONNX at ``path``. ``int8``
+    receives the calibration's options, for an alternate calibration (edgekit/retry.py)."""
+    from calibration.quantize import Int8Options, quantize_int8
+
+    trained = bool(res.weights.trained)
+    gate = gate_tolerance(res.spec, request, "int8", trained)
+    # The float fallback ranks layers by how much INT8 hurts *these* weights: on
+    # deterministic-init weights that says nothing about the trained model, and its float
+    # layers would make the artifact's latency unlike the trained model's (the OpenVINO NNCF
+    # route skips its fallback for the same reason).
+    yard = _yardstick(res, request, feeds, source, console) if trained and request.parity else None
+    opts = Int8Options(tolerance=calibration_target(gate), gate_top1=trained, fallback=trained,
+                       yardstick_top1=None if yard is None else round(yard["top1"], 4),
+                       unsigned=not target.signed_activations,
+                       spare_steps=SPARE_STEPS if trained and request.parity else 0,
+                       **({"method": request.calib_method} if request.calib_method else {}))
+    if int8 is not None:
+        int8["options"] = opts
+    if feeds.bundled:
+        console.warn("calibrating on edgekit's bundled photos: production INT8 needs your own data (--calib DIR)")
+    if not trained:
+        console.info("deterministic-init weights: every layer stays INT8 (the float fallback cannot tell how "
+                     "trained weights would quantize; pass --pretrained or --weights)")
+    with console.step(f"INT8 calibration + Q/DQ ({feeds.calib.source})") as d:
+        art = quantize_int8(source, path, feeds.calib, feeds.heldout, opts, log=console.info, spare_dir=spare_dir)
+        lay, passed = art.meta.get("layers", {}), art.meta.get("gate", {}).get("passed")
+        verdict = "not assessed (untrained weights)" if not trained else "passed" if passed else "FAILED"
+        d["summary"] = f"{lay.get('int8_convs', '?')}/{lay.get('convs', '?')} convs INT8, gate {verdict}"
+    return art
+
+
+def _yardstick(res, request: ExportRequest, feeds, source: Artifact, console: Console) -> dict | None:
+    """FP32's own top-1 stability under ±½ pixel step of input noise (calibration/gate.py), or
+    None where there is no image input or no class output (the fixed top-1 floor applies)."""
+    from calibration.gate import yardstick
+
+    with console.step("yardstick for the INT8 gate (FP32 ONNX vs itself, ±½ pixel step of input noise)") as d:
+        yard = yardstick(source.path, feeds.heldout, res.inputs[0], res.spec.preprocess)
+        if yard is None or yard.get("top1") is None:
+            d["summary"] = "no image input or no class output: the fixed top-1 floor applies"
+            return None
+        d["summary"] = f"top-1 {yard['top1']:.1%}"
+        return yard
