@@ -256,3 +256,22 @@ def test_int8_speed_times_each_method_on_its_runtime(artifact):
             assert 0 < row["p50_ms"] <= row["p90_ms"], (runtime, k, row)
         other = next(k for k in rows if k != "fp32")
         assert 0 < rows[other]["vs_fp32"] < 1e6, rows
+
+
+def test_guard_seconds_come_from_the_request_then_the_environment_then_the_default(monkeypatch):
+    """--guard-seconds (or a matrix's budget) wins over $EDGEKIT_GUARD_SECONDS, which wins over 1.5 s;
+    a bad variable is a usage error that names it."""
+    from edgekit.bench.guard import GUARD_ENV, GUARD_SECONDS, guard_seconds
+    from edgekit.contracts import ExportRequest
+    from edgekit.errors import UsageError
+
+    monkeypatch.delenv(GUARD_ENV, raising=False)
+    assert guard_seconds(ExportRequest(model="lenet5")) == GUARD_SECONDS == 1.5
+    monkeypatch.setenv(GUARD_ENV, "0.4")
+    assert guard_seconds(ExportRequest(model="lenet5")) == 0.4
+    assert guard_seconds(ExportRequest(model="lenet5", guard_seconds=2.0)) == 2.0
+    monkeypatch.setenv(GUARD_ENV, " ")
+    assert guard_seconds(ExportRequest(model="lenet5")) == 1.5
+    monkeypatch.setenv(GUARD_ENV, "inf")
+    with pytest.raises(UsageError, match=r"\$EDGEKIT_GUARD_SECONDS must be a finite number"):
+        guard_seconds(ExportRequest(model="lenet5"))
