@@ -29,7 +29,7 @@ demo: $(STAMP)
 TEST_JOBS ?= 2
 # edgekit's own modules are byte-compiled first for the same reason (0.1 s per test process).
 test: $(STAMP)
-	@$(BIN)/python -m compileall -q edgekit exporters calibration > /dev/null
+	@$(BIN)/python -m compileall -q edgekit exporters calibration
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP)
