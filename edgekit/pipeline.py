@@ -109,7 +109,7 @@ def tolerance_fn(spec, request: ExportRequest, trained: bool, fp32_floor: float 
 def check_request_numbers(request: ExportRequest) -> None:
     """The numeric fields of a request (API, CI config or manifest alike), as the CLI checks them."""
     from .bench.guard import guard_seconds
-    from .specs import MAX_GUARD_SECONDS, check_int, check_tolerances, float_option
+    from .specs import check_int, check_tolerances, guard_seconds_option
 
     check_int("--batch", request.batch, 1)
     for flag, value in (("--samples", request.samples), ("--threads", request.threads), ("--opset", request.opset)):
@@ -117,8 +117,7 @@ def check_request_numbers(request: ExportRequest) -> None:
             check_int(flag, value, 1)
     request.tolerance = check_tolerances(request.tolerance)
     if request.guard_seconds is not None:
-        request.guard_seconds = float_option("--guard-seconds", 0.0, MAX_GUARD_SECONDS, lo_open=True)(
-            request.guard_seconds)
+        request.guard_seconds = guard_seconds_option()(request.guard_seconds)
     guard_seconds(request)  # a bad $EDGEKIT_GUARD_SECONDS is refused before any work, not at the build
 
 

@@ -142,6 +142,12 @@ def float_option(flag: str, lo: float = 0.0, hi: float = float("inf"), lo_open: 
     return parse
 
 
+def guard_seconds_option(name: str = "--guard-seconds"):
+    """The parser of a latency guard's seconds per runner, in (0, MAX_GUARD_SECONDS]: the flag's,
+    the API's and ``$EDGEKIT_GUARD_SECONDS``' (``name`` is what an error names)."""
+    return float_option(name, 0.0, MAX_GUARD_SECONDS, lo_open=True)
+
+
 def check_tolerance(key: str, value: object) -> float:
     """One parity threshold, validated: a known metric, a finite number in the metric's range."""
     import math

@@ -27,9 +27,9 @@ def guard_seconds(request: ExportRequest, default: float = GUARD_SECONDS) -> flo
         return float(request.guard_seconds)
     env = os.environ.get(GUARD_ENV, "").strip()
     if env:
-        from ..specs import MAX_GUARD_SECONDS, float_option
+        from ..specs import guard_seconds_option
 
-        return float_option(f"${GUARD_ENV}", 0.0, MAX_GUARD_SECONDS, lo_open=True)(env)
+        return guard_seconds_option(f"${GUARD_ENV}")(env)
     return default
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from edgekit.specs import MAX_GUARD_SECONDS, float_option, int_option, parse_shape, parse_tolerances
+from edgekit.specs import guard_seconds_option, int_option, parse_shape, parse_tolerances
 
 MAX_BATCH = 4096
 MAX_THREADS = 1024
@@ -49,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="run every stage up to the target build, then stop")
     p.add_argument("--no-parity", dest="parity", action="store_false", help="skip the parity check")
     p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the latency measurement")
-    p.add_argument("--guard-seconds", type=float_option("--guard-seconds", 0.0, MAX_GUARD_SECONDS, lo_open=True),
+    p.add_argument("--guard-seconds", type=guard_seconds_option(),
                    help="seconds the INT8 form choice and latency guard time each runner (default 1.5, or "
                         "$EDGEKIT_GUARD_SECONDS); shorter is quicker and noisier")
     p.add_argument("--tol", action="append", default=[], metavar="METRIC=VALUE",
