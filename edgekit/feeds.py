@@ -37,7 +37,8 @@ def find_images(folder: Path) -> list[Path]:
                                hint="pass a folder of photos (searched recursively), or a .npy/.npz array of "
                                     "preprocessed N×C×H×W samples")
     if not folder.is_dir():
-        raise CalibrationError(f"calibration folder not found: {folder}")
+        raise CalibrationError(f"calibration folder not found: {folder}",
+                               hint="check the path; leave --calib out to calibrate on edgekit's bundled photos")
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         raise CalibrationError(f"no images in {folder}",
