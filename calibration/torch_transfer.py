@@ -37,6 +37,10 @@ class LayerWeights:
     int8: np.ndarray | None = None
     input_clip: float | None = None  # edgekit's symmetric clip (127 × scale) of the input; None: float input
     output_clip: float | None = None  # likewise of its output, where a residual Add reads it quantized
+    # The same two Q/DQ pairs as int8 grids, (scale, zero point), a uint8 one shifted by -128 (the
+    # same values); floors (h-swish, SiLU: a uint8 zero point above 0) included. None: no pair.
+    input_grid: tuple[float, int] | None = None
+    output_grid: tuple[float, int] | None = None
     node: str = ""                   # the ONNX node's name (the calibration's sensitivity ranking uses it)
 
     @property
@@ -58,16 +62,27 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
 
     readers = consumers(model)
 
-    def output_clip(node) -> float | None:
-        """The clip of the Q/DQ pair through which an ``Add`` reads the layer's output, if any
+    def output_dq(node):
+        """The DequantizeLinear through which an ``Add`` reads the layer's output, if any
         (``Int8Options(add_inputs=True)``)."""
         for q in readers.get(node.output[0], []):
             if q.op_type != "QuantizeLinear":
                 continue
             for dq in readers.get(q.output[0], []):
                 if dq.op_type == "DequantizeLinear" and any(r.op_type == "Add" for r in readers.get(dq.output[0], [])):
-                    return clip_of(dq)
+                    return dq
         return None
+
+    def grid_of(dq) -> tuple[float, int] | None:
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in init:
+            return None
+        scale = array(dq.input[1]).reshape(-1)
+        if len(dq.input) < 3 or dq.input[2] not in init:
+            return None
+        zero = array(dq.input[2]).reshape(-1)
+        if scale.size != 1 or zero.size != 1 or zero.dtype not in (np.int8, np.uint8):
+            return None
+        return float(scale[0]), int(zero[0]) - (128 if zero.dtype == np.uint8 else 0)
 
     def input_clip(node) -> float | None:
         """The threshold of the Q/DQ pair on the layer's input, if it has one: 127 × its scale
@@ -102,7 +117,9 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
             continue
         if layer.module:
             layer.input_clip = input_clip(node) if layer.quantized else None
-            layer.output_clip = output_clip(node)
+            layer.output_clip = clip_of(output_dq(node))
+            layer.input_grid = grid_of(prod.get(node.input[0])) if layer.quantized else None
+            layer.output_grid = grid_of(output_dq(node))
             layer.node = node.name
             layers[layer.module] = layer
     return layers

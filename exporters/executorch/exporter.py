@@ -122,6 +122,7 @@ def _edgekit_float_layers(ctx: ExportContext, cal, layers, tol: Tolerance, selec
     from . import ranges as er
 
     cal.ranges, cal.output_ranges = er.input_ranges(layers), er.output_ranges(layers)
+    cal.grids, cal.output_grids = er.input_grids(layers), er.output_grids(layers)
     weighted = eq.weighted_nodes(cal.graph)
     paths = dict(cal.weighted)
     by_path = {p: n for n, p in cal.weighted}

@@ -203,6 +203,8 @@ class Calibrated:
     weighted: list[tuple[str, str]] = field(default_factory=list)  # (node name, module path)
     ranges: dict[str, float] = field(default_factory=dict)  # module path → edgekit's clip of its input
     output_ranges: dict[str, float] = field(default_factory=dict)  # module path → clip of its output (residual)
+    grids: dict[str, tuple[float, int]] = field(default_factory=dict)  # module path → its input's int8 grid
+    output_grids: dict[str, tuple[float, int]] = field(default_factory=dict)  # likewise of its output (residual)
     float_outputs: list[str] = field(default_factory=list)  # layers that write the model's outputs: always float
     dynamic_outputs: list[str] = field(default_factory=list)  # output linears: INT8 weights, float output
 
@@ -222,10 +224,10 @@ class Calibrated:
             raise ExportError("executorch-int8", f"no calibration statistics for {len(missing)} observer(s)")
         for key, mod in observers.items():
             mod.load_state_dict(self.observer_state[key])
-        if self.ranges or self.output_ranges:
+        if self.ranges or self.output_ranges or self.grids or self.output_grids:
             from .ranges import pin_activations
 
-            self.pinned = pin_activations(prepared, self.ranges, self.output_ranges)
+            self.pinned = pin_activations(prepared, self.ranges, self.output_ranges, self.grids, self.output_grids)
         return convert_pt2e(prepared)
 
 

@@ -39,6 +39,16 @@ def output_ranges(layers: dict[str, Any]) -> dict[str, float]:
     return {path: lw.output_clip for path, lw in layers.items() if lw.output_clip}
 
 
+def input_grids(layers: dict[str, Any]) -> dict[str, tuple[float, int]]:
+    """Module path → the int8 grid (scale, zero point) of the Q/DQ pair on the layer's input."""
+    return {path: lw.input_grid for path, lw in layers.items() if lw.input_grid}
+
+
+def output_grids(layers: dict[str, Any]) -> dict[str, tuple[float, int]]:
+    """Module path → the int8 grid of the Q/DQ pair through which a residual add reads its output."""
+    return {path: lw.output_grid for path, lw in layers.items() if lw.output_grid}
+
+
 def sensitivity_order(source: Any, layers: dict[str, Any]) -> list[str]:
     """Module paths of the Q/DQ stage's weighted layers, most INT8-sensitive first: the
     calibration's per-layer SQNR ranking (``source.meta["sensitivity"]``, by ONNX node), named
@@ -192,17 +202,47 @@ def _output_clip(observer, outputs: dict[str, float] | None, weighted) -> float 
     return outputs.get(module_path(producer))
 
 
-def pin_activations(prepared, ranges: dict[str, float], outputs: dict[str, float] | None = None) -> int:
-    """Give every activation observer whose tensor feeds a layer in ``ranges`` the qparams of
-    edgekit's clip ∩ its observed [min, max] (asymmetric int8, as XNNPACK's activations are).
+def _exact_grid(node, tensors, grids, out_grids, weighted, module_path) -> tuple[float, int] | None:
+    """The one int8 grid of the shared graph's Q/DQ pairs on the tensor(s) ``node`` observes: the
+    readers' input grid when every tensor it observes feeds weighted layers that all have the
+    same one, else the producer's output grid (a projection's output before its residual add)."""
+    if tensors and all(any(p in grids for p in readers) for readers in tensors):
+        found = {grids.get(p) for readers in tensors for p in readers}
+    else:
+        producer = node.args[0] if node.args else None
+        if getattr(producer, "op", None) != "call_function" or producer.target not in weighted:
+            return None
+        found = {out_grids.get(module_path(producer))}
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
+def _pin(mod, scale: float, zero: int) -> None:
+    import torch
+
+    mod.calculate_qparams = (lambda s=scale, z=zero: (torch.tensor([s], dtype=torch.float32),
+                                                      torch.tensor([z], dtype=torch.int32)))
+
+
+def pin_activations(prepared, ranges: dict[str, float], outputs: dict[str, float] | None = None,
+                    grids: dict[str, tuple[float, int]] | None = None,
+                    out_grids: dict[str, tuple[float, int]] | None = None) -> int:
+    """Give the activation observers edgekit's ranges.
+
+    With ``grids`` (module path → the int8 grid of the Q/DQ pair on that layer's input) and
+    ``out_grids`` (likewise on a weighted layer's output that a residual add reads): an observer
+    whose tensor the shared graph quantizes takes that very grid, scale and zero point (a uint8
+    pair's shifted by -128: the same values), so XNNPACK rounds where the shared graph rounds.
+    Otherwise (and for observers without a grid) every observer whose tensor feeds a layer in
+    ``ranges`` takes edgekit's clip ∩ its observed [min, max] in XNNPACK's asymmetric int8;
+    ``outputs`` likewise for a projection's output before its residual add.
     An observer shared by several tensors is pinned only when each of them feeds such a layer:
     a squeeze-excite average pool shares its input's observer, and the pooled vector's clip
     would saturate the feature map (untrained MobileNetV3: 0.5 dB from the shared graph).
-    ``outputs``: the observer of a weighted layer's output that none of those readers pins (a
-    projection's output before its residual add) takes edgekit's clip of that output, where the
-    calibration chose one (:func:`output_ranges`). Returns how many observers were pinned."""
+    Returns how many observers were pinned."""
     import torch
     from torchao.quantization.pt2e.observer import ObserverBase
+
+    from .quant import module_path
 
     consumers = observer_consumers(prepared)
     _, _, weighted = _ops()
@@ -214,10 +254,17 @@ def pin_activations(prepared, ranges: dict[str, float], outputs: dict[str, float
         if id(mod) in done or not isinstance(mod, ObserverBase) or getattr(mod, "ch_axis", None) is not None:
             continue
         done.add(id(mod))
-        tensors = consumers.get(id(mod), [])
-        per_tensor = [[ranges[p] for p in readers if p in ranges] for readers in tensors]
         if not hasattr(mod, "min_val") or mod.min_val.numel() != 1:
             continue
+        tensors = consumers.get(id(mod), [])
+        qmin, qmax = int(mod.quant_min), int(mod.quant_max)
+        if grids is not None and (qmin, qmax) == (-128, 127):
+            grid = _exact_grid(node, tensors, grids, out_grids or {}, weighted, module_path)
+            if grid is not None:
+                _pin(mod, *grid)
+                pinned += 1
+                continue
+        per_tensor = [[ranges[p] for p in readers if p in ranges] for readers in tensors]
         if tensors and all(per_tensor):
             clips = [c for cs in per_tensor for c in cs]
         else:
@@ -225,13 +272,10 @@ def pin_activations(prepared, ranges: dict[str, float], outputs: dict[str, float
             if own is None:
                 continue
             clips = [own]
-        qmin, qmax = int(mod.quant_min), int(mod.quant_max)
         clip = max(clips)
         lo = min(max(float(mod.min_val), -clip), 0.0)
         hi = max(min(float(mod.max_val), clip), 0.0)
         scale = max((hi - lo) / (qmax - qmin), float(torch.finfo(torch.float32).eps))
-        zero = int(np.clip(qmin - round(lo / scale), qmin, qmax))
-        mod.calculate_qparams = (lambda s=scale, z=zero: (torch.tensor([s], dtype=torch.float32),
-                                                          torch.tensor([z], dtype=torch.int32)))
+        _pin(mod, scale, int(np.clip(qmin - round(lo / scale), qmin, qmax)))
         pinned += 1
     return pinned

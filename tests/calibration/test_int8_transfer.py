@@ -49,6 +49,11 @@ def test_read_qdq_names_layers_by_torch_module(qdq):
     assert len(floats) == len(art.meta["float_layers"]) == 1, (floats, art.meta["float_layers"])
     for name, lw in layers.items():
         assert (lw.input_clip is not None and lw.input_clip > 0) == lw.quantized, (name, lw.input_clip)
+        if lw.quantized:  # the same pair as an int8 grid: zero point 0 (signed) or -128 (uint8, never negative)
+            scale, zero = lw.input_grid
+            assert (zero, round(lw.input_clip / scale)) in ((0, 127), (-128, 255)), (name, lw.input_grid, lw.input_clip)
+        else:
+            assert lw.input_grid is None, (name, lw.input_grid)
     # the calibration's sensitivity ranking (by ONNX node) named by torch module, worst first
     from exporters.executorch.ranges import sensitivity_order
 

@@ -165,6 +165,38 @@ def test_the_program_quantizes_with_the_pinned_range():
     assert len(tight) >= 3 and len([s for s in scales(wide) if s <= 0.02 / 255 * (1 + 1e-6)]) == 0, scales(narrow)
 
 
+def _f32(x: float) -> float:
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
+def _qparams(module) -> set[tuple[float, int]]:
+    return {(_f32(float(n.args[1])), int(n.args[2])) for n in module.graph.nodes
+            if n.op == "call_function" and "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)}
+
+
+def test_the_program_rounds_on_the_shared_graphs_grid():
+    """Where the shared graph has a Q/DQ pair, the program takes its grid, scale and zero point,
+    not the clip ∩ what the observer saw: XNNPACK then rounds where the shared graph rounds (a
+    uint8 pair as int8 with its zero point shifted by -128; a floor's zero point kept)."""
+    pytest.importorskip("executorch.exir", reason="ExecuTorch is not installed (pip install 'edgekit[mobile]')")
+    from edgekit.specs import InputSpec
+    from exporters.executorch import quant as eq
+
+    torch.manual_seed(0)
+    inp = InputSpec("input", (1, 3, 16, 16))
+    feeds = [{"input": torch.randn(4, 3, 16, 16).numpy()} for _ in range(4)]
+    cal = eq.calibrate(PadNet().eval(), (inp,), feeds, 16, True)
+    grids = {"expand": (0.021, 0), "dw": (6 / 255, -128), "project": (0.013, -100), "head": (0.017, 0)}
+    cal.ranges = {k: 127 * s for k, (s, _) in grids.items()}
+    cal.grids = grids
+    exact = _qparams(cal.convert([]))
+    assert cal.pinned >= 4, cal.pinned
+    assert {(_f32(s), z) for s, z in grids.values()} <= exact, exact
+    cal.grids = {}
+    clipped = _qparams(cal.convert([]))  # the clip rule: asymmetric over clip ∩ observed, other grids
+    assert not {(_f32(s), z) for s, z in grids.values()} & clipped, clipped
+
+
 class SENet(nn.Module):
     """conv → ReLU → squeeze-excite (average pool → 1x1 fc → sigmoid → scale) → conv."""
 
@@ -242,3 +274,5 @@ def test_a_projection_output_before_its_residual_add_takes_the_calibrations_rang
     after = project_scale(cal.convert([]))
     assert cal.pinned == 1
     assert after <= 0.02 / 255 * (1 + 1e-6) < before, (before, after)
+    cal.output_grids = {"project": (0.003, 0)}  # the shared graph's own pair on that output: its grid exactly
+    assert project_scale(cal.convert([])) == pytest.approx(0.003) and cal.pinned == 1
