@@ -8,6 +8,7 @@ from pathlib import Path
 from .artifact import Artifact
 from .console import Console
 from .contracts import ExportRequest
+from .feeds import thin_heldout
 from .verdict import calibration_target, gate_tolerance
 
 # Spare fallback steps the calibration writes past a passed gate (trained weights), taken one at a
@@ -37,6 +38,8 @@ def int8_stage(res, request: ExportRequest, target, feeds, source: Artifact, pat
         int8["options"] = opts
     if feeds.bundled:
         console.warn("calibrating on edgekit's bundled photos: production INT8 needs your own data (--calib DIR)")
+    elif trained and request.parity and (thin := thin_heldout(feeds)):
+        console.warn(thin)
     if not trained:
         console.info("deterministic-init weights: every layer stays INT8 (the float fallback cannot tell how "
                      "trained weights would quantize; pass --pretrained or --weights)")

@@ -4,6 +4,8 @@ fast; the full-resolution accuracy gate on pretrained EfficientNet-Lite0 is in
 test_calibration_lite0.py."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -85,6 +87,27 @@ def test_split_is_deterministic_and_disjoint():
     again = photo_feeds(PRE, INPUT, heldout=30, calib=30)
     assert np.array_equal(next(iter(fs.heldout))["input"], next(iter(again.heldout))["input"])
     assert fs.calib.fingerprint() == again.calib.fingerprint() != fs.heldout.fingerprint()
+
+
+def test_a_folder_with_few_held_out_photos_gets_a_warning(tmp_path):
+    """The fallback stops once its gate passes on the held-out crops, so a verdict on one or two
+    photos is optimistic for others: the export says so (edgekit/int8_stage.py)."""
+    from edgekit.feeds import MIN_HELDOUT_PHOTOS, thin_heldout
+
+    photos = bundled_photos()
+    assert thin_heldout(photo_feeds(PRE, INPUT, heldout=8, calib=8)) is None  # the bundled ones: their own warning
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in photos[:5]:
+        shutil.copy(p, few / p.name)
+    msg = thin_heldout(photo_feeds(PRE, INPUT, folder=few, heldout=8, calib=8))
+    assert msg and "rests on 2 held-out photos" in msg and "a --calib folder of 9+ photos" in msg, msg
+    many = tmp_path / "many"
+    many.mkdir()
+    for p in photos[:9]:
+        shutil.copy(p, many / p.name)
+    fs = photo_feeds(PRE, INPUT, folder=many, heldout=8, calib=8)
+    assert len({s.path for s in fs.heldout.samples}) >= MIN_HELDOUT_PHOTOS and thin_heldout(fs) is None
 
 
 def test_take_spreads_over_photos():
