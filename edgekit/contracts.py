@@ -141,6 +141,7 @@ class Exporter:
     # on its calibration misses the bar, the export tries the other signedness (calibration/spares.py)
     alternate_calibration: ClassVar[bool] = False
     alternate_options: ClassVar[dict] = {}  # Int8Options fields the alternate calibration also sets
+    calibration_options: ClassVar[dict] = {}  # Int8Options fields the target's first calibration sets
 
     def available(self) -> tuple[bool, str]:
         """(True, version) when the backend can run here, else (False, why not)."""

@@ -265,6 +265,29 @@ def test_export_tries_the_alternate_calibration_and_records_it(tmp_path, monkeyp
     assert r.exit_code == 0 and not any(p.name.startswith("alternate") for p in out.iterdir())
 
 
+def test_a_targets_calibration_options_reach_its_first_calibration(tmp_path, monkeypatch):
+    """``Exporter.calibration_options`` (ExecuTorch: ``add_inputs``, the points XNNPACK adds)
+    are set on the target's first calibration, and its signedness comes from
+    ``signed_activations`` as before."""
+    import torch
+
+    from edgekit import create_model
+    from edgekit.contracts import ExportRequest
+    from edgekit.pipeline import export
+    from edgekit.targets import get_target
+    from exporters.executorch.exporter import ExecuTorchTarget
+
+    assert ExecuTorchTarget.calibration_options == {"add_inputs": True} and not ExecuTorchTarget.signed_activations
+    monkeypatch.setattr(type(get_target("onnx")), "calibration_options", {"add_inputs": True})
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    ckpt = tmp_path / "lenet.pt"
+    torch.save(create_model("lenet5").state_dict(), ckpt)
+    r = export(ExportRequest(model="lenet5", target="onnx", precision="int8", weights=ckpt, out=tmp_path / "out",
+                             bench=False, samples=16, tolerance={"cosine": 0.9, "sqnr_db": 5.0}))
+    options = {s.stage: s for s in r.manifest.stages}["qdq"].meta["options"]
+    assert options["add_inputs"] is True and options["unsigned"] is True, options
+
+
 def _forced_lenet_export(tmp_path, monkeypatch):
     """lenet5 with trained weights from a checkpoint, ``--target onnx --int8``, with
     ``retry.reason`` forced to ask for one more attempt after the first: (result, the stages
