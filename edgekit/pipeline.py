@@ -254,7 +254,7 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
             with console.step(f"torch reference on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
                 reference = TorchRunner(res.model, res.inputs, stages[0].outputs if stages else ("output",))
                 pairs = reference_outputs(reference, feeds.heldout)
-            stability = _stability(res, request, reference, pairs, console)
+            stability = measure_yardstick(res, request, reference, pairs, console)
         qdq_at = next((i for i, s in enumerate(stages) if s.stage == "qdq"), None)
         spare, more = [], None
         if qdq_at is not None and request.parity:
@@ -329,7 +329,7 @@ def _default_out(request: ExportRequest, target) -> Path | None:
     return Path("artifacts") / f"{resolve_name(request.model)[0]}-{target.name}-{request.precision}"
 
 
-def _stability(res: Resolved, request: ExportRequest, reference, pairs, console: Console) -> dict[str, Any] | None:
+def measure_yardstick(res: Resolved, request: ExportRequest, reference, pairs, console: Console) -> dict[str, Any] | None:
     """For trained weights at reduced precision: how the FP32 reference scores against itself
     under half-step input noise (edgekit.stability), the yardstick for the top-1 figures.
     ``pairs``: parity's (feed, clean reference output), so only the noisy pass runs here."""

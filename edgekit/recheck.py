@@ -196,9 +196,17 @@ def recheck(artifact: Path, given: ExportRequest, console) -> tuple[list, Any]:
         from .arm.compare import hook as arm_hook
 
         comps += arm_hook(manifest.stages, pairs, tol, given, console, feeds.heldout.source)
+    from .pipeline import measure_yardstick
+    from .stability import describe
     from .verdict import apply_yardstick
 
-    apply_yardstick(comps, (manifest.reports or {}).get("reference_stability"))  # the export's measured yardstick
+    # The yardstick belongs to the photos: measured again on this check's own held-out samples
+    # (with --calib they are not the export's; the export's figure would judge them on a bar set
+    # by other photos). The export's figure stays the fallback where none can be measured.
+    yard = measure_yardstick(res, request, reference, pairs, console)
+    if yard is not None:
+        console.info(f"yardstick: {describe(yard)}")
+    apply_yardstick(comps, yard or (manifest.reports or {}).get("reference_stability"))
     localization = None
     if given.localize:
         onnx_stages = [s for s in manifest.stages if s.format == "onnx"]

@@ -1,11 +1,13 @@
 """The command line as a user meets it: the main job, and every error path (exit 2, one
 line plus a hint, no traceback, nothing written)."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from edgekit.feeds import bundled_photos
 from tests.conftest import run_edgekit
 
 USER_MODEL = """
@@ -229,6 +231,17 @@ def test_trained_weights_at_reduced_precision_get_the_stability_yardstick(tmp_pa
     assert s["samples"] == 12 and s["amplitude_steps"] == 0.5 and abs(s["top1"] * 12 - round(s["top1"] * 12)) < 1e-6
     assert 0.9 < s["cosine"] <= 1.0 and s["sqnr_db"] > 10
     assert "yardstick: FP32 reference vs itself" in proc.stdout
+    # a re-check on other photos measures the yardstick on its own samples: the export's belongs to
+    # the export's photos and would set the top-1 bar for these
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in bundled_photos()[:4]:
+        shutil.copy(p, photos / p.name)
+    again = run_edgekit("parity", str(out), "--model", f"{src}:tiny", "--weights", str(ckpt), "--calib", str(photos),
+                        "--samples", "8")
+    assert again.returncode in (0, 1), again.stderr
+    said = again.stdout + again.stderr
+    assert "yardstick: FP32 reference vs itself" in said and "(8 samples)" in said, said
 
 
 def test_openvino_int8_gate_uses_the_yardstick_of_the_parity_verdict(tmp_path):
