@@ -81,7 +81,7 @@ class Int8Options:
     floors: bool = True             # with unsigned: uint8 + zero point where the graph proves a floor < 0 (bounds.py)
     spare_steps: int = 0            # when the gate passes: also write the next N fallback steps (spares.py)
     add_inputs: bool = False        # also quantize a weighted layer's output where a residual Add reads it
-                                    # (XNNPACK requantizes it: ExecuTorch's alternate calibration, spares.py)
+                                    # (XNNPACK requantizes it: both of ExecuTorch's calibrations, Exporter.calibration_options)
 
     def __post_init__(self):
         methods.check_method(self.method)
