@@ -214,7 +214,9 @@ def thin_heldout(feeds: FeedSet) -> str | None:
     photos = len({s.path for s in held.samples})
     if photos >= MIN_HELDOUT_PHOTOS:
         return None
-    enough = next(n for n in range(2, 1000) if len(split_images([Path(f"{i}") for i in range(n)])[1]) >= MIN_HELDOUT_PHOTOS)
+    # the smallest folder whose split holds out enough photos (split_images: 40 %)
+    enough = next(n for n in range(2, 1000)
+                  if len(split_images([Path(str(i)) for i in range(n)])[1]) >= MIN_HELDOUT_PHOTOS)
     return (f"the INT8 verdict rests on {photos} held-out photo{'s' if photos != 1 else ''} (crops of them); the float "
             f"fallback stops once it passes there, so other photos may read lower: a --calib folder of "
             f"{enough}+ photos holds out {MIN_HELDOUT_PHOTOS} or more")
