@@ -162,10 +162,11 @@ def _bare_onnx(path: Path, given: ExportRequest) -> tuple[Manifest, ExportReques
     return Manifest(model={}, request=req.to_dict(), stages=[art]), req
 
 
-def recheck(artifact: Path, given: ExportRequest, console) -> tuple[list, Any]:
+def recheck(artifact: Path, given: ExportRequest, console) -> tuple[list, Any, dict | None]:
     """Re-run parity for an artifact folder (or one ONNX file) against PyTorch. ``given`` holds
     what the user passed (``edgekit parity`` flags: model, weights, calib, samples, threads,
-    device, localize, arch options); everything else comes from the verified manifest."""
+    device, localize, arch options); everything else comes from the verified manifest.
+    Returns (comparisons, localization or None, the yardstick measured on these samples or None)."""
     from .parity import reference_outputs, run_parity
     from .pipeline import parity_feeds, resolve, stage_device, tolerance_fn
     from .targets import get_target
@@ -197,15 +198,12 @@ def recheck(artifact: Path, given: ExportRequest, console) -> tuple[list, Any]:
 
         comps += arm_hook(manifest.stages, pairs, tol, given, console, feeds.heldout.source)
     from .pipeline import measure_yardstick
-    from .stability import describe
     from .verdict import apply_yardstick
 
     # The yardstick belongs to the photos: measured again on this check's own held-out samples
     # (with --calib they are not the export's; the export's figure would judge them on a bar set
     # by other photos). The export's figure stays the fallback where none can be measured.
     yard = measure_yardstick(res, request, reference, pairs, console)
-    if yard is not None:
-        console.info(f"yardstick: {describe(yard)}")
     apply_yardstick(comps, yard or (manifest.reports or {}).get("reference_stability"))
     localization = None
     if given.localize:
@@ -216,4 +214,4 @@ def recheck(artifact: Path, given: ExportRequest, console) -> tuple[list, Any]:
 
         with console.step(f"localize: {onnx_stages[0].stage} vs {onnx_stages[-1].stage}"):
             localization = localize(onnx_stages[0].path, onnx_stages[-1].path, feeds.heldout)
-    return comps, localization
+    return comps, localization, yard

@@ -43,10 +43,14 @@ def run(args: argparse.Namespace) -> int:
     given = ExportRequest(model=args.model or "", input_shape=args.input_shape, weights=args.weights, calib=args.calib,
                           samples=args.samples, threads=args.threads, device=args.device, localize=args.localize,
                           arch=args.arch, arm_cpus=tuple(args.arm_cpus or ()), arm_samples=args.arm_samples)
-    comps, localization = recheck(args.artifact, given, console)
+    comps, localization, yard = recheck(args.artifact, given, console)
     from edgekit.parity import parity_table
 
     console.print(parity_table(comps))
+    if yard is not None:
+        from edgekit.stability import describe
+
+        console.print(f"yardstick: {describe(yard)}")
     passed = all(comps)
     console.print(f"\nparity: {'PASS' if passed else 'FAIL'}")
     if localization is not None:
