@@ -117,9 +117,10 @@ def read_qdq(path: Path) -> dict[str, LayerWeights]:
             continue
         if layer.module:
             layer.input_clip = input_clip(node) if layer.quantized else None
-            layer.output_clip = clip_of(output_dq(node))
+            out_dq = output_dq(node)
+            layer.output_clip = clip_of(out_dq)
             layer.input_grid = grid_of(prod.get(node.input[0])) if layer.quantized else None
-            layer.output_grid = grid_of(output_dq(node))
+            layer.output_grid = grid_of(out_dq)
             layer.node = node.name
             layers[layer.module] = layer
     return layers
