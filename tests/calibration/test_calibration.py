@@ -435,3 +435,21 @@ def test_fp16_keeps_io_fp32_and_fragile_ops_fp32(tmp_path):
     assert c, c.failures
     res = localize(raw.path, art.path, fs.heldout, max_feeds=2, threshold_db=30.0)
     assert res["matched"] >= 5 and res["first_below"] is None  # FP16 stays above 30 dB everywhere
+
+
+def test_statistics_are_reused_only_for_the_same_tensors(tiny, tmp_path):
+    """A calibration observing more tensors (``add_inputs``: ExecuTorch's) makes ONNX Runtime fuse
+    the statistics graph differently, and its figures differ in the last bits; reusing them for a
+    calibration of fewer tensors made a result depend on which target was exported first. Each set
+    of observed tensors has statistics of its own, and the same calibration reproduces itself
+    whatever ran before it."""
+    src, fs = tiny
+    cache = tmp_path / "cache"
+    fresh = quantize_int8(src, tmp_path / "f.onnx", fs.calib, fs.heldout, fast(use_cache=False), log=lambda m: None)
+    wide_log, plain_log = [], []
+    quantize_int8(src, tmp_path / "w.onnx", fs.calib, fs.heldout, fast(add_inputs=True, cache_dir=cache),
+                  log=wide_log.append)
+    plain = quantize_int8(src, tmp_path / "p.onnx", fs.calib, fs.heldout, fast(cache_dir=cache), log=plain_log.append)
+    assert not any("reusing calibration statistics" in x for x in plain_log), plain_log
+    assert len(list((cache / "stats").iterdir())) == 2
+    assert plain.sha256 == fresh.sha256
