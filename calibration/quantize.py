@@ -80,6 +80,7 @@ class Int8Options:
     unsigned: bool = True           # uint8 activations where the graph proves them >= 0 (qdq.py); False: TensorRT
     floors: bool = True             # with unsigned: uint8 + zero point where the graph proves a floor < 0 (bounds.py)
     spare_steps: int = 0            # when the gate passes: also write the next N fallback steps (spares.py)
+    lean: bool = True               # after a passing fallback, look for a cheaper float set (lean.py)
     add_inputs: bool = False        # also quantize a weighted layer's output where a residual Add reads it
                                     # (XNNPACK requantizes it: both of ExecuTorch's calibrations, Exporter.calibration_options)
 
@@ -98,6 +99,10 @@ class Int8Options:
         for k in ("cache_dir", "use_cache", "baselines"):
             d.pop(k)
         d["tolerance"] = self.gate.to_dict()
+        if self.lean:
+            from . import lean
+
+            d["lean"] = lean.settings()
         return d
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,7 +213,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
         candidate, first = score(plan, "candidate", options.gate)
         first_file = candidate  # each fallback step writes a file of its own
         log(f"INT8 gate before fallback: {gate_mod.describe(first)} -> {'pass' if first else 'fail'}")
-        steps, ranking, final, best_steps = [], [], first, []
+        steps, ranking, final, best_steps, lean_record = [], [], first, [], None
         max_float = int(math.floor(options.max_float_fraction * len(targets) + 1e-9))
         if not first and options.fallback and max_float > 0:
             log("ranking layers by sensitivity ...")
@@ -222,6 +227,14 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
                 log(f"  keeping {s.node} in float: {gate_mod.describe(final)} -> {'pass' if final else 'fail'}")
                 if final:
                     break
+            if final and options.lean:
+                cheaper = _cheaper(model, plan, ranking, final, score, options.gate, log)
+                if cheaper is not None:
+                    lean_record, found = cheaper
+                    if found is not None:
+                        candidate, final = found
+                        plan.float_nodes.clear()
+                        plan.float_nodes.update(lean_record.floats)
             if not final:
                 # keep the best of the steps tried (fewer float layers can score better than more)
                 tried = [(first, first_file, set())] + best_steps
@@ -261,6 +274,8 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     meta = _meta(plan, options, choices, first, final, steps, ranking, baselines,
                  calib_info, held_info, calib_fp, held_fp)
     meta["equalization"] = equalized
+    if lean_record is not None:
+        meta["cheaper_float_set"] = lean_record.to_dict()
     if plan.add_inputs:
         meta["add_inputs"] = sorted(plan.add_inputs)
     if spare:
@@ -276,6 +291,25 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     if options.use_cache:
         cache.store(key, path, meta, {d["file"]: spare_dir / d["file"] for d in spare})
     return _artifact(src, path, meta)
+
+
+def _cheaper(model, plan, ranking, final, score, tol, log):
+    """(the :class:`lean.Lean` outcome, the adopted set's (file, comparison) or None) once the
+    damage-first fallback has passed; None when it took no float layer."""
+    from dataclasses import replace
+
+    from . import lean
+
+    first = set(plan.float_nodes)
+    if not first:
+        return None
+    costs = lean.float_costs(model, [s.node for s in ranking])
+    sq = final.primary().sqnr_db
+
+    def gate(floats: set[str]):
+        return score(replace(plan, float_nodes=set(floats)), f"lean{len(floats)}", tol)
+
+    return lean.search(ranking, first, sq, costs, gate, log)
 
 
 def add_inputs(model, targets) -> list[str]:
