@@ -66,7 +66,7 @@ class Lean:
     def to_dict(self) -> dict:
         return {"adopted": self.adopted, "reason": self.reason, "float_layers": sorted(self.floats),
                 "float_cost": round(self.cost, 1), "damage_first_float_cost": round(self.first_cost, 1),
-                "steps": self.steps, "element_weight": ELEMENT_WEIGHT, "weight_weight": WEIGHT_WEIGHT}
+                "steps": self.steps, **settings()}
 
 
 def float_costs(model, nodes: Sequence[str]) -> dict[str, float]:
