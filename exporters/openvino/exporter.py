@@ -140,6 +140,8 @@ class OpenVinoTarget(Exporter):
 
             model, int8_meta = build_int8(ctx, model, src, self.int8_route(request), runtime)
             meta["int8"] = int8_meta
+            if int8_meta.get("fidelity_kind"):  # a rewritten form (forms.py): held to the rewrite floor
+                meta["fidelity_kind"] = int8_meta["fidelity_kind"]
         if precision == "fp16":
             meta["fp16"] = ("weights compressed to FP16 by openvino.save_model(compress_to_fp16=True); "
                             "compute precision is the device's (inference_precision)")
