@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def movement_model(src_path: Path):
     try:
         path = scratch / "movement.onnx"
         onnx.save(m, str(path))
-        return ov.convert_model(str(path)), counts
+        return ov.convert_model(str(path)), counts  # the ONNX frontend parses the file into memory
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -116,14 +117,14 @@ def choose_form(ctx: ExportContext, model, fp32_model, src, pairs, tol, trained:
 
     seconds = settings(ctx.request).ov_guard_seconds or guard_seconds(ctx.request)
     device, hint, prec = ctx.request.device or "CPU", runtime["hint"], runtime["inference_precision"]
-    opened = {k: OpenVinoRunner(m, src.inputs, src.outputs, device, threads, hint, prec)
-              for k, m in {"fp32": fp32_model, **{k: models[k] for k in passing}}.items()}
-    try:
-        entered = {k: r.__enter__() for k, r in opened.items()}
-        times = time_runners(entered, feeds[0], seconds=seconds * len(entered))
-    finally:
-        for r in opened.values():
-            r.__exit__(None, None, None)
+    # runners closed in reverse order of opening (ExitStack): closing them first-opened-first left
+    # this process unable to take a later SIGINT (a segfault in the next raise_signal, found by
+    # tests/edgekit/test_safety_out.py's Ctrl-C test after a ShuffleNetV2 export, 2026-12-06)
+    with ExitStack() as stack:
+        opened = {k: stack.enter_context(OpenVinoRunner(m, src.inputs, src.outputs, device, threads, hint, prec))
+                  for k, m in {"fp32": fp32_model, **{k: models[k] for k in passing}}.items()}
+        times = time_runners(opened, feeds[0], seconds=seconds * len(opened))
+        runner_name = opened[SHARED].name
     winner, why = _choose(passing, times, sq)
     for k in passing:
         records[k].update(p50_ms=times[k]["p50_ms"], vs_fp32=paired_ratio(times, k, "fp32")["ratio"])
@@ -133,7 +134,7 @@ def choose_form(ctx: ExportContext, model, fp32_model, src, pairs, tol, trained:
                                                          if reasons else "")})
     if winner == MOVEMENT:
         meta["fidelity_kind"] = "rewrite"  # its roundings differ from the shared graph's (edgekit/verdict.py)
-    guard = guard_record(ctx, times, winner, opened[winner].name, seconds, "IR",
+    guard = guard_record(ctx, times, winner, runner_name, seconds, "IR",
                          extra={"hint": hint, "inference_precision": prec, "form": winner})
     return models[winner], comps[winner], meta, guard
 
