@@ -49,7 +49,7 @@ def movement_model(src_path: Path):
 
     m = g.named_copy(g.load(src_path))
     counts = integer_movement(m)
-    if not counts["groups"]:
+    if not counts["groups"] and not counts["quantizers_moved_up"]:
         return None, counts
     scratch = Path(tempfile.mkdtemp(prefix="edgekit-ov-forms-"))
     try:
@@ -90,8 +90,8 @@ def choose_form(ctx: ExportContext, model, fp32_model, src, pairs, tol, trained:
     if moved is None:
         meta["forms"] = "one candidate: the graph has no concat/shuffle group to move on integers"
         return model, comps[SHARED], meta, None
-    ctx.log(f"OpenVINO INT8: a second form moves {counts['groups']} concat/shuffle group(s) on integers; "
-            "scoring and timing both")
+    ctx.log(f"OpenVINO INT8: a second form moves data on integers ({counts['groups']} concat group(s), "
+            f"{counts['quantizers_moved_up']} quantizer(s) moved ahead of a shuffle or max-pool); scoring and timing both")
     outs[MOVEMENT] = nq.outputs_of(moved, feeds, src.inputs, src.outputs, threads)
     comps[MOVEMENT] = _comparison(pairs, outs[MOVEMENT], tol, yardstick)
     ref_db = comps[SHARED].primary().sqnr_db
@@ -105,6 +105,8 @@ def choose_form(ctx: ExportContext, model, fp32_model, src, pairs, tol, trained:
     if trained and cost > verdict.REWRITE_MAX_COST_DB:
         reasons.append(f"it costs {cost:.2f} dB SQNR against FP32 (at most {verdict.REWRITE_MAX_COST_DB} dB on "
                        "trained weights)")
+    if not counts["groups"]:  # exact moves only: held to the runtime floor
+        floor = verdict.fidelity_tolerance("int8", False, ref_db).sqnr_db
     if fidelity < floor:
         reasons.append(f"it is {fidelity:.1f} dB from the shared graph (floor {floor:g} dB)")
     records = {k: {"form": k, "sqnr_db": round(sq[k], 3), "gate_passed": comps[k].passed} for k in comps}
@@ -133,8 +135,11 @@ def choose_form(ctx: ExportContext, model, fp32_model, src, pairs, tol, trained:
     meta.update(form=winner, form_text=FORM_TEXT[winner], forms=list(records.values()),
                 chosen={"form": winner, "reason": why + (f"; {MOVEMENT} rejected: {'; '.join(reasons)}"
                                                          if reasons else "")})
-    if winner == MOVEMENT:
-        meta["fidelity_kind"] = "rewrite"  # its roundings differ from the shared graph's (edgekit/verdict.py)
+    if winner == MOVEMENT and counts["groups"]:
+        # a group's roundings differ from the shared graph's (edgekit/verdict.py); quantizers moved up a
+        # chain alone are exact, and the form is held to the runtime floor like the shared graph
+        meta["fidelity_kind"] = "rewrite"
+
     guard = guard_record(ctx, times, winner, runner_name, seconds, "IR",
                          extra={"hint": hint, "inference_precision": prec, "form": winner})
     return models[winner], comps[winner], meta, guard

@@ -28,11 +28,19 @@ transformations keep those tensors on int8, with one rounding per value as befor
   convolutions read the moved integers directly (OpenVINO moves the dequantization through the
   Split, ShuffleChannels and Concat into them).
 
-The values differ from the shared graph's (a consumer whose own scale was finer now reads the
-group's), so the form is a rewrite: the export scores it against FP32 beside the shared graph's
+A max-pool keeps a quantizer's grid too (max(q(a), q(b)) = q(max(a, b))), so it counts as data
+movement here: GoogLeNet's inception outputs, which reach max-pools and 1×1 convolutions, form
+groups the same way. And a Q/DQ pair at the end of a lone chain of such operators, with no concat
+(ShuffleNetV1's shuffle between its grouped 1×1 and its depthwise convolution, a stem's max-pool),
+moves to the chain's start: exact, the same values, and OpenVINO shuffles or pools integers
+(:func:`quantizers_moved_up`; only chains with a Transpose, Gather or MaxPool, the moves that cost
+OpenVINO a pass over the data).
+
+A group's values differ from the shared graph's (a consumer whose own scale was finer now reads the
+group's), so a form with groups is a rewrite: the export scores it against FP32 beside the shared graph's
 IR, does not deliver it on trained weights when it costs more than
 ``edgekit.verdict.REWRITE_MAX_COST_DB``, and times both (exporters/openvino/quant.py). A graph
-with no such group (MobileNet, EfficientNet) is left alone and no second candidate is built.
+with neither (MobileNet, EfficientNet, DenseNet) is left alone and no second candidate is built.
 """
 from __future__ import annotations
 
@@ -41,7 +49,33 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calibration import graph as g
-from exporters.onnx.ort_movement import MOVERS, chain
+from exporters.onnx.ort_movement import MOVERS
+
+# Operators that keep a per-tensor quantizer's grid: they move values (or take the max of them,
+# which commutes with a monotone quantizer: max(q(a), q(b)) = q(max(a, b)); MaxPool pads with −∞).
+KEEPS_GRID = MOVERS + ("MaxPool",)
+# the moves that cost a pass over the data in OpenVINO (a Reshape, Flatten or Squeeze is free there):
+# a chain without one is left as it is
+RELAYOUTS = ("Transpose", "Gather", "MaxPool")
+
+
+def _moves(node, t: str) -> bool:
+    """``node`` moves ``t`` (its data input) onto its outputs without computing new values."""
+    if node.op_type not in KEEPS_GRID or not node.input or node.input[0] != t:
+        return False
+    return node.op_type != "MaxPool" or len([o for o in node.output if o]) == 1  # no indices output
+
+
+def chain(t: str, cons) -> set[str]:
+    """``t`` and every tensor reached from it through grid-keeping operators only."""
+    seen, todo = set(), [t]
+    while todo:
+        x = todo.pop()
+        seen.add(x)
+        for u in cons.get(x, []):
+            if _moves(u, x):
+                todo.extend(o for o in u.output if o)
+    return seen
 
 
 @dataclass
@@ -80,7 +114,7 @@ def groups(model, ix: g.GraphIndex) -> list[_Group]:
         for t in moved:
             ok &= t not in outputs
             for u in cons.get(t, []):
-                if u.op_type in MOVERS and u.input[0] == t:
+                if _moves(u, t):
                     continue
                 if u.op_type == "Concat" and u.output[0] in concats:
                     parent[root(u.output[0])] = root(c)
@@ -99,6 +133,46 @@ def groups(model, ix: g.GraphIndex) -> list[_Group]:
     return [grp for grp in found.values() if grp.ok and grp.ends]
 
 
+def _per_tensor(q, inits) -> bool:
+    return (q.op_type == "QuantizeLinear" and len(q.input) >= 3 and q.input[1] in inits and q.input[2] in inits
+            and g.to_array(inits[q.input[1]]).ndim == 0 and g.to_array(inits[q.input[2]]).ndim == 0)
+
+
+def quantizers_moved_up(model, ix: g.GraphIndex) -> int:
+    """Move, in place, each per-tensor Q/DQ pair that reads the end of a lone data-move chain
+    (ShuffleNetV1's channel shuffle between its grouped 1×1 and depthwise convolutions, a max-pool
+    in front of a convolution) to the chain's start: exact, since a per-tensor quantizer commutes
+    with moving values and with a max, and OpenVINO then moves integers instead of floats.
+    Returns how many pairs moved."""
+    inits, prod, cons = ix.inits, ix.producer, ix.consumers
+    outputs = {o.name for o in model.graph.output}
+    moved = 0
+    for q in [n for n in model.graph.node if _per_tensor(n, inits)]:
+        dqs = cons.get(q.output[0], [])
+        if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear" or dqs[0].input[1:] != q.input[1:]:
+            continue
+        start, steps = q.input[0], []
+        while start in prod and _moves(prod[start], prod[start].input[0]) and len(cons.get(start, [])) == 1 \
+                and start not in outputs and len([o for o in prod[start].output if o]) == 1:  # not a Split
+            steps.append(prod[start])
+            start = prod[start].input[0]
+        if not any(n.op_type in RELAYOUTS for n in steps) or start in outputs or len(cons.get(start, [])) != 1 or \
+                (start in prod and prod[start].op_type == "DequantizeLinear") or start not in prod:
+            continue
+        # start → Q → DQ → moves …, and the DQ's readers read the moved tensor
+        first, dq = steps[-1], dqs[0]
+        for u in cons.get(dq.output[0], []):
+            for k, name in enumerate(u.input):
+                if name == dq.output[0]:
+                    u.input[k] = q.input[0]
+        q.input[0], dq_out = start, dq.output[0]
+        first.input[0] = dq_out
+        moved += 1
+    if moved:
+        g.toposort(model)
+    return moved
+
+
 def integer_movement(model, ix: g.GraphIndex | None = None) -> dict[str, int]:
     """Rewrite ``model`` in place (module docstring); returns counts of what changed (all zero:
     the graph has no group and is unchanged)."""
@@ -107,7 +181,7 @@ def integer_movement(model, ix: g.GraphIndex | None = None) -> dict[str, int]:
     helper, nh = g.onnx_mod().helper, g.onnx_mod().numpy_helper
     after: dict[str | None, list] = {}
     drop: set[str] = set()
-    done = {"groups": 0, "concat_inputs_quantized": 0, "end_pairs_removed": 0}
+    done = {"groups": 0, "concat_inputs_quantized": 0, "end_pairs_removed": 0, "quantizers_moved_up": 0}
     for grp in groups(model, ix):
         scales = [_symmetric_scale(q, inits) for q in grp.ends]
         dtypes = {d for _, d in scales}
@@ -152,4 +226,6 @@ def integer_movement(model, ix: g.GraphIndex | None = None) -> dict[str, int]:
         from exporters.onnx.hygiene import prune_model
 
         prune_model(model)  # the removed pairs' scales
+        ix = g.GraphIndex(model)
+    done["quantizers_moved_up"] = quantizers_moved_up(model, ix)
     return done

@@ -9,6 +9,7 @@ import pytest
 from calibration import graph as g
 from calibration.gate import run_outputs, score
 from edgekit.compare import Tolerance
+from tests.calibration.test_calibration import INPUT
 from tests.exporters.onnx.test_ort_form import _built, _tiny_shufflenet, tiny_built  # noqa: F401
 
 ov = pytest.importorskip("openvino", reason="openvino not installed (pip install 'edgekit[openvino]')")
@@ -35,7 +36,9 @@ def test_shufflenet_moves_integers_and_keeps_the_shared_graphs_accuracy(tmp_path
     counts = integer_movement(m)
     # three stages, one group each; 5 concats with 2 inputs: 10, of which the 2 identity halves of the
     # basic units are already on the grid; each unit's split half and each stage's end lose their Q/DQ
-    assert counts == {"groups": 3, "concat_inputs_quantized": 8, "end_pairs_removed": 5}, counts
+    # (and the stem max-pool's quantizer moves ahead of it: exact)
+    assert counts == {"groups": 3, "concat_inputs_quantized": 8, "end_pairs_removed": 5,
+                      "quantizers_moved_up": 1}, counts
     onnx.checker.check_model(m)
     path = tmp_path / "movement.onnx"
     onnx.save(m, str(path))
@@ -60,7 +63,8 @@ def test_a_graph_without_concat_groups_is_left_alone(tiny_built):  # noqa: F811
     _, _, art = tiny_built
     m = g.load(art.path)
     before = m.SerializeToString()
-    assert integer_movement(m) == {"groups": 0, "concat_inputs_quantized": 0, "end_pairs_removed": 0}
+    assert integer_movement(m) == {"groups": 0, "concat_inputs_quantized": 0, "end_pairs_removed": 0,
+                                   "quantizers_moved_up": 0}
     assert m.SerializeToString() == before
 
 
@@ -83,3 +87,31 @@ def test_a_group_feeding_a_float_consumer_stays_float(tmp_path):
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 4, 4])], [s, z])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     assert integer_movement(m)["groups"] == 0
+
+
+def test_shufflenet_v1_shuffles_integers_with_the_same_values(tmp_path, monkeypatch):
+    """ShuffleNetV1's shuffle sits between a grouped 1×1 and a depthwise convolution, with no
+    concat: its quantizer moves ahead of it, exactly (a per-tensor quantizer commutes with a
+    permutation), and OpenVINO shuffles u8."""
+    import torch
+
+    from calibration.graph import session
+    from edgekit.models.shufflenet_v1 import ShuffleNetV1, ShuffleNetV1Config
+    from exporters.openvino.movement import integer_movement
+    from tests.exporters.onnx.test_ort_form import _settled
+
+    torch.manual_seed(11)
+    net = _settled(ShuffleNetV1(ShuffleNetV1Config(groups=3, stage_repeats=(2, 1, 1), stage_channels=(12, 48, 96, 192)), 10))
+    src, fs, art = _built(net, tmp_path)
+    m = g.named_copy(g.load(art.path))
+    counts = integer_movement(m)
+    assert counts["groups"] == 0 and counts["quantizers_moved_up"] >= 3, counts
+    path = tmp_path / "moved.onnx"
+    onnx.save(m, str(path))
+    before = _runtime_precisions(art.path, ("ShuffleChannels",))
+    after = _runtime_precisions(path, ("ShuffleChannels",))
+    assert before["ShuffleChannels"] == {"f32"} and after["ShuffleChannels"] <= {"u8", "i8"}, (before, after)
+    x = np.random.default_rng(0).standard_normal(INPUT.shape).astype(np.float32)
+    want = session(art.path, optimize=False).run(None, {"input": x})[0]
+    got = session(m, optimize=False).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)  # the same values, moved in another order
