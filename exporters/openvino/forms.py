@@ -26,7 +26,7 @@ from typing import Any
 from edgekit import verdict
 from edgekit.bench.guard import guard_record, guard_seconds
 from edgekit.bench.timing import paired_ratio, time_runners
-from edgekit.compare import Comparison, OutputScore
+from edgekit.compare import Comparison
 from edgekit.contracts import ExportContext
 
 from . import nncf as nq
@@ -61,20 +61,10 @@ def movement_model(src_path: Path):
 
 
 def _comparison(pairs, outs, tol, yardstick) -> Comparison:
-    comp = Comparison(stage="openvino-int8", runner="openvino-CPU", precision="int8", tolerance=tol,
-                      note="INT8 model vs FP32 model, OpenVINO CPU at f32")
-    for (_, ref), out in zip(pairs, outs):
-        comp.add(ref, out)
+    comp = nq.score_outputs(pairs, outs, tol)
     # the bar the parity verdict applies (yardstick − 1 point), as ExecuTorch's and Core ML's gates do
     comp.yardstick_top1 = yardstick
     return comp
-
-
-def _fidelity_db(outs: list[dict], base: list[dict]) -> float:
-    s = OutputScore("output")
-    for b, o in zip(base, outs):
-        s.add(next(iter(b.values())), next(iter(o.values())))
-    return float(s.sqnr_db)
 
 
 def choose_form(ctx: ExportContext, model, fp32_model, src, pairs, tol, trained: bool, runtime: dict[str, Any]):
@@ -97,7 +87,7 @@ def choose_form(ctx: ExportContext, model, fp32_model, src, pairs, tol, trained:
     ref_db = comps[SHARED].primary().sqnr_db
     sq = {k: comps[k].primary().sqnr_db for k in comps}
     cost = sq[SHARED] - sq[MOVEMENT]
-    fidelity = _fidelity_db(outs[MOVEMENT], outs[SHARED])
+    fidelity = nq.sqnr(outs[SHARED], outs[MOVEMENT])
     floor = verdict.fidelity_tolerance("int8", True, ref_db).sqnr_db
     reasons = []
     if comps[SHARED].passed and not comps[MOVEMENT].passed:

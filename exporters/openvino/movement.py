@@ -133,9 +133,12 @@ def groups(model, ix: g.GraphIndex) -> list[_Group]:
     return [grp for grp in found.values() if grp.ok and grp.ends]
 
 
-def _per_tensor(q, inits) -> bool:
-    return (q.op_type == "QuantizeLinear" and len(q.input) >= 3 and q.input[1] in inits and q.input[2] in inits
-            and g.to_array(inits[q.input[1]]).ndim == 0 and g.to_array(inits[q.input[2]]).ndim == 0)
+def _read_instead(cons, old: str, new: str) -> None:
+    """Every reader of ``old`` reads ``new``."""
+    for u in cons.get(old, []):
+        for k, name in enumerate(u.input):
+            if name == old:
+                u.input[k] = new
 
 
 def quantizers_moved_up(model, ix: g.GraphIndex) -> int:
@@ -147,7 +150,7 @@ def quantizers_moved_up(model, ix: g.GraphIndex) -> int:
     inits, prod, cons = ix.inits, ix.producer, ix.consumers
     outputs = {o.name for o in model.graph.output}
     moved = 0
-    for q in [n for n in model.graph.node if _per_tensor(n, inits)]:
+    for q in [n for n in model.graph.node if g.per_tensor(n, "QuantizeLinear", inits)]:
         dqs = cons.get(q.output[0], [])
         if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear" or dqs[0].input[1:] != q.input[1:]:
             continue
@@ -161,12 +164,9 @@ def quantizers_moved_up(model, ix: g.GraphIndex) -> int:
             continue
         # start → Q → DQ → moves …, and the DQ's readers read the moved tensor
         first, dq = steps[-1], dqs[0]
-        for u in cons.get(dq.output[0], []):
-            for k, name in enumerate(u.input):
-                if name == dq.output[0]:
-                    u.input[k] = q.input[0]
-        q.input[0], dq_out = start, dq.output[0]
-        first.input[0] = dq_out
+        _read_instead(cons, dq.output[0], q.input[0])
+        q.input[0] = start
+        first.input[0] = dq.output[0]
         moved += 1
     if moved:
         g.toposort(model)
@@ -205,10 +205,7 @@ def integer_movement(model, ix: g.GraphIndex | None = None) -> dict[str, int]:
         for q in grp.ends:  # on the group's grid now: Q then DQ gives the value back
             dqs = cons.get(q.output[0], [])
             if len(dqs) == 1 and dqs[0].op_type == "DequantizeLinear" and dqs[0].input[1:] == q.input[1:]:
-                for u in cons.get(dqs[0].output[0], []):
-                    for k, name in enumerate(u.input):
-                        if name == dqs[0].output[0]:
-                            u.input[k] = q.input[0]
+                _read_instead(cons, dqs[0].output[0], q.input[0])
                 drop.update((q.name, dqs[0].name))
                 done["end_pairs_removed"] += 1
             else:  # kept, on the group's grid (its DQs with it)

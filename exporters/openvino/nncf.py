@@ -119,14 +119,19 @@ def outputs_of(model, feeds: Sequence[Feed], inputs, outputs, threads) -> list[d
 
 
 def score(model, pairs, inputs, outputs, tol: Tolerance, threads, stage: str = "openvino-int8") -> Comparison:
+    return score_outputs(pairs, outputs_of(model, [f for f, _ in pairs], inputs, outputs, threads), tol, stage)
+
+
+def score_outputs(pairs, outs: list[dict], tol: Tolerance, stage: str = "openvino-int8") -> Comparison:
+    """:func:`score` of outputs already computed (``outs``, one per pair)."""
     comp = Comparison(stage=stage, runner="openvino-CPU", precision="int8", tolerance=tol,
                       note="INT8 model vs FP32 model, OpenVINO CPU at f32")
-    for (_, ref), out in zip(pairs, outputs_of(model, [f for f, _ in pairs], inputs, outputs, threads)):
+    for (_, ref), out in zip(pairs, outs):
         comp.add(ref, out)
     return comp
 
 
-def _sqnr(refs: list[dict], outs: list[dict]) -> float:
+def sqnr(refs: list[dict], outs: list[dict]) -> float:
     r = np.concatenate([np.asarray(next(iter(x.values())), np.float64).ravel() for x in refs])
     o = np.concatenate([np.asarray(next(iter(x.values())), np.float64).ravel() for x in outs])
     noise = float(((r - o) ** 2).sum())
@@ -181,8 +186,8 @@ def rank_layers(qmodel, fp32_model, feeds: Sequence[Feed], inputs, outputs, thre
     """Layers by the logits-SQNR gain (dB) of restoring each one alone, largest first."""
     table = quantized_layers(qmodel)
     refs = outputs_of(fp32_model, feeds, inputs, outputs, threads)
-    base = _sqnr(refs, outputs_of(qmodel, feeds, inputs, outputs, threads))
-    gains = [(name, _sqnr(refs, outputs_of(restore(qmodel, fp32_model, [name], table), feeds, inputs, outputs,
+    base = sqnr(refs, outputs_of(qmodel, feeds, inputs, outputs, threads))
+    gains = [(name, sqnr(refs, outputs_of(restore(qmodel, fp32_model, [name], table), feeds, inputs, outputs,
                                            threads)) - base) for name in table]
     return sorted(gains, key=lambda g: -g[1])
 
