@@ -276,15 +276,16 @@ def concat_points(graph, prod, cons, dequantized: set[str], graph_outputs: set[s
     return points
 
 
-def chain(t: str, cons) -> set[str]:
+def chain(t: str, cons, moves=None) -> set[str]:
     """``t`` and every tensor reached from it through data-movement operators only: the
-    tensors that share ``t``'s quantization scale."""
+    tensors that share ``t``'s quantization scale. ``moves(node, tensor)``: whether ``node``
+    moves ``tensor`` (default: one of :data:`MOVERS` reading it as its data input)."""
     seen, todo = set(), [t]
     while todo:
         x = todo.pop()
         seen.add(x)
         for u in cons.get(x, []):
-            if u.op_type in MOVERS and u.input[0] == x:
+            if (moves(u, x) if moves else u.op_type in MOVERS and u.input[0] == x):
                 todo.extend(o for o in u.output if o)
     return seen
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calibration import graph as g
-from exporters.onnx.ort_movement import MOVERS
+from exporters.onnx.ort_movement import MOVERS, chain
 
 # Operators that keep a per-tensor quantizer's grid: they move values (or take the max of them,
 # which commutes with a monotone quantizer: max(q(a), q(b)) = q(max(a, b)); MaxPool pads with −∞).
@@ -64,18 +64,6 @@ def _moves(node, t: str) -> bool:
     if node.op_type not in KEEPS_GRID or not node.input or node.input[0] != t:
         return False
     return node.op_type != "MaxPool" or len([o for o in node.output if o]) == 1  # no indices output
-
-
-def chain(t: str, cons) -> set[str]:
-    """``t`` and every tensor reached from it through grid-keeping operators only."""
-    seen, todo = set(), [t]
-    while todo:
-        x = todo.pop()
-        seen.add(x)
-        for u in cons.get(x, []):
-            if _moves(u, x):
-                todo.extend(o for o in u.output if o)
-    return seen
 
 
 @dataclass
@@ -110,7 +98,7 @@ def groups(model, ix: g.GraphIndex) -> list[_Group]:
 
     reach: dict[str, tuple[set, list, bool]] = {}
     for c in concats:
-        moved, ends, ok = chain(c, cons), [], True
+        moved, ends, ok = chain(c, cons, _moves), [], True
         for t in moved:
             ok &= t not in outputs
             for u in cons.get(t, []):
