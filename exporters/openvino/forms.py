@@ -34,7 +34,8 @@ from .runner import OpenVinoRunner
 
 SHARED, MOVEMENT = "shared_qdq", "integer_movement"
 FORM_TEXT = {SHARED: "the shared Q/DQ graph as it is",
-             MOVEMENT: "the shared Q/DQ graph with concat/shuffle/split on integers (exporters/openvino/movement.py)"}
+             MOVEMENT: "the shared Q/DQ graph with its data movement (concat, shuffle, split, max-pool) on integers "
+                       "(exporters/openvino/movement.py)"}
 
 
 def movement_model(src_path: Path):
@@ -78,7 +79,7 @@ def choose_form(ctx: ExportContext, model, fp32_model, src, pairs, tol, trained:
     moved, counts = movement_model(src.path)
     meta: dict[str, Any] = {"form": SHARED, "movement": counts}
     if moved is None:
-        meta["forms"] = "one candidate: the graph has no concat/shuffle group to move on integers"
+        meta["forms"] = "one candidate: the graph has no concat group or shuffle/max-pool chain to move on integers"
         return model, comps[SHARED], meta, None
     ctx.log(f"OpenVINO INT8: a second form moves data on integers ({counts['groups']} concat group(s), "
             f"{counts['quantizers_moved_up']} quantizer(s) moved ahead of a shuffle or max-pool); scoring and timing both")
