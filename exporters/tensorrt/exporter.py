@@ -145,7 +145,11 @@ class TensorRTTarget(Exporter):
         self.profile(request)  # option errors are usage errors, dry run or not
         if request.dry_run:
             return  # the dry run stops before the engine build: nothing GPU-related to check
-        trt = import_tensorrt()
+        try:
+            trt = import_tensorrt()
+        except MissingDependencyError as exc:  # a machine without TensorRT can still make and check the ONNX
+            exc.hint = f"{exc.hint}; or add --dry-run to write and lint the Q/DQ ONNX TensorRT would build from"
+            raise
         if version_tuple(trt.__version__) < MIN_VERSION:
             raise UnavailableError(f"TensorRT {trt.__version__} is too old: edgekit builds strongly typed engines "
                                    f"with TensorRT >= {'.'.join(map(str, MIN_VERSION))}", hint=TRT_HINT)

@@ -276,6 +276,7 @@ def test_check_without_tensorrt_names_it_and_nvidia_index():
     with pytest.raises(MissingDependencyError) as info:
         target.check(ExportRequest(model="mobilenet_v3_large", target="tensorrt", precision="int8"))
     assert "tensorrt" in str(info.value) and "pypi.nvidia.com" in info.value.hint
+    assert "--dry-run" in info.value.hint  # what the user can still do on this machine
     assert info.value.exit_code == 2
     # a dry run stops before the engine build: nothing GPU-related is checked
     target.check(ExportRequest(model="mobilenet_v3_large", target="tensorrt", precision="int8", dry_run=True))
