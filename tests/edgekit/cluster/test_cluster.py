@@ -10,7 +10,9 @@ store per node, two 64 px models, 4 parity samples, 50 ms timings. No assertion 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,11 +44,17 @@ def cluster():
     nodes = {name: c.add_node(num_cpus=1, resources={f"device:{name}": 1}, object_store_memory=150 * MB)
              for name in ("a", "b")}
     c.wait_for_nodes()
+    # a device cell works in a TemporaryDirectory; the worker killed mid-task below (and any worker
+    # ended by the shutdown in mid-task) never removes its own, so the module removes what it left
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("edgekit-device-*"))
     try:
         yield c, nodes
     finally:
         ray.shutdown()
         c.shutdown()
+        for left in set(scratch.glob("edgekit-device-*")) - before:
+            shutil.rmtree(left, ignore_errors=True)
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
