@@ -129,6 +129,14 @@ def _read_instead(cons, old: str, new: str) -> None:
                 u.input[k] = new
 
 
+def _lone_dq(q, cons):
+    """The one DequantizeLinear reading ``q`` on its own scale and zero point (a Q/DQ pair), or None."""
+    dqs = cons.get(q.output[0], [])
+    if len(dqs) == 1 and dqs[0].op_type == "DequantizeLinear" and dqs[0].input[1:] == q.input[1:]:
+        return dqs[0]
+    return None
+
+
 def quantizers_moved_up(model, ix: g.GraphIndex) -> int:
     """Move, in place, each per-tensor Q/DQ pair that reads the end of a lone data-move chain
     (ShuffleNetV1's channel shuffle between its grouped 1×1 and depthwise convolutions, a max-pool
@@ -139,8 +147,8 @@ def quantizers_moved_up(model, ix: g.GraphIndex) -> int:
     outputs = {o.name for o in model.graph.output}
     moved = 0
     for q in [n for n in model.graph.node if g.per_tensor(n, "QuantizeLinear", inits)]:
-        dqs = cons.get(q.output[0], [])
-        if len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear" or dqs[0].input[1:] != q.input[1:]:
+        dq = _lone_dq(q, cons)
+        if dq is None:
             continue
         start, steps = q.input[0], []
         while start in prod and _moves(prod[start], prod[start].input[0]) and len(cons.get(start, [])) == 1 \
@@ -151,7 +159,7 @@ def quantizers_moved_up(model, ix: g.GraphIndex) -> int:
                 (start in prod and prod[start].op_type == "DequantizeLinear") or start not in prod:
             continue
         # start → Q → DQ → moves …, and the DQ's readers read the moved tensor
-        first, dq = steps[-1], dqs[0]
+        first = steps[-1]
         _read_instead(cons, dq.output[0], q.input[0])
         q.input[0] = start
         first.input[0] = dq.output[0]
@@ -191,13 +199,13 @@ def integer_movement(model, ix: g.GraphIndex | None = None) -> dict[str, int]:
             n.input[k] = f"{name}_dq"
             done["concat_inputs_quantized"] += 1
         for q in grp.ends:  # on the group's grid now: Q then DQ gives the value back
-            dqs = cons.get(q.output[0], [])
-            if len(dqs) == 1 and dqs[0].op_type == "DequantizeLinear" and dqs[0].input[1:] == q.input[1:]:
-                _read_instead(cons, dqs[0].output[0], q.input[0])
-                drop.update((q.name, dqs[0].name))
+            dq = _lone_dq(q, cons)
+            if dq is not None:
+                _read_instead(cons, dq.output[0], q.input[0])
+                drop.update((q.name, dq.name))
                 done["end_pairs_removed"] += 1
             else:  # kept, on the group's grid (its DQs with it)
-                for n in (q, *(d for d in dqs if d.op_type == "DequantizeLinear")):
+                for n in (q, *(d for d in cons.get(q.output[0], []) if d.op_type == "DequantizeLinear")):
                     g.set_initializer(inits, n.input[1], np.asarray(scale, np.float32))
         done["groups"] += 1
     if done["groups"]:
