@@ -161,7 +161,8 @@ def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, b
         for damp in DAMPING:
             cands = [("gptq", w)] + ([("gptq*", _ls_target(w, cov_f, cross_f, damp))] if ls_target else [])
             # the candidates share H and damping, and GPTQ rounds each row on its own: one pass for all
-            # (one Cholesky factor, one column loop; the rounding loop is most of the calibration's time)
+            # (one Cholesky factor, one column loop: 1.9x faster on a 1152-input 1x1 layer; same numbers,
+            # tests/calibration/test_quant_methods.py)
             both = gptq_rows(torch.cat([c for _, c in cands], dim=1), cov_f, s_rows.repeat(1, len(cands)), damp)
             for k, (name, _) in enumerate(cands):
                 err = _objective(w, both[:, k * rows:(k + 1) * rows].double(), cov_c, cross_c)

@@ -235,3 +235,20 @@ def test_layers_over_the_second_moment_budget_round_to_nearest_with_bias_correct
     counts = art.meta["weight_rounding"]["counts"]
     assert 0 < len(seen["full"]) < 6 and counts["round-memory-budget"] == 6 - len(seen["full"]), (seen, counts)
     assert art.meta["weight_rounding"]["bias_corrected"] == 6   # every layer, budget or not
+
+
+def test_gptq_rounds_each_row_on_its_own_so_candidates_can_share_a_pass():
+    """calibration/weights.py rounds its two GPTQ candidates (the weights and the least-squares
+    target) as one stack of rows: that is only right while a row's rounding never reads another
+    row. Stacked and separate must agree exactly, for a dense layer and for depthwise groups."""
+    from calibration.layerwise import gptq_rows
+
+    gen = torch.Generator().manual_seed(0)
+    for groups, rows, d in ((1, 24, 80), (16, 1, 9)):
+        x = torch.randn(groups, d, 4 * d, generator=gen, dtype=torch.float64)
+        h = x @ x.transpose(1, 2) / (4 * d)
+        a, b = (torch.randn(groups, rows, d, generator=gen) for _ in range(2))
+        s = torch.rand(groups, rows, generator=gen) * 0.02 + 0.01
+        both = gptq_rows(torch.cat([a, b], dim=1), h, s.repeat(1, 2), 0.01)
+        assert torch.equal(both, torch.cat([gptq_rows(a, h, s, 0.01), gptq_rows(b, h, s, 0.01)], dim=1))
+        assert not torch.equal(both[:, :rows], torch.round(a / s.unsqueeze(-1)) * s.unsqueeze(-1))  # not plain rounding
