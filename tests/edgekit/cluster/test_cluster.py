@@ -37,25 +37,27 @@ def cluster():
     pytest.importorskip("openvino")
     from ray.cluster_utils import Cluster
 
-    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_DISABLE_IMPORT_WARNING")}
+    old = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_DISABLE_IMPORT_WARNING", "TMPDIR", "RAY_TMPDIR")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), old["PYTHONPATH"]) if p)
     os.environ["RAY_DISABLE_IMPORT_WARNING"] = "1"
+    # a device cell works in a TemporaryDirectory; the worker killed mid-task below (and any worker
+    # ended by the shutdown in mid-task) never removes its own. The nodes' processes get a temp folder
+    # of this module's own, removed whole at the end: nothing else in the shared temp folder is touched.
+    # Ray's own session folder stays where it was (it follows TMPDIR unless RAY_TMPDIR is set).
+    os.environ["RAY_TMPDIR"] = old["RAY_TMPDIR"] or tempfile.gettempdir()
+    scratch = tempfile.mkdtemp(prefix="edgekit-cluster-test-")
+    os.environ["TMPDIR"] = scratch
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 150 * MB,
                                                       "include_dashboard": False})
     nodes = {name: c.add_node(num_cpus=1, resources={f"device:{name}": 1}, object_store_memory=150 * MB)
              for name in ("a", "b")}
     c.wait_for_nodes()
-    # a device cell works in a TemporaryDirectory; the worker killed mid-task below (and any worker
-    # ended by the shutdown in mid-task) never removes its own, so the module removes what it left
-    scratch = Path(tempfile.gettempdir())
-    before = set(scratch.glob("edgekit-device-*"))
     try:
         yield c, nodes
     finally:
         ray.shutdown()
         c.shutdown()
-        for left in set(scratch.glob("edgekit-device-*")) - before:
-            shutil.rmtree(left, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
