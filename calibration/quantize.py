@@ -169,7 +169,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
         log(f"reusing calibration statistics from {cache.root / 'stats' / stats_key}")
     else:
         stats = collect(model, observed, take(calib, options.stats_feeds),
-                        progress=_step(progress, "statistics"))
+                        progress=_step(progress, "activation statistics"))
         if options.use_cache:
             cache.store_stats(stats_key, stats)
     timings["statistics"] = time.perf_counter() - t0
@@ -194,7 +194,8 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
                        add_inputs=set(extra))
     choices = calibrate_weights(model, plan, calib, max_feeds=options.weight_feeds, gptq=options.gptq,
                                 bias_correction=options.bias_correction, ls_target=options.ls_target,
-                                progress=_step(progress, "weights"))
+                                progress=_step(progress, "weight statistics"),
+                                round_progress=_step(progress, "weight rounding"))
     timings["weights"] = time.perf_counter() - t0
 
     # 4-5. gate, fallback
@@ -218,7 +219,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
         if not first and options.fallback and max_float > 0:
             log("ranking layers by sensitivity ...")
             ranking = rank_layers(model, plan, calib, max_feeds=options.sensitivity_feeds,
-                                  progress=_step(progress, "sensitivity"))
+                                  progress=_step(progress, "layer sensitivity"))
             for s in ranking[:max_float]:
                 plan.float_nodes.add(s.node)
                 candidate, final = score(plan, f"fallback{len(plan.float_nodes)}", options.gate)
@@ -248,7 +249,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
         if final and options.fallback and options.spare_steps > 0 and spare_dir is not None:
             if not ranking:
                 ranking = rank_layers(model, plan, calib, max_feeds=options.sensitivity_feeds,
-                                      progress=_step(progress, "sensitivity"))
+                                      progress=_step(progress, "layer sensitivity"))
             spare = spares.write(model, plan, ranking, options.spare_steps, max_float, spare_dir)
             if spare:
                 log(f"spare fallback steps (used if a target's artifact misses the bar): "

@@ -49,12 +49,15 @@ class _Acc:
         self.means_only = means_only
 
     def add(self, p: torch.Tensor, ph: torch.Tensor) -> None:
-        moments = (None, None) if self.means_only else (torch.bmm(ph, ph.transpose(1, 2)).double(),
-                                                         torch.bmm(p, ph.transpose(1, 2)).double())
-        parts = (*moments, p.sum(-1).double(), ph.sum(-1).double())
+        moments = (None, None) if self.means_only else (torch.bmm(ph, ph.transpose(1, 2)),
+                                                         torch.bmm(p, ph.transpose(1, 2)))
+        parts = (*moments, p.sum(-1), ph.sum(-1))
         if self.x is None:
-            self.hh, self.xh, self.x, self.h = parts
+            self.hh, self.xh, self.x, self.h = (None if t is None else t.double() for t in parts)
         else:
+            # float32 added into the float64 sums in place: the same double additions (widening a
+            # float32 is exact) without a float64 copy of each d×d product (a 4608-input layer's
+            # is 170 MB per feed)
             if not self.means_only:
                 self.hh += parts[0]
                 self.xh += parts[1]
@@ -104,8 +107,11 @@ def _with_second_moments(targets, nodes, inits, budget: int = SECOND_MOMENT_BUDG
 def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray]], max_feeds: int = 32,
                       gptq: bool = True, bias_correction: bool = True, ls_target: bool = True,
                       progress: Callable[[int, int], None] | None = None,
-                      threads: int | None = None) -> dict[str, str]:
-    """Fill ``plan.weights``, ``plan.weight_scales`` and ``plan.biases``; returns node → choice."""
+                      threads: int | None = None,
+                      round_progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+    """Fill ``plan.weights``, ``plan.weight_scales`` and ``plan.biases``; returns node → choice.
+    ``progress``: feeds observed so far; ``round_progress``: layers rounded so far (the long part
+    on wide 3×3 layers: a 4608-input ResNet layer factors its covariance three times)."""
     targets = [t for t in plan.quantized() if t.op in ("Conv", "Gemm", "MatMul")]
     if not targets or not (gptq or bias_correction):
         return {}
@@ -136,8 +142,13 @@ def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray
                 accs[t.node][0 if i < half else 1].add(p, ph)
             if progress:
                 progress(i + 1, len(feeds))
-        return {t.node: _decide(nodes[t.node], t, inits, plan, *accs[t.node], gptq=gptq,
-                                bias_correction=bias_correction, ls_target=ls_target) for t in targets}
+        choices = {}
+        for k, t in enumerate(targets):
+            choices[t.node] = _decide(nodes[t.node], t, inits, plan, *accs[t.node], gptq=gptq,
+                                      bias_correction=bias_correction, ls_target=ls_target)
+            if round_progress:
+                round_progress(k + 1, len(targets))
+        return choices
 
 
 def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, bias_correction: bool,

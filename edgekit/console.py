@@ -13,12 +13,19 @@ import time
 from typing import Any, Iterator, Sequence, TextIO
 
 
+PROGRESS_EVERY = 5.0  # seconds between progress lines of one step (a pipe or CI log gets lines, not a spinner)
+
+
 class Console:
-    def __init__(self, quiet: bool = False, err: TextIO | None = None, out: TextIO | None = None):
+    def __init__(self, quiet: bool = False, err: TextIO | None = None, out: TextIO | None = None,
+                 clock=time.perf_counter):
         self.quiet = quiet
         self.err = err or sys.stderr
         self.out = out or sys.stdout
         self.warnings: list[str] = []
+        self._clock = clock
+        self._step_t0 = self._last_line = clock()
+        self._shown: set[str] = set()   # phases of the current step that printed a line
 
     def info(self, msg: str) -> None:
         if not self.quiet:
@@ -33,10 +40,23 @@ class Console:
         """Announce a long step, then print how long it took and any detail it filled in."""
         self.info(f"• {title} ...")
         detail: dict[str, Any] = {}
-        t0 = time.perf_counter()
+        t0 = self._step_t0 = self._last_line = self._clock()
+        self._shown = set()
         yield detail
         extra = f" — {detail['summary']}" if detail.get("summary") else ""
-        self.info(f"  done in {time.perf_counter() - t0:.1f}s{extra}")
+        self.info(f"  done in {self._clock() - t0:.1f}s{extra}")
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        """Where a long step is: a line ``  <phase> <done>/<total> (<s>s)`` at most every
+        :data:`PROGRESS_EVERY` seconds, plus the phase's last count once it has shown one, so a
+        step that ends quickly prints nothing extra and a slow one is never silent for long."""
+        now = self._clock()
+        last = done >= total and phase in self._shown
+        if not last and now - self._last_line < PROGRESS_EVERY:
+            return
+        self._last_line = now
+        self._shown.add(phase)
+        self.info(f"  {phase} {done}/{total} ({now - self._step_t0:.0f}s)")
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)

@@ -45,7 +45,8 @@ def int8_stage(res, request: ExportRequest, target, feeds, source: Artifact, pat
         console.info("deterministic-init weights: every layer stays INT8 (the float fallback cannot tell how "
                      "trained weights would quantize; pass --pretrained or --weights)")
     with console.step(f"INT8 calibration + Q/DQ ({feeds.calib.source})") as d:
-        art = quantize_int8(source, path, feeds.calib, feeds.heldout, opts, log=console.info, spare_dir=spare_dir)
+        art = quantize_int8(source, path, feeds.calib, feeds.heldout, opts, log=console.info,
+                            progress=console.progress, spare_dir=spare_dir)
         lay, passed = art.meta.get("layers", {}), art.meta.get("gate", {}).get("passed")
         verdict = "not assessed (untrained weights)" if not trained else "passed" if passed else "FAILED"
         d["summary"] = f"{lay.get('int8_convs', '?')}/{lay.get('convs', '?')} convs INT8, gate {verdict}"

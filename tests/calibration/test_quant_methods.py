@@ -252,3 +252,19 @@ def test_gptq_rounds_each_row_on_its_own_so_candidates_can_share_a_pass():
         both = gptq_rows(torch.cat([a, b], dim=1), h, s.repeat(1, 2), 0.01)
         assert torch.equal(both, torch.cat([gptq_rows(a, h, s, 0.01), gptq_rows(b, h, s, 0.01)], dim=1))
         assert not torch.equal(both[:, :rows], torch.round(a / s.unsqueeze(-1)) * s.unsqueeze(-1))  # not plain rounding
+
+
+def test_weight_calibration_reports_each_feed_and_each_rounded_layer(nets, feeds):
+    """The two phases of the weight step report progress (the export prints it: a wide ResNet
+    layer's rounding takes tens of seconds): feeds observed, then layers rounded, in order."""
+    calib, _ = feeds
+    model = g.named_copy(nets[nn.ReLU6])
+    targets = g.quant_targets(model)
+    tensors = sorted({t.activation for t in targets})
+    stats = collect(model, tensors, calib)
+    plan = qdq.QdqPlan(targets, {t: methods.scale_for(methods.threshold(stats[t], "mse")) for t in tensors})
+    seen, rounded = [], []
+    choices = calibrate_weights(model, plan, calib, max_feeds=8, progress=lambda i, n: seen.append((i, n)),
+                                round_progress=lambda i, n: rounded.append((i, n)))
+    assert seen == [(i, 8) for i in range(1, 9)]
+    assert rounded == [(i, len(targets)) for i in range(1, len(targets) + 1)] and len(choices) == len(targets)
