@@ -116,6 +116,7 @@ class ExportContext:
     warn: Callable[[str], None] = print
     stem: str = "model"
     fp32_source: "Artifact | None" = None  # the last FP32 ONNX stage (for INT8-vs-FP32 latency guards)
+    progress: Callable[[str, int, int], None] | None = None  # (phase, done, total) of a long loop
 
 
 class Exporter:

@@ -21,18 +21,20 @@ def reference_outputs(reference: Runner, feeds: Feeds) -> list[tuple[dict[str, n
 
 
 def compare_stage(stage: Artifact, runner: Runner, pairs, tolerance: Tolerance, source: str = "",
-                  keep: list | None = None) -> Comparison:
+                  keep: list | None = None, progress: Callable[[int, int], None] | None = None) -> Comparison:
     """``stage`` against the reference outputs in ``pairs``; ``keep``, when given, receives the
-    stage's own outputs (for the fidelity comparison)."""
+    stage's own outputs (for the fidelity comparison); ``progress(done, total)`` after each feed."""
     comp = Comparison(stage=stage.stage, runner=runner.name, precision=stage.precision, tolerance=tolerance,
                       inputs_source=source)
     with runner:
         comp.runner = runner.name
-        for feed, ref in pairs:
+        for i, (feed, ref) in enumerate(pairs):
             out = runner.infer(feed)
             comp.add(ref, out)
             if keep is not None:
                 keep.append(out)
+            if progress:
+                progress(i + 1, len(pairs))
     return comp
 
 
@@ -66,9 +68,11 @@ def add_fidelity(comps: Sequence[Comparison], stages: Sequence[Artifact], output
 
 def run_parity(reference: Runner, stages: Sequence[tuple[Artifact, Runner]], feeds: Feeds,
                tolerance: Callable[[Artifact], Tolerance], source: str = "",
-               progress: Callable[[str], None] | None = None, pairs: list | None = None) -> list[Comparison]:
+               progress: Callable[[str], None] | None = None, pairs: list | None = None,
+               feed_progress: Callable[[str, int, int], None] | None = None) -> list[Comparison]:
     """Every stage against the reference; ``pairs`` (from :func:`reference_outputs` on ``feeds``)
-    when the caller already has the reference's outputs."""
+    when the caller already has the reference's outputs. ``feed_progress(stage, done, total)``:
+    feeds compared so far (a Core ML package on the MIL interpreter takes about a minute)."""
     pairs = reference_outputs(reference, feeds) if pairs is None else pairs
     out, kept = [], []
     shared = shared_graph([a for a, _ in stages])
@@ -76,7 +80,9 @@ def run_parity(reference: Runner, stages: Sequence[tuple[Artifact, Runner]], fee
         if progress:
             progress(f"  parity: {art.stage} ({runner.name}) on {len(pairs)} feeds")
         keep: list | None = [] if shared is not None and art.precision != "fp32" else None
-        out.append(compare_stage(art, runner, pairs, tolerance(art), source, keep))
+        counted = (lambda i, n, label=f"{art.stage} ({runner.name})": feed_progress(label, i, n)) \
+            if feed_progress else None
+        out.append(compare_stage(art, runner, pairs, tolerance(art), source, keep, counted))
         kept.append(keep)
     if shared is not None:
         add_fidelity(out, [a for a, _ in stages], kept, shared)

@@ -294,7 +294,7 @@ def _build(stages: list[Artifact], res: Resolved, request: ExportRequest, target
     ctx = ExportContext(request=request, spec=res.spec, model=res.model, inputs=res.inputs,
                         source=stages[-1] if stages else None, calib_feeds=feeds.calib,
                         heldout_feeds=feeds.heldout, log=console.info, warn=console.warn, stem=stem,
-                        fp32_source=fp32[-1] if fp32 else None)
+                        fp32_source=fp32[-1] if fp32 else None, progress=console.progress)
     with console.step(f"build {target.name} artifact") as d:
         art = target.export(ctx, work)
         d["summary"] = f"{art.format}, {art.size_bytes / 1e6:.1f} MB"
@@ -312,7 +312,8 @@ def _parity(stages: list[Artifact], request: ExportRequest, feeds, tol, referenc
     runners = [(s, get_target(s.target).open(s, device=stage_device(s, request), threads=request.threads))
                for s in stages]
     with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
-        comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
+        comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs,
+                           feed_progress=console.progress)
     apply_yardstick(comps, stability)
     return comps
 

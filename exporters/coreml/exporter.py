@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -133,6 +133,8 @@ class CoreMLTarget(Exporter):
         model = ctx.model.eval()
         outputs = _output_names(model, ctx.inputs)
         layers = self._edgekit_layers(ctx)
+        ctx.log(f"converting to a Core ML {precision} ML Program with coremltools (one call that reports no progress"
+                f"{': a minute or two at INT8' if precision == 'int8' else ''}) ...")
         with backend_errors(f"coreml-{precision}"):
             meta, converted = build_package(model, ctx.inputs, outputs, path, precision, target, mode or "w8a8",
                                             ctx.calib_feeds, image, int(opt.coreml_calib_samples),
@@ -170,7 +172,8 @@ class CoreMLTarget(Exporter):
     def _gate(self, ctx: ExportContext, art: Artifact) -> None:
         trained = weights_trained(ctx)
         tol = verdict.gate_tolerance(ctx.spec, ctx.request, "int8", trained)  # the one policy
-        comp = compare(ctx.model, art, self.open(art, device=ctx.request.device), ctx.heldout_feeds, tol)
+        counted = (lambda i, n: ctx.progress("Core ML INT8 gate", i, n)) if ctx.progress else None
+        comp = compare(ctx.model, art, self.open(art, device=ctx.request.device), ctx.heldout_feeds, tol, counted)
         comp.yardstick_top1 = verdict.source_yardstick(ctx.source)
         p = comp.primary()
         art.meta["gate"] = {"passed": comp.passed, "failures": comp.failures, "trained_weights": trained,
@@ -223,15 +226,20 @@ def weights_trained(ctx: ExportContext) -> bool:
     return verdict.trained_weights(ctx.request)
 
 
-def compare(model, art: Artifact, runner, feeds: Feeds, tol: Tolerance) -> Comparison:
-    """FP32 PyTorch against ``runner`` (not yet entered; entered and closed here) on ``feeds``."""
+def compare(model, art: Artifact, runner, feeds: Feeds, tol: Tolerance,
+            progress: Callable[[int, int], None] | None = None) -> Comparison:
+    """FP32 PyTorch against ``runner`` (not yet entered; entered and closed here) on ``feeds``;
+    ``progress(done, total)`` after each feed."""
     from edgekit.torch_runner import TorchRunner
 
     comp = Comparison(stage=art.stage, runner=runner.name, precision=art.precision, tolerance=tol,
                       inputs_source=getattr(feeds, "source", ""))
     with TorchRunner(model, art.inputs, art.outputs) as ref, runner:
-        for feed in feeds:
+        total = getattr(feeds, "count", 0)
+        for i, feed in enumerate(feeds):
             comp.add(ref.infer(feed), runner.infer(feed))
+            if progress:
+                progress(i + 1, max(total, i + 1))
     return comp
 
 
