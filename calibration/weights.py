@@ -204,8 +204,14 @@ def _ls_target(w, cov_h, cross, damp: float):
     d = cov_h.shape[-1]
     scale = torch.diagonal(cov_h, dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
     reg = cov_h + damp * scale[:, None, None] * torch.eye(d, dtype=cov_h.dtype)
-    # reg is symmetric positive definite: a Cholesky solve, half the work of a general (LU) one
-    return torch.cholesky_solve((w @ cross).transpose(1, 2), torch.linalg.cholesky(reg)).transpose(1, 2)
+    rhs = (w @ cross).transpose(1, 2)
+    # a Cholesky solve where reg is positive definite (half the work of LU); the centred sums can
+    # leave it indefinite (a near-constant input channel: its variance is a difference of two large
+    # float32-accumulated terms), and those layers keep the general solve
+    low, info = torch.linalg.cholesky_ex(reg)
+    if bool((info == 0).all()):
+        return torch.cholesky_solve(rhs, low).transpose(1, 2)
+    return torch.linalg.solve(reg, rhs).transpose(1, 2)
 
 
 def _correct_bias(node, inits, plan: QdqPlan, t, w, q, mx, mh) -> None:

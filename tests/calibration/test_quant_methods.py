@@ -268,3 +268,22 @@ def test_weight_calibration_reports_each_feed_and_each_rounded_layer(nets, feeds
                                 round_progress=lambda i, n: rounded.append((i, n)))
     assert seen == [(i, 8) for i in range(1, 9)]
     assert rounded == [(i, len(targets)) for i in range(1, len(targets) + 1)] and len(choices) == len(targets)
+
+
+def test_the_least_squares_target_solves_indefinite_sums_too():
+    """Cholesky where the damped covariance is positive definite, the general solve where the
+    centred float32 sums left it indefinite (the suite's ShuffleNet and squeeze-excite test models do)."""
+    from calibration.weights import _ls_target
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 12, 200, generator=gen, dtype=torch.float64)
+    w = torch.randn(1, 5, 12, generator=gen, dtype=torch.float64)
+    cov = x @ x.transpose(1, 2) / 200
+    cross = cov + 0.01 * torch.randn(1, 12, 12, generator=gen, dtype=torch.float64)
+    for c in (cov, cov - 2.0 * torch.eye(12, dtype=torch.float64)):   # definite, then indefinite
+        d = c.shape[-1]
+        reg = c + 0.01 * torch.diagonal(c, dim1=1, dim2=2).mean(dim=1)[:, None, None].clamp_min(1e-12) \
+            * torch.eye(d, dtype=c.dtype)
+        want = torch.linalg.solve(reg, (w @ cross).transpose(1, 2)).transpose(1, 2)
+        torch.testing.assert_close(_ls_target(w, c, cross, 0.01), want, rtol=1e-9, atol=1e-12)
+    assert bool((torch.linalg.cholesky_ex(reg)[1] != 0).any())    # the second really was indefinite
