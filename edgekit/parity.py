@@ -68,20 +68,17 @@ def add_fidelity(comps: Sequence[Comparison], stages: Sequence[Artifact], output
 
 def run_parity(reference: Runner, stages: Sequence[tuple[Artifact, Runner]], feeds: Feeds,
                tolerance: Callable[[Artifact], Tolerance], source: str = "",
-               progress: Callable[[str], None] | None = None, pairs: list | None = None,
-               feed_progress: Callable[[str, int, int], None] | None = None) -> list[Comparison]:
+               pairs: list | None = None,
+               progress: Callable[[str, int, int], None] | None = None) -> list[Comparison]:
     """Every stage against the reference; ``pairs`` (from :func:`reference_outputs` on ``feeds``)
-    when the caller already has the reference's outputs. ``feed_progress(stage, done, total)``:
-    feeds compared so far (a Core ML package on the MIL interpreter takes about a minute)."""
+    when the caller already has the reference's outputs. ``progress(stage, done, total)``: feeds
+    compared so far (a Core ML package on the MIL interpreter takes about a minute)."""
     pairs = reference_outputs(reference, feeds) if pairs is None else pairs
     out, kept = [], []
     shared = shared_graph([a for a, _ in stages])
     for art, runner in stages:
-        if progress:
-            progress(f"  parity: {art.stage} ({runner.name}) on {len(pairs)} feeds")
         keep: list | None = [] if shared is not None and art.precision != "fp32" else None
-        counted = (lambda i, n, label=f"{art.stage} ({runner.name})": feed_progress(label, i, n)) \
-            if feed_progress else None
+        counted = (lambda i, n, label=f"{art.stage} ({runner.name})": progress(label, i, n)) if progress else None
         out.append(compare_stage(art, runner, pairs, tolerance(art), source, keep, counted))
         kept.append(keep)
     if shared is not None:

@@ -313,7 +313,7 @@ def _parity(stages: list[Artifact], request: ExportRequest, feeds, tol, referenc
                for s in stages]
     with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
         comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs,
-                           feed_progress=console.progress)
+                           progress=console.progress)
     apply_yardstick(comps, stability)
     return comps
 

@@ -192,7 +192,8 @@ def recheck(artifact: Path, given: ExportRequest, console) -> tuple[list, Any, d
     with console.step(f"parity vs torch on {feeds.heldout.count} held-out samples"):
         reference = TorchRunner(res.model, res.inputs, manifest.stages[0].outputs)
         pairs = reference_outputs(reference, feeds.heldout)
-        comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs)
+        comps = run_parity(reference, runners, feeds.heldout, tol, feeds.heldout.source, pairs=pairs,
+                           progress=console.progress)
     if given.arch:
         from .arm.compare import hook as arm_hook
 
