@@ -105,7 +105,7 @@ def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool =
     model.eval()
     if weights is not None:
         try:
-            info = load_weights(model, Path(weights))
+            info = load_weights(model, Path(weights), spec)
         except HeadSizeMismatch as head:
             if num_classes is not None or head.ours != spec.num_classes:  # asked for, or not the logits' rows
                 raise WeightsError(head.message, hint=head.hint) from None
@@ -113,7 +113,7 @@ def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool =
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_for(spec.name))
                 model = spec.builder(num_classes=head.theirs).eval()
-            info = load_weights(model, Path(weights))
+            info = load_weights(model, Path(weights), spec)
             info = replace(info, layout=f"{info.layout}, {head.theirs}-class head (the zoo's is {head.ours})",
                            classes=head.theirs)
     elif pretrained:
@@ -122,6 +122,10 @@ def build(spec: ModelSpec, weights: str | Path | None = None, pretrained: bool =
         info = Weights("deterministic-init", f"seed={seed_for(spec.name)} + BatchNorm statistics on the bundled calibration photos", False)
     if console and info.layout:
         console.info(f"weights: layout recognised: {info.layout} ({info.detail})")
+    if console and weights is not None and getattr(model, "transform_input", True) is False:
+        console.warn(f"{spec.name}: transform_input is off for this checkpoint: a network fine-tuned from "
+                     "torchvision's ImageNet weights expects it on (docs/zoo.md); torchvision's own published "
+                     "file turns it on by itself")
     return model, info
 
 
@@ -216,12 +220,34 @@ def load_checkpoint(model: nn.Module, path: Path, what: str | None = None) -> st
     return describe(layout, steps)
 
 
-def load_weights(model: nn.Module, path: Path) -> Weights:
+def load_weights(model: nn.Module, path: Path, spec: ModelSpec | None = None) -> Weights:
+    """A user's checkpoint. Where it is the very file torchvision publishes for ``spec`` (its
+    sha256 starts with the prefix in the published file name), it is treated as ``--pretrained``
+    treats it: the weights' own eval preprocessing, and ``transform_input`` for the
+    TensorFlow-ported GoogLeNet / Inception-v3. A network that loads those weights but is fed
+    other inputs would lose accuracy without any error."""
     from ..artifact import sha256_path
+    from .weights_registry import PUBLISHED
 
     layout = load_checkpoint(model, path)
     digest = sha256_path(path)
-    return Weights("checkpoint", f"{path.resolve()} sha256={digest[:16]}", True, layout=layout, sha256=digest)
+    entry = PUBLISHED.get(spec.name) if spec is not None else None
+    if entry is None or not digest.startswith(entry.sha256_prefix):
+        return Weights("checkpoint", f"{path.resolve()} sha256={digest[:16]}", True, layout=layout, sha256=digest)
+    if entry.transform_input and hasattr(model, "transform_input"):
+        model.transform_input = True
+    return Weights("checkpoint", f"{path.resolve()} sha256={digest[:16]}: {entry.describe()}, its published file",
+                   True, layout=f"{layout}; {entry.describe()} recognised by its sha256"
+                   + (", transform_input on" if entry.transform_input else ""),
+                   sha256=digest, preprocess=_own_preprocess(entry, spec))
+
+
+def _own_preprocess(entry, spec: ModelSpec) -> Preprocess | None:
+    """Published weights' eval preprocessing, where it differs from the architecture's."""
+    pre, spec_pre = entry.preprocess, spec.preprocess
+    own = Preprocess(resize=pre.resize, crop=pre.crop, mean=pre.mean, std=pre.std,
+                     interpolation=pre.interpolation, channels=spec_pre.channels)
+    return None if own == spec_pre else own
 
 
 def load_pretrained(model: nn.Module, spec: ModelSpec, console=None) -> Weights:
@@ -243,12 +269,8 @@ def load_pretrained(model: nn.Module, spec: ModelSpec, console=None) -> Weights:
     if entry.transform_input and hasattr(model, "transform_input"):
         model.transform_input = True   # TensorFlow-ported GoogLeNet/Inception-v3 weights
     layout = load_checkpoint(model, path, f"pretrained weights {entry.filename}")
-    pre = entry.preprocess
-    spec_pre = spec.preprocess
-    own_pre = Preprocess(resize=pre.resize, crop=pre.crop, mean=pre.mean, std=pre.std,
-                         interpolation=pre.interpolation, channels=spec_pre.channels)
     return Weights("pretrained-download", f"{entry.describe()} from {path}", True, layout=layout, url=entry.url,
-                   sha256=digest, preprocess=None if own_pre == spec_pre else own_pre)
+                   sha256=digest, preprocess=_own_preprocess(entry, spec))
 
 
 def _load_packaged(model: nn.Module, spec: ModelSpec, entry) -> Weights:

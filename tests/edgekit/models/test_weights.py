@@ -406,3 +406,47 @@ def test_head_size_is_not_guessed_past_an_explicit_count_or_another_misfit(tmp_p
     torch.save(sd, path)
     with pytest.raises(WeightsError, match=r"shape mismatch: features\.0\.0\.weight"):
         create_model("mobilenet_v2", weights=path)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "mobilenet_v2"])
+def test_the_published_file_passed_as_weights_gets_its_own_preprocessing(tmp_path, monkeypatch, name):
+    """``--weights mobilenet_v2-7ebf99e0.pth`` is the file ``--pretrained`` downloads: recognised by
+    its sha256 it gets the same treatment (resize 232 for torchvision's V2 recipe; GoogLeNet's
+    TensorFlow-ported weights re-normalise their input). Any other file keeps the spec's."""
+    source = create_model(name)
+    path = tmp_path / f"{name}.pth"
+    torch.save(source.state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    published = weights_registry.PUBLISHED[name]
+    model, other = build(get_spec(name), weights=path)
+    assert other.preprocess is None and "recognised by its sha256" not in other.layout
+    assert getattr(model, "transform_input", False) is False
+
+    monkeypatch.setitem(weights_registry.PUBLISHED, name, PublishedWeights(
+        published.url, digest[:8], published.preprocess, published.top1, published.tag,
+        transform_input=published.transform_input))
+    model, info = build(get_spec(name), weights=path)
+    assert f"{published.describe()} recognised by its sha256" in info.layout
+    if name == "googlenet":
+        assert model.transform_input is True and info.preprocess is None   # 256 → 224 as the spec's
+        x = torch.randn(1, 3, 224, 224)
+        source.transform_input = True
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+    else:
+        assert info.preprocess.resize == 232 and info.preprocess.crop == 224
+
+
+def test_an_unrecognised_googlenet_checkpoint_says_transform_input_is_off(tmp_path):
+    from edgekit.console import Console
+
+    path = tmp_path / "finetuned.pth"
+    torch.save(create_model("googlenet").state_dict(), path)
+    err = io.StringIO()
+    build(get_spec("googlenet"), weights=path, console=Console(err=err))
+    assert "googlenet: transform_input is off for this checkpoint" in err.getvalue()
+    err = io.StringIO()
+    path = tmp_path / "resnet18.pth"
+    torch.save(create_model("resnet18").state_dict(), path)
+    build(get_spec("resnet18"), weights=path, console=Console(err=err))
+    assert "transform_input" not in err.getvalue()
