@@ -10,7 +10,7 @@ runs the activations between them on its uint8 kernels.
 Which form is delivered is measured, not assumed (issue 20). Every form in :data:`FORMS` is
 built from the same calibration; each is scored against the shared graph on the held-out feeds
 (on trained weights a form that costs more than ``edgekit.verdict.REWRITE_MAX_COST_DB`` is not a
-candidate); the candidates that pass, the shared Q/DQ graph among them, are timed interleaved
+candidate, and on any weights a form below the parity verdict's fidelity floor is not); the candidates that pass, the shared Q/DQ graph among them, are timed interleaved
 with each other and with the FP32 ONNX on this machine and the export's thread count, and the
 fastest is delivered (ties within :data:`SPEED_TIE` go to the one closer to FP32). The manifest
 lists every candidate with its cost and latency and says why the winner won; the INT8-vs-FP32
@@ -186,23 +186,36 @@ def rewrite_costs(ctx: ExportContext, qdq: Path, forms: dict[str, Path]) -> dict
     for key, p in (("fp32", ctx.fp32_source.path), ("qdq", qdq), *forms.items()):
         with OrtRunner(Path(p), ctx.fp32_source.inputs) as r:
             outs[key] = [next(iter(r.infer(f).values())) for f in feeds]
-    sq = {}
-    for key in ("qdq", *forms):
+    def sqnr(ref_key: str, key: str) -> float:
         s = OutputScore("output")
-        for ref, out in zip(outs["fp32"], outs[key]):
+        for ref, out in zip(outs[ref_key], outs[key]):
             s.add(ref, out)
-        sq[key] = s.sqnr_db
+        return s.sqnr_db
+
+    sq = {key: sqnr("fp32", key) for key in ("qdq", *forms)}
     trained = bool(getattr(ctx, "trained", None)) if getattr(ctx, "trained", None) is not None \
         else verdict.trained_weights(ctx.request)
+    # the parity verdict's fidelity floor for a rewrite, which holds for any weights: a form below it
+    # would be delivered and then fail the export (untrained preact_resnet18: 19.5 dB against 20.6)
+    floor = verdict.fidelity_tolerance("int8", rewrite=True, reference_sqnr_db=sq["qdq"]).sqnr_db
     result = {}
     for key in forms:
         cost = sq["qdq"] - sq[key]
-        rejected = bool(trained and np.isfinite(cost) and cost > verdict.REWRITE_MAX_COST_DB)
+        fidelity = sqnr("qdq", key)
+        too_costly = bool(trained and np.isfinite(cost) and cost > verdict.REWRITE_MAX_COST_DB)
+        unfaithful = bool(fidelity < floor)
         reason = (f"it costs {cost:.2f} dB SQNR against FP32 ({sq[key]:.2f} dB, the shared graph {sq['qdq']:.2f} "
                   f"dB; at most {verdict.REWRITE_MAX_COST_DB} dB allowed on trained weights)")
+        if unfaithful:
+            reason = (f"{reason}; " if too_costly else "") + (
+                      f"it is {fidelity:.2f} dB from the shared graph, below the fidelity floor of {floor:g} dB "
+                      f"(min({verdict.FIDELITY_REWRITE_MAX_DB:g}, the shared graph's {sq['qdq']:.2f} dB vs FP32 "
+                      f"− {verdict.FIDELITY_REWRITE_MARGIN_DB:g}))")
         result[key] = {"sqnr_db_shared": round(float(sq["qdq"]), 3), "sqnr_db_rewrite": round(float(sq[key]), 3),
                        "cost_db": round(float(cost), 3), "limit_db": verdict.REWRITE_MAX_COST_DB,
-                       "trained_weights": trained, "rejected": rejected, "reason": reason, "samples": len(feeds)}
+                       "fidelity_db": round(float(fidelity), 3), "fidelity_floor_db": floor,
+                       "trained_weights": trained, "rejected": too_costly or unfaithful, "reason": reason,
+                       "samples": len(feeds)}
     return result
 
 

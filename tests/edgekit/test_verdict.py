@@ -235,7 +235,7 @@ def test_perturbed_scale_in_the_target_artifact_fails_fidelity_and_names_the_sta
     assert "FAIL" in verdict.fidelity_verdict(c)
 
 
-def test_a_rewrite_that_costs_more_than_half_a_db_is_rejected_on_trained_weights(swish_stages, tmp_path):
+def test_a_rewrite_that_costs_more_than_half_a_db_is_rejected_on_trained_weights_and_any_unfaithful_one(swish_stages, tmp_path):
     from types import SimpleNamespace
 
     from exporters.onnx.quant import rewrite_cost
@@ -252,8 +252,14 @@ def test_a_rewrite_that_costs_more_than_half_a_db_is_rejected_on_trained_weights
     worse = last_activation_scale_times(ort.path, 1.1, tmp_path / "worse.onnx")
     bad = rewrite_cost(ctx, qdq.path, worse)
     assert bad["rejected"] and bad["cost_db"] > 10 and "at most 0.5 dB" in bad["reason"], bad
-    ctx.trained = False  # untrained: the cost is reported, the rewrite is delivered
-    assert rewrite_cost(ctx, qdq.path, worse)["rejected"] is False
+    # untrained: the cost is reported and a rewrite is delivered while it stays faithful to the
+    # shared graph; one below the parity verdict's fidelity floor would fail the export, so it is not
+    ctx.trained = False
+    assert bad["fidelity_db"] < bad["fidelity_floor_db"] == 25.0, bad
+    refused = rewrite_cost(ctx, qdq.path, worse)
+    assert refused["rejected"] and "below the fidelity floor of 25 dB" in refused["reason"], refused
+    slightly = rewrite_cost(ctx, qdq.path, last_activation_scale_times(ort.path, 1.05, tmp_path / "5pc.onnx"))
+    assert slightly["cost_db"] > 10 and slightly["fidelity_db"] > 25.0 and slightly["rejected"] is False, slightly
 
 
 def test_reports_carry_both_columns():
