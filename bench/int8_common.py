@@ -176,7 +176,9 @@ def prepare(name: str, work: Path, calib: int = 96, heldout: int = 100, external
 def run_onnx(path, feeds) -> np.ndarray:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
+    from edgekit import ort_options
+
+    so = ort_options.apply(ort.SessionOptions())
     so.log_severity_level = 3
     so.intra_op_num_threads = int(os.environ.get("H19_THREADS", "2"))
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -247,8 +247,10 @@ def with_outputs(model, names: list[str]):
 
 def session(model_or_path, threads: int | None = None, optimize: bool = True):
     """An ONNX Runtime CPU session for a model held in memory or on disk."""
+    from edgekit import ort_options
+
     ort = require("onnxruntime", "onnx", "calibration")
-    so = ort.SessionOptions()
+    so = ort_options.apply(ort.SessionOptions())   # exact integer kernels on x86 without VNNI
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads

@@ -22,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from edgekit import ort_options
 from edgekit.artifact import Artifact, tool_versions
 from edgekit.bench.guard import guard_record, int8_guard
 from edgekit.bench.guard import guard_seconds as request_guard_seconds
@@ -81,7 +82,10 @@ def build(ctx: ExportContext, workdir: Path) -> Artifact:
             "seconds": round(time.perf_counter() - t0, 2), "node_counts": node_counts(path),
             "float_layers": qdq.meta.get("float_layers", []),
             "calibration_gate": qdq.meta.get("gate", {}).get("after"), "candidates": candidates,
-            "chosen": {"form": winner, "reason": why}}
+            "chosen": {"form": winner, "reason": why},
+            # what a deployment's SessionOptions need (edgekit.ort_options): exact integer kernels on
+            # x86 CPUs without VNNI, where the default ones saturate
+            "session_config": dict(ort_options.SESSION_CONFIG)}
     if costs is not None:
         meta["rewrite_cost"] = costs.get(winner) or costs[FORMS[0][0]]
     if winner == SHARED:

@@ -304,6 +304,10 @@ def test_onnx_int8_delivers_the_onnxruntime_form_with_a_latency_guard(tmp_path):
     fid = rows["ort"]["fidelity"]
     assert fid["passed"] and fid["reference"] == "qdq (onnxruntime)" and fid["tolerance"]["sqnr_db"] >= 3
     assert "rewrite_cost" in ort["meta"] and ort["meta"]["rewrite_cost"]["rejected"] is False  # untrained: reported
+    cost = ort["meta"]["rewrite_cost"]
+    assert cost["fidelity_db"] >= cost["fidelity_floor_db"] > 3, cost
+    # what a deployment's SessionOptions need (edgekit/ort_options.py: exact kernels on x86 without VNNI)
+    assert ort["meta"]["session_config"] == {"session.x64quantprecision": "1"}
     # graph hygiene: every delivered ONNX loads in ONNX Runtime without a warning
     import onnx
 
