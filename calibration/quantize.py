@@ -42,7 +42,9 @@ from .sensitivity import rank_layers
 from .stats import collect
 
 Feeds = Iterable[dict[str, np.ndarray]]
-CACHE_VERSION = 6  # 3: biases on the accumulator grid, the SQNR target; 4: uint8 activations; 5: their manifest list (2026-12-04); 6: uint8 from a proven floor (h-swish, SiLU)
+CACHE_VERSION = 7  # 3: biases on the accumulator grid, the SQNR target; 4: uint8 activations; 5: their manifest list (2026-12-04); 6: uint8 from a proven floor (h-swish, SiLU)
+# 7: exact integer kernels in every ONNX Runtime session (edgekit/ort_options.py); entries written on
+# an x86 CPU without VNNI before that read saturated convolutions (2026-12-06)
 DEFAULT_METHOD = "auto"
 
 
