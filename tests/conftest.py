@@ -70,6 +70,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def exact_int8_cpu():
+    """Skip marker for accuracy tests of OpenVINO's INT8 kernels: on an x86 CPU without VNNI they
+    add u8×s8 product pairs in saturating 16-bit lanes and OpenVINO has no exact alternative
+    (docs/openvino.md), so a trained network's INT8 accuracy cannot be judged on such a CPU."""
+    from edgekit.bench.device import int8_saturates
+
+    return pytest.mark.skipif(int8_saturates(), reason="x86 CPU without VNNI: OpenVINO's INT8 kernels "
+                              "saturate 16-bit pair sums here (docs/openvino.md)")
+
+
 def torch_fp16_floor(model, feeds, compute: bool = True, name: str = "input") -> tuple[float, float]:
     """(cosine, SQNR) of PyTorch itself in FP16 against FP32 PyTorch on ``feeds``: an FP16
     artifact cannot be expected to beat it (deep untrained networks are ill-conditioned:

@@ -104,6 +104,19 @@ def cpu_info() -> dict[str, Any]:
             "vendor": info.get("vendor_id") or info.get("CPU implementer") or ""}
 
 
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_saturates(cpu: dict[str, Any] | None = None) -> bool:
+    """Whether this is an x86 CPU without VNNI, where u8×s8 integer kernels (ONNX Runtime's default
+    ones, oneDNN's in OpenVINO) add product pairs in saturating 16-bit lanes. ONNX Runtime has a
+    session key for exact kernels (edgekit/ort_options.py); OpenVINO has none, so an INT8 IR
+    computes differently on such a CPU (docs/openvino.md)."""
+    cpu = cpu or cpu_info()
+    x86 = str(cpu.get("arch", "")).lower() in ("x86_64", "amd64", "i686", "x86")
+    return x86 and not any(f in cpu.get("isa", ()) for f in VNNI_FLAGS)
+
+
 def memory_gb() -> float | None:
     with contextlib.suppress(Exception):
         import psutil

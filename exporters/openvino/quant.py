@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from edgekit.artifact import Artifact
+from edgekit.bench.device import int8_saturates
 from edgekit.bench.guard import guard_seconds, int8_guard
 from edgekit import verdict
 from edgekit.compare import Tolerance
@@ -64,6 +65,11 @@ def build_int8(ctx: ExportContext, model, src: Artifact, route: str, runtime: di
                             "gate_metric": "top-1 agreement and cosine vs FP32" if tol.assessed
                             else f"not assessed: {tol.assessed_note}",
                             "gate_samples": len(heldout)}
+    if int8_saturates():
+        meta["cpu_without_vnni"] = True
+        ctx.warn("this x86 CPU has no VNNI: OpenVINO's INT8 kernels here add products in saturating 16-bit "
+                 "lanes, so the IR computes differently here than on a CPU with VNNI (AVX512_VNNI, AVX_VNNI, "
+                 "AMX) or on ARM; the parity and fidelity rows are this CPU's (docs/openvino.md)")
     t0 = time.perf_counter()
     guard = None
     if route == "nncf":

@@ -275,3 +275,16 @@ def test_guard_seconds_come_from_the_request_then_the_environment_then_the_defau
     monkeypatch.setenv(GUARD_ENV, "inf")
     with pytest.raises(UsageError, match=r"\$EDGEKIT_GUARD_SECONDS must be a finite number"):
         guard_seconds(ExportRequest(model="lenet5"))
+
+
+def test_int8_saturates_on_x86_without_vnni_only():
+    """x86 without VNNI adds u8×s8 product pairs in saturating 16-bit lanes (edgekit/ort_options.py)."""
+    from edgekit.bench.device import cpu_info, int8_saturates
+
+    assert int8_saturates({"arch": "x86_64", "isa": ["avx2", "fma"]})
+    assert int8_saturates({"arch": "AMD64", "isa": ["avx512f", "avx512bw"]})          # AVX-512 without VNNI
+    for isa in (["avx2", "avx_vnni"], ["avx512f", "avx512_vnni"], ["amx_tile", "amx_int8"]):
+        assert not int8_saturates({"arch": "x86_64", "isa": isa}), isa
+    assert not int8_saturates({"arch": "aarch64", "isa": ["asimd", "neon"]})
+    here = cpu_info()
+    assert int8_saturates() == int8_saturates(here)

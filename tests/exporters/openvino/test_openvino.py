@@ -33,7 +33,7 @@ from edgekit.torch_runner import fp32_rounding_error  # noqa: E402
 from exporters.openvino.exporter import OpenVinoTarget  # noqa: E402
 from exporters.openvino.runner import resolve_device  # noqa: E402
 from exporters.onnx.simplify import simplify  # noqa: E402
-from tests.conftest import make_context, torch_fp16_floor  # noqa: E402
+from tests.conftest import exact_int8_cpu, make_context, torch_fp16_floor  # noqa: E402
 
 pytestmark = pytest.mark.openvino
 
@@ -206,6 +206,7 @@ def test_ir_loads_independently(zoo):
 
 
 @pytest.mark.slow
+@exact_int8_cpu()
 def test_pretrained_lite0_int8_full_resolution(tmp_path):
     """NNCF's INT8 IR (``--int8-route nncf``) of the pretrained EfficientNet-Lite0 on >= 200 held-out
     photo crops at full resolution, against FP32 torch (the default Q/DQ route's graph is gated in
