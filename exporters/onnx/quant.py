@@ -10,7 +10,8 @@ runs the activations between them on its uint8 kernels.
 Which form is delivered is measured, not assumed (issue 20). Every form in :data:`FORMS` is
 built from the same calibration; each is scored against the shared graph on the held-out feeds
 (on trained weights a form that costs more than ``edgekit.verdict.REWRITE_MAX_COST_DB`` is not a
-candidate, and on any weights a form below the parity verdict's fidelity floor is not); the candidates that pass, the shared Q/DQ graph among them, are timed interleaved
+candidate, and on any weights a form below the parity verdict's fidelity floor is not); the
+candidates that pass, the shared Q/DQ graph among them, are timed interleaved
 with each other and with the FP32 ONNX on this machine and the export's thread count, and the
 fastest is delivered (ties within :data:`SPEED_TIE` go to the one closer to FP32). The manifest
 lists every candidate with its cost and latency and says why the winner won; the INT8-vs-FP32
@@ -190,6 +191,7 @@ def rewrite_costs(ctx: ExportContext, qdq: Path, forms: dict[str, Path]) -> dict
     for key, p in (("fp32", ctx.fp32_source.path), ("qdq", qdq), *forms.items()):
         with OrtRunner(Path(p), ctx.fp32_source.inputs) as r:
             outs[key] = [next(iter(r.infer(f).values())) for f in feeds]
+
     def sqnr(ref_key: str, key: str) -> float:
         s = OutputScore("output")
         for ref, out in zip(outs[ref_key], outs[key]):
@@ -200,7 +202,7 @@ def rewrite_costs(ctx: ExportContext, qdq: Path, forms: dict[str, Path]) -> dict
     trained = bool(getattr(ctx, "trained", None)) if getattr(ctx, "trained", None) is not None \
         else verdict.trained_weights(ctx.request)
     # the parity verdict's fidelity floor for a rewrite, which holds for any weights: a form below it
-    # would be delivered and then fail the export (untrained preact_resnet18: 19.5 dB against 20.6)
+    # would be delivered and then fail the export's own fidelity row (docs/calibration.md)
     floor = verdict.fidelity_tolerance("int8", rewrite=True, reference_sqnr_db=sq["qdq"]).sqnr_db
     result = {}
     for key in forms:
