@@ -105,6 +105,7 @@ def export_cell(cfg, model: str, target: str, precision: str, shape, dest: str, 
                 built.manifest.command = command
                 built.manifest.write(built.folder)
             pairs, source = reference_pairs(cfg, model, target, precision, built.manifest)
+            meta["fidelity_outputs"] = shared_outputs(built.manifest, pairs, cfg.threads)
             whole = None if reused is not None else pack(built.folder)[0]
             final, sha = pack(built.folder, final_only=True)
         except Exception as exc:  # the cell's content is its error; the run goes on
@@ -119,18 +120,36 @@ def export_cell(cfg, model: str, target: str, precision: str, shape, dest: str, 
     return _finish(meta, prov, model, target, precision), whole, final, pairs
 
 
+def shared_outputs(manifest, pairs, threads: int | None) -> list | None:
+    """The shared Q/DQ (or FP16) graph's outputs on the reference feeds, run by ONNX Runtime on the
+    export node: the reference of the final stage's runtime fidelity on each device (issue 19: gated
+    for any weights). None where the final stage is FP32 or the shared graph itself, or where the
+    shared graph's file is not here (a reused cell ships its final stage only)."""
+    from ..parity import shared_graph
+    from ..targets import get_target
+
+    final, shared = manifest.final, shared_graph(manifest.stages)
+    if shared is None or final.precision == "fp32" or final.stage == shared.stage or not Path(shared.path).is_file():
+        return None
+    with get_target("onnx").open(shared, threads=threads) as runner:
+        return [runner.infer(feed) for feed, _ in pairs]
+
+
 def _finish(meta, prov, model, target, precision):
     meta["prov"] = _done(prov, kind="export", cell=f"{model}/{target}/{precision}",
                          status=(meta["row"] or {}).get("status", "ok"))
     return meta
 
 
-def device_parity(manifest, pairs, source: str, threads: int | None, device: str | None) -> dict[str, Any]:
+def device_parity(manifest, pairs, source: str, threads: int | None, device: str | None,
+                  fidelity_outputs: list | None = None) -> dict[str, Any]:
     """The final stage on this node against the shipped reference outputs, judged by the
-    tolerance the export judged it by; summarised with the export's verdicts on the earlier
-    stages, as a local export's row is."""
-    from ..compare import Tolerance
-    from ..parity import run_parity
+    tolerance the export judged it by; with ``fidelity_outputs`` (:func:`shared_outputs`) also
+    against the shared graph, with the floor a local export applies (its runtime fidelity, which
+    differs between CPUs: x86 without VNNI saturates OpenVINO's INT8 sums). Summarised with the
+    export's verdicts on the earlier stages, as a local export's row is."""
+    from ..compare import Comparison, Tolerance
+    from ..parity import add_fidelity, compare_stage, shared_graph
     from ..report.schema import parity_summary
     from ..targets import get_target
 
@@ -140,7 +159,15 @@ def device_parity(manifest, pairs, source: str, threads: int | None, device: str
         raise ValueError(f"the manifest has no parity entry for stage '{final.stage}'")
     tol = Tolerance(**export_side[final.stage]["tolerance"])
     runner = get_target(final.target).open(final, device=device, threads=threads)
-    comp = run_parity(None, [(final, runner)], None, lambda art: tol, source, pairs=pairs)[0]
+    outs: list | None = [] if fidelity_outputs is not None else None
+    comp = compare_stage(final, runner, pairs, tol, source, outs)
+    if fidelity_outputs is not None:
+        shared = shared_graph(manifest.stages)
+        ref = Comparison(stage=shared.stage, runner="onnxruntime", precision=shared.precision, tolerance=Tolerance(),
+                         inputs_source=source)
+        for (_, expected), out in zip(pairs, fidelity_outputs):
+            ref.add(expected, out)
+        add_fidelity([ref, comp], [shared, final], [fidelity_outputs, outs], shared)
     parity = [c for c in manifest.parity if c["stage"] != final.stage] + [comp.to_dict()]
     return parity_summary(parity, final.stage, manifest.reports.get("reference_stability"))
 
@@ -168,7 +195,8 @@ def device_cell(device: str, cfg, bench, model_name: str, target: str, precision
                     row = make_row(**base, status="skipped",
                                    error=f"{manifest.final.target} unavailable on device {device}: {why}")
                 else:
-                    parity = device_parity(manifest, pairs, meta.get("source", ""), cfg.threads, cfg.device)
+                    parity = device_parity(manifest, pairs, meta.get("source", ""), cfg.threads, cfg.device,
+                                           meta.get("fidelity_outputs"))
                     row = measure_cell(Built(Path(tmp), manifest, meta["reused"], meta["warnings"]), bench, dev,
                                        shape, parity=parity)
                     row["model"] = model_name
