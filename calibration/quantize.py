@@ -42,9 +42,8 @@ from .sensitivity import rank_layers
 from .stats import collect
 
 Feeds = Iterable[dict[str, np.ndarray]]
-CACHE_VERSION = 7  # 3: biases on the accumulator grid, the SQNR target; 4: uint8 activations; 5: their manifest list (2026-12-04); 6: uint8 from a proven floor (h-swish, SiLU)
-# 7: exact integer kernels in every ONNX Runtime session (edgekit/ort_options.py); entries written on
-# an x86 CPU without VNNI before that read saturated convolutions (2026-12-06)
+# 3: accumulator-grid biases, SQNR target; 4/5: uint8 activations, their list; 6: uint8 from a proven floor; 7: exact ORT kernels (edgekit/ort_options.py)
+CACHE_VERSION = 7
 DEFAULT_METHOD = "auto"
 
 
