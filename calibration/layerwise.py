@@ -53,9 +53,11 @@ def _weight_rows(node, w: torch.Tensor, axis: int) -> tuple[torch.Tensor, Callab
 
 
 @torch.no_grad()
-def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: float = 0.01,
+              qmax: int = W_QMAX) -> torch.Tensor:
     """Quantize ``w`` (groups, rows, d) column by column with error feedback through
-    ``h`` (groups, d, d); ``scales`` (groups, rows). Returns the dequantized weights."""
+    ``h`` (groups, d, d) onto the integers in [-qmax, qmax]; ``scales`` (groups, rows).
+    Returns the dequantized weights."""
     w = w.double().clone()
     h = h.double().clone()
     gcount, rows, d = w.shape
@@ -85,7 +87,7 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: floa
         u1 = u[:, i1:i2, i1:i2]
         for j in range(i2 - i1):
             col = w1[:, :, j]
-            qc = torch.clamp(torch.round(col / s), -W_QMAX, W_QMAX) * s
+            qc = torch.clamp(torch.round(col / s), -qmax, qmax) * s
             q[:, :, i1 + j] = qc
             err = (col - qc) / u1[:, j, j].unsqueeze(1)
             w1[:, :, j:] -= err.unsqueeze(2) * u1[:, j, j:].unsqueeze(1)

@@ -40,6 +40,10 @@ from . import methods
 from .graph import QuantTarget
 
 W_QMAX = 127
+# "Narrow" weights, [-63, 63]: where an x86 CPU without VNNI runs a layer on u8×s8 kernels that add each
+# pair of products in a saturating 16-bit lane (vpmaddubsw), 255·63·2 = 32130 fits and the kernel is exact
+# (ONNX Runtime's quantizer calls this ``reduce_range``, NNCF its "overflow fix"). See narrow_targets.
+NARROW_QMAX = 63
 INT8_SUFFIX = "_int8"  # a quantized weight initializer: f"{safe weight name}{INT8_SUFFIX}"
 
 
@@ -58,6 +62,10 @@ class QdqPlan:
     unsigned: set[str] = field(default_factory=set)  # activations held as uint8 (zero point 0, or see floors)
     floors: dict[str, float] = field(default_factory=dict)  # uint8 tensors with a proven floor < 0 (bounds.py)
     add_inputs: set[str] = field(default_factory=set)  # also quantized where an Add reads them (quantize.add_inputs)
+    weight_qmax: dict[str, int] = field(default_factory=dict)  # weight name -> integer bound (default W_QMAX)
+
+    def qmax(self, weight: str) -> int:
+        return self.weight_qmax.get(weight, W_QMAX)
 
     def quantized(self) -> list[QuantTarget]:
         return [t for t in self.targets if t.node not in self.float_nodes]
@@ -75,26 +83,39 @@ class QdqPlan:
         return methods.zero_point(self.act_scales[tensor], self.floors.get(tensor, 0.0)) if tensor in self.unsigned else 0
 
 
-def weight_scales(w: np.ndarray, axis: int, clip: np.ndarray | None = None) -> np.ndarray:
-    """Per-channel symmetric scales (max |w| of each output channel / 127); ``axis=None``:
+def narrow_qmax(model, targets: list[QuantTarget]) -> dict[str, int]:
+    """weight name -> NARROW_QMAX for every layer that u8×s8 kernels run as a sum of pairs of products:
+    Gemm, MatMul and every Conv with two or more input channels per group (a stem's three included).
+    Depthwise convolutions (one input channel per group) keep [-127, 127]: oneDNN and MLAS run them on
+    32-bit products, and OpenVINO read them exactly on an AVX2-only CPU (docs/openvino.md)."""
+    inits = g.initializers(model)
+    out = {}
+    for t in targets:
+        if t.op != "Conv" or (t.weight in inits and len(inits[t.weight].dims) > 1 and inits[t.weight].dims[1] > 1):
+            out[t.weight] = NARROW_QMAX
+    return out
+
+
+def weight_scales(w: np.ndarray, axis: int, clip: np.ndarray | None = None, qmax: int = W_QMAX) -> np.ndarray:
+    """Per-channel symmetric scales (max |w| of each output channel / ``qmax``); ``axis=None``:
     one scale for the whole tensor."""
     if axis is None:
-        s = float(np.abs(w).max()) / W_QMAX
+        s = float(np.abs(w).max()) / qmax
         return np.asarray(s if s > 0 else 1.0, np.float32)
     red = tuple(i for i in range(w.ndim) if i != axis)
     amax = np.abs(w).max(axis=red) if red else np.abs(w)
     if clip is not None:
         amax = np.minimum(amax, clip)
-    s = amax.astype(np.float64) / W_QMAX
+    s = amax.astype(np.float64) / qmax
     return np.where(s > 0, s, 1.0).astype(np.float32)
 
 
 def quantize_weight(w: np.ndarray, axis: int, clip: np.ndarray | None = None,
-                    scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 weight, per-channel scales)."""
-    s = weight_scales(w, axis, clip) if scales is None else np.asarray(scales, np.float32)
+                    scales: np.ndarray | None = None, qmax: int = W_QMAX) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weight in [-qmax, qmax], per-channel scales)."""
+    s = weight_scales(w, axis, clip, qmax) if scales is None else np.asarray(scales, np.float32)
     view = _view(w.ndim, axis)
-    q = np.clip(np.rint(w / s.reshape(view)), -W_QMAX, W_QMAX).astype(np.int8)
+    q = np.clip(np.rint(w / s.reshape(view)), -qmax, qmax).astype(np.int8)
     return q, s
 
 
@@ -149,7 +170,8 @@ def build(model, plan: QdqPlan):
             w = plan.weights.get(t.weight)
             w = g.to_array(inits[t.weight]) if w is None else w
             axis = t.axis if plan.per_channel else None
-            q, s = quantize_weight(w, axis, plan.weight_clip.get(t.weight), plan.weight_scales.get(t.weight))
+            q, s = quantize_weight(w, axis, plan.weight_clip.get(t.weight), plan.weight_scales.get(t.weight),
+                                   plan.qmax(t.weight))
             base = g.safe_name(t.weight)
             zp = np.zeros_like(s, dtype=np.int8)
             new_inits += [nh.from_array(q, f"{base}{INT8_SUFFIX}"), nh.from_array(s, f"{base}_wscale"),

@@ -144,6 +144,10 @@ class Exporter:
     alternate_options: ClassVar[dict] = {}  # Int8Options fields the alternate calibration also sets
     calibration_options: ClassVar[dict] = {}  # Int8Options fields the target's first calibration sets
 
+    def calibration_options_for(self, request: "ExportRequest") -> dict:
+        """The Int8Options fields this request's first calibration sets (default: ``calibration_options``)."""
+        return dict(self.calibration_options)
+
     def available(self) -> tuple[bool, str]:
         """(True, version) when the backend can run here, else (False, why not)."""
         raise NotImplementedError

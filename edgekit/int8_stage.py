@@ -33,7 +33,7 @@ def int8_stage(res, request: ExportRequest, target, feeds, source: Artifact, pat
                        yardstick_top1=None if yard is None else round(yard["top1"], 4),
                        unsigned=not target.signed_activations,
                        spare_steps=SPARE_STEPS if trained and request.parity else 0,
-                       **target.calibration_options,
+                       **target.calibration_options_for(request),
                        **({"method": request.calib_method} if request.calib_method else {}))
     if int8 is not None:
         int8["options"] = opts

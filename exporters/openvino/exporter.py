@@ -31,6 +31,7 @@ from edgekit.errors import ExportError, MissingDependencyError, UsageError, back
 from .runner import HINTS, INFERENCE_PRECISIONS, OpenVinoRunner, ir_xml, resolve_device
 
 INT8_ROUTES = ("auto", "nncf", "qdq")
+INT8_WEIGHTS = ("auto", "narrow", "full")
 # Chosen by measurement on this project's CPU (docs/openvino.md, bench/openvino_int8.py,
 # 2026-11-27): on all five models measured, the IR read from the shared Q/DQ ONNX is closer
 # to FP32 than NNCF's (pretrained EfficientNet-Lite0: SQNR 24.1 against 18.9 dB) and faster
@@ -66,9 +67,20 @@ class OpenVinoTarget(Exporter):
         Option("--ov-max-fp-fraction", "ov_max_fp_fraction", "when NNCF INT8 fails the accuracy gate, at most "
                "this share of the quantized layers goes back to floating point (default 0.25; 0 disables)",
                type=float, default=None),
+        Option("--ov-int8-weights", "ov_int8_weights", "INT8 weight range of the Q/DQ route: narrow ([-63, 63] where "
+               "the kernels pair products: exact on x86 CPUs without VNNI, at some accuracy), full ([-127, 127]: "
+               "exact only with VNNI/AMX or on ARM) or auto (narrow where this CPU lacks VNNI)",
+               choices=INT8_WEIGHTS, default=None),
         Option("--ov-guard-seconds", "ov_guard_seconds", "seconds the INT8-vs-FP32 latency guard times each IR "
                "(default 1.5)", type=float, default=None),
     )
+
+    def calibration_options_for(self, request: ExportRequest) -> dict:
+        """On an x86 CPU without VNNI, OpenVINO's u8×s8 kernels add pairs of products in saturating
+        16-bit lanes: the shared graph is then calibrated with [-63, 63] weights wherever the kernels
+        pair products (calibration.qdq.narrow_qmax), so that the IR computes exactly there
+        (``--ov-int8-weights``, docs/openvino.md)."""
+        return {"narrow_weights": True} if narrow_weights(settings(request).ov_int8_weights) else {}
 
     # -- availability ------------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
@@ -180,6 +192,13 @@ def _op_counts(model) -> dict[str, int]:
     return dict(Counter(op.get_type_name() for op in model.get_ops() if op.get_type_name() not in skip)
                 .most_common())
 
+
+
+def narrow_weights(asked: str | None) -> bool:
+    """Whether the Q/DQ route calibrates narrow weights: ``--ov-int8-weights`` (auto: this CPU saturates)."""
+    from edgekit.bench.device import int8_saturates
+
+    return asked == "narrow" or (asked in (None, "auto") and int8_saturates())
 
 
 def settings(request: ExportRequest):

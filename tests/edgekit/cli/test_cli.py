@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgekit.feeds import bundled_photos
-from tests.conftest import exact_int8_cpu, run_edgekit
+from tests.conftest import run_edgekit
 
 USER_MODEL = """
 import torch
@@ -243,7 +243,6 @@ def test_trained_weights_at_reduced_precision_get_the_stability_yardstick(tmp_pa
     assert "yardstick: FP32 reference vs itself" in again.stdout and "(8 samples)" in again.stdout, again.stdout
 
 
-@exact_int8_cpu()
 def test_openvino_int8_gate_uses_the_yardstick_of_the_parity_verdict(tmp_path):
     """Trained weights (a checkpoint) at --target openvino --int8: the exporter's own gate judges
     top-1 against the yardstick the pipeline measured before calibration (yardstick − 1 point), as
