@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import graph as g
-from .qdq import W_QMAX
+from .qdq import PAIR_BUDGET, W_QMAX
 
 
 def _patches(node, x: torch.Tensor) -> torch.Tensor:
@@ -52,11 +52,22 @@ def _weight_rows(node, w: torch.Tensor, axis: int) -> tuple[torch.Tensor, Callab
     return w.T.unsqueeze(0), lambda r: r[0].T   # (K, N) -> rows N
 
 
+def partners(d: int, channels: int) -> torch.Tensor:
+    """For the columns of a row layout (d = channels · taps, channel-major, as :func:`_weight_rows` lays a
+    Conv out; taps = 1 for Gemm/MatMul): the column that u8×s8 kernels pair with each, -1 for none
+    (the same tap of channel c xor 1, calibration.qdq.PAIR_BUDGET)."""
+    taps = d // channels
+    k = torch.arange(d)
+    p = (k // taps) ^ 1
+    return torch.where(p < channels, p * taps + k % taps, -1)
+
+
 @torch.no_grad()
 def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: float = 0.01,
-              qmax: int = W_QMAX) -> torch.Tensor:
+              partner: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize ``w`` (groups, rows, d) column by column with error feedback through
-    ``h`` (groups, d, d) onto the integers in [-qmax, qmax]; ``scales`` (groups, rows).
+    ``h`` (groups, d, d); ``scales`` (groups, rows). ``partner`` (:func:`partners`): each column's
+    integers are held to PAIR_BUDGET minus its partner's, where that was rounded first.
     Returns the dequantized weights."""
     w = w.double().clone()
     h = h.double().clone()
@@ -79,6 +90,10 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: floa
     u = torch.linalg.solve_triangular(low, torch.eye(d, dtype=h.dtype).expand_as(low), upper=False).flip(1, 2)
     s = scales.double()
     q = torch.zeros_like(w)
+    if partner is not None:   # each position's partner's position in the act order (d: none)
+        po = partner[order]
+        ppos = torch.where(po >= 0, torch.gather(inv, 1, po.clamp(min=0)), torch.full_like(po, d))
+        qint = torch.zeros_like(w)
     block = 64
     for i1 in range(0, d, block):   # lazy-batch updates: columns in blocks, one matmul per block
         i2 = min(i1 + block, d)
@@ -87,7 +102,14 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: floa
         u1 = u[:, i1:i2, i1:i2]
         for j in range(i2 - i1):
             col = w1[:, :, j]
-            qc = torch.clamp(torch.round(col / s), -qmax, qmax) * s
+            qi = torch.clamp(torch.round(col / s), -W_QMAX, W_QMAX)
+            if partner is not None:
+                pj = ppos[:, i1 + j]
+                other = torch.gather(qint, 2, pj.clamp(max=d - 1).view(-1, 1, 1).expand(gcount, rows, 1))[..., 0]
+                bound = torch.where((pj < i1 + j).unsqueeze(1), PAIR_BUDGET - other.abs(), torch.full_like(other, W_QMAX))
+                qi = torch.maximum(torch.minimum(qi, bound), -bound)
+                qint[:, :, i1 + j] = qi
+            qc = qi * s
             q[:, :, i1 + j] = qc
             err = (col - qc) / u1[:, j, j].unsqueeze(1)
             w1[:, :, j:] -= err.unsqueeze(2) * u1[:, j, j:].unsqueeze(1)

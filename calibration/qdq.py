@@ -40,10 +40,15 @@ from . import methods
 from .graph import QuantTarget
 
 W_QMAX = 127
-# "Narrow" weights, [-63, 63]: where an x86 CPU without VNNI runs a layer on u8×s8 kernels that add each
-# pair of products in a saturating 16-bit lane (vpmaddubsw), 255·63·2 = 32130 fits and the kernel is exact
-# (ONNX Runtime's quantizer calls this ``reduce_range``, NNCF its "overflow fix"). See narrow_targets.
-NARROW_QMAX = 63
+# On an x86 CPU without VNNI, oneDNN (inside OpenVINO) runs u8×s8 layers on vpmaddubsw: it adds the
+# products of input channels 2j and 2j+1 (at the same kernel tap; K entries 2k, 2k+1 of a Gemm) in
+# a saturating 16-bit lane. With activations up to 255, a pair is exact while |q[2j]| + |q[2j+1]|
+# <= 128 (255 · 128 = 32640 <= 32767). Per-channel weights rarely have two neighbours that large,
+# Each output channel's scale is chosen among PAIR_QMAX (paired_scales): [-63, 63] (ONNX Runtime's
+# reduce_range, NNCF's overflow fix) never meets the budget but doubles every step; a finer grid with the
+# few over-budget pairs held to it (limit_pairs, layerwise.gptq_rows) is often closer to the weights.
+PAIR_BUDGET = 128
+PAIR_QMAX = (63, 71, 80, 90, 101, 113, 127)
 INT8_SUFFIX = "_int8"  # a quantized weight initializer: f"{safe weight name}{INT8_SUFFIX}"
 
 
@@ -62,10 +67,7 @@ class QdqPlan:
     unsigned: set[str] = field(default_factory=set)  # activations held as uint8 (zero point 0, or see floors)
     floors: dict[str, float] = field(default_factory=dict)  # uint8 tensors with a proven floor < 0 (bounds.py)
     add_inputs: set[str] = field(default_factory=set)  # also quantized where an Add reads them (quantize.add_inputs)
-    weight_qmax: dict[str, int] = field(default_factory=dict)  # weight name -> integer bound (default W_QMAX)
-
-    def qmax(self, weight: str) -> int:
-        return self.weight_qmax.get(weight, W_QMAX)
+    weight_pairs: dict[str, int] = field(default_factory=dict)  # weight name -> its paired axis (PAIR_BUDGET)
 
     def quantized(self) -> list[QuantTarget]:
         return [t for t in self.targets if t.node not in self.float_nodes]
@@ -83,40 +85,79 @@ class QdqPlan:
         return methods.zero_point(self.act_scales[tensor], self.floors.get(tensor, 0.0)) if tensor in self.unsigned else 0
 
 
-def narrow_qmax(model, targets: list[QuantTarget]) -> dict[str, int]:
-    """weight name -> NARROW_QMAX for every layer that u8×s8 kernels run as a sum of pairs of products:
-    Gemm, MatMul and every Conv with two or more input channels per group (a stem's three included).
-    Depthwise convolutions (one input channel per group) keep [-127, 127]: oneDNN and MLAS run them on
-    32-bit products, and OpenVINO read them exactly on an AVX2-only CPU (docs/openvino.md)."""
+def paired_weights(model, targets: list[QuantTarget]) -> dict[str, int]:
+    """weight name -> the axis whose neighbouring entries u8×s8 kernels pair (:data:`PAIR_BUDGET`): the
+    input channels of every Conv with two or more of them per group (a stem's three included; measured
+    on OpenVINO 2026.4, tests/calibration/test_paired_weights.py), the K axis of a Gemm or MatMul.
+    Depthwise convolutions (one input channel per group) run on 32-bit products and are left out."""
     inits = g.initializers(model)
     out = {}
     for t in targets:
         if t.op != "Conv" or (t.weight in inits and len(inits[t.weight].dims) > 1 and inits[t.weight].dims[1] > 1):
-            out[t.weight] = NARROW_QMAX
+            out[t.weight] = 1 - t.axis   # Conv (O, I, kh, kw) and Gemm transB (N, K): 1; (K, N): 0
     return out
 
 
-def weight_scales(w: np.ndarray, axis: int, clip: np.ndarray | None = None, qmax: int = W_QMAX) -> np.ndarray:
-    """Per-channel symmetric scales (max |w| of each output channel / ``qmax``); ``axis=None``:
+def limit_pairs(q: np.ndarray, w: np.ndarray, axis: int, budget: int = PAIR_BUDGET) -> np.ndarray:
+    """``q`` (integers) with every pair of neighbours (2j, 2j+1) along ``axis`` held to |a| + |b| <= ``budget``:
+    an over-budget pair gets the two magnitudes summing to ``budget`` closest to ``w`` (the weights in grid
+    steps): |a| = (budget + |w_a| - |w_b|) / 2, rounded, signs kept."""
+    n = q.shape[axis] // 2 * 2
+    out = np.moveaxis(np.array(q, np.int32), axis, 0)
+    wm = np.moveaxis(np.asarray(w, np.float64), axis, 0)
+    a, b = out[0:n:2], out[1:n:2]
+    over = np.abs(a) + np.abs(b) > budget
+    if over.any():
+        ma = np.clip(np.rint((budget + np.abs(wm[0:n:2]) - np.abs(wm[1:n:2])) / 2), budget - W_QMAX, W_QMAX)
+        out[0:n:2] = np.where(over, np.sign(wm[0:n:2]) * ma, a)
+        out[1:n:2] = np.where(over, np.sign(wm[1:n:2]) * (budget - ma), b)
+    return np.moveaxis(out, 0, axis)
+
+
+def paired_scales(w: np.ndarray, axis: int, pair_axis: int, clip: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel scales max|w| / m, m in :data:`PAIR_QMAX`, each channel's m the one whose rounding with
+    :func:`limit_pairs` is closest to the weights (squared error)."""
+    amax = weight_scales(w, axis, clip) * W_QMAX
+    view = _view(w.ndim, axis)
+    red = tuple(i for i in range(w.ndim) if i != axis)
+    best_err, best = None, None
+    for m in PAIR_QMAX:
+        s = (amax / m).astype(np.float32)
+        grid = w / s.reshape(view)
+        q = limit_pairs(np.clip(np.rint(grid), -W_QMAX, W_QMAX), grid, pair_axis)
+        err = ((q * s.reshape(view) - w).astype(np.float64) ** 2).sum(axis=red)
+        if best is None:
+            best_err, best = err, s
+        else:
+            better = err < best_err
+            best_err, best = np.where(better, err, best_err), np.where(better, s, best)
+    return best.astype(np.float32)
+
+
+def weight_scales(w: np.ndarray, axis: int, clip: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel symmetric scales (max |w| of each output channel / 127); ``axis=None``:
     one scale for the whole tensor."""
     if axis is None:
-        s = float(np.abs(w).max()) / qmax
+        s = float(np.abs(w).max()) / W_QMAX
         return np.asarray(s if s > 0 else 1.0, np.float32)
     red = tuple(i for i in range(w.ndim) if i != axis)
     amax = np.abs(w).max(axis=red) if red else np.abs(w)
     if clip is not None:
         amax = np.minimum(amax, clip)
-    s = amax.astype(np.float64) / qmax
+    s = amax.astype(np.float64) / W_QMAX
     return np.where(s > 0, s, 1.0).astype(np.float32)
 
 
 def quantize_weight(w: np.ndarray, axis: int, clip: np.ndarray | None = None,
-                    scales: np.ndarray | None = None, qmax: int = W_QMAX) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 weight in [-qmax, qmax], per-channel scales)."""
-    s = weight_scales(w, axis, clip, qmax) if scales is None else np.asarray(scales, np.float32)
+                    scales: np.ndarray | None = None, pair_axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weight, per-channel scales); ``pair_axis``: its neighbours held to :data:`PAIR_BUDGET`."""
+    s = weight_scales(w, axis, clip) if scales is None else np.asarray(scales, np.float32)
     view = _view(w.ndim, axis)
-    q = np.clip(np.rint(w / s.reshape(view)), -qmax, qmax).astype(np.int8)
-    return q, s
+    grid = w / s.reshape(view)
+    q = np.clip(np.rint(grid), -W_QMAX, W_QMAX)
+    if pair_axis is not None:
+        q = limit_pairs(q, grid, pair_axis)
+    return q.astype(np.int8), s
 
 
 def fake_quant_weight(w: np.ndarray, axis: int | None, clip: np.ndarray | None = None) -> np.ndarray:
@@ -171,7 +212,7 @@ def build(model, plan: QdqPlan):
             w = g.to_array(inits[t.weight]) if w is None else w
             axis = t.axis if plan.per_channel else None
             q, s = quantize_weight(w, axis, plan.weight_clip.get(t.weight), plan.weight_scales.get(t.weight),
-                                   plan.qmax(t.weight))
+                                   plan.weight_pairs.get(t.weight))
             base = g.safe_name(t.weight)
             zp = np.zeros_like(s, dtype=np.int8)
             new_inits += [nh.from_array(q, f"{base}{INT8_SUFFIX}"), nh.from_array(s, f"{base}_wscale"),

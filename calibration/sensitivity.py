@@ -50,7 +50,7 @@ def rank_layers(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray]], ma
         one = QdqPlan(plan.targets, plan.act_scales, float_nodes=all_nodes - {t.node}, weights=plan.weights,
                       biases=plan.biases, weight_clip=plan.weight_clip, weight_scales=plan.weight_scales,
                       residual=False, unsigned=plan.unsigned, floors=plan.floors,
-                      weight_qmax=plan.weight_qmax)
+                      weight_pairs=plan.weight_pairs)
         sess = g.session(qdq.build(model, one), threads=threads)
         test = np.concatenate([sess.run(None, f)[0].reshape(-1) for f in feeds])
         out.append(LayerSensitivity(t.node, t.op, sqnr_db(ref, test)))

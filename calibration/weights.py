@@ -28,8 +28,8 @@ from edgekit.feeds import take
 
 from . import graph as g
 from . import methods
-from .layerwise import _broadcast, _patches, _weight_rows, gptq_rows
-from .qdq import QdqPlan, weight_scales
+from .layerwise import _broadcast, _patches, _weight_rows, gptq_rows, partners
+from .qdq import QdqPlan, paired_scales, quantize_weight, weight_scales
 
 DAMPING = (0.01, 0.1)
 MAX_POSITIONS = 4096  # patches per feed and layer used for the statistics (seeded subsample)
@@ -155,12 +155,18 @@ def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, b
             ls_target: bool) -> str:
     w0 = plan.weights.get(t.weight)
     w0 = g.to_array(inits[t.weight]) if w0 is None else w0
-    qmax = plan.qmax(t.weight)
-    scales = weight_scales(w0, t.axis, plan.weight_clip.get(t.weight), qmax)
+    pair = plan.weight_pairs.get(t.weight)   # neighbours held to qdq.PAIR_BUDGET (x86 without VNNI)
+    if pair is None:
+        scales = weight_scales(w0, t.axis, plan.weight_clip.get(t.weight))
+    else:
+        scales = plan.weight_scales[t.weight] = paired_scales(w0, t.axis, pair, plan.weight_clip.get(t.weight))
     rows, back = _weight_rows(node, torch.from_numpy(np.array(w0, np.float32)), t.axis)
-    s_rows = _weight_rows(node, torch.from_numpy(_broadcast(scales, w0.shape, t.axis)), t.axis)[0][..., 0]
+    full_scales = _broadcast(scales, w0.shape, t.axis)
+    s_rows = _weight_rows(node, torch.from_numpy(full_scales), t.axis)[0][..., 0]
     w = rows.double()
-    rtn = (torch.clamp(torch.round(rows / s_rows.unsqueeze(-1)), -qmax, qmax) * s_rows.unsqueeze(-1)).double()
+    partner = None if pair is None else partners(w.shape[-1], w0.shape[1] if node.op_type == "Conv" else w.shape[-1])
+    q_int = quantize_weight(np.asarray(w0, np.float32), t.axis, scales=scales, pair_axis=pair)[0]
+    rtn = _weight_rows(node, torch.from_numpy(q_int.astype(np.float32) * full_scales), t.axis)[0].double()
     best_q, choice = rtn, "round"
     total = fit.merged(check)
     if fit.means_only:
@@ -176,7 +182,7 @@ def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, b
             # the candidates share H and damping, and GPTQ rounds each row on its own: one pass for all
             # (one Cholesky factor, one column loop: 1.9x faster on a 1152-input 1x1 layer; same numbers,
             # tests/calibration/test_quant_methods.py)
-            both = gptq_rows(torch.cat([c for _, c in cands], dim=1), cov_f, s_rows.repeat(1, len(cands)), damp, qmax)
+            both = gptq_rows(torch.cat([c for _, c in cands], dim=1), cov_f, s_rows.repeat(1, len(cands)), damp, partner)
             for k, (name, _) in enumerate(cands):
                 err = _objective(both[:, k * rows:(k + 1) * rows].double(), cov_c, wx)
                 if err < best - 0.02 * abs(best):
@@ -185,7 +191,7 @@ def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, b
             cov, cross, _, _ = total.stats()
             damp = float(choice.split("damp=")[1][:-1])
             target = _ls_target(w, cov, cross, damp) if choice.startswith("gptq*") else w
-            best_q = gptq_rows(target, cov, s_rows, damp, qmax).double()
+            best_q = gptq_rows(target, cov, s_rows, damp, partner).double()
             plan.weights[t.weight] = back(best_q.float()).numpy()
             plan.weight_scales[t.weight] = scales
     if bias_correction:

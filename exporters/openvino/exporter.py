@@ -31,7 +31,7 @@ from edgekit.errors import ExportError, MissingDependencyError, UsageError, back
 from .runner import HINTS, INFERENCE_PRECISIONS, OpenVinoRunner, ir_xml, resolve_device
 
 INT8_ROUTES = ("auto", "nncf", "qdq")
-INT8_WEIGHTS = ("auto", "narrow", "full")
+INT8_WEIGHTS = ("auto", "paired", "full")
 # Chosen by measurement on this project's CPU (docs/openvino.md, bench/openvino_int8.py,
 # 2026-11-27): on all five models measured, the IR read from the shared Q/DQ ONNX is closer
 # to FP32 than NNCF's (pretrained EfficientNet-Lite0: SQNR 24.1 against 18.9 dB) and faster
@@ -67,9 +67,9 @@ class OpenVinoTarget(Exporter):
         Option("--ov-max-fp-fraction", "ov_max_fp_fraction", "when NNCF INT8 fails the accuracy gate, at most "
                "this share of the quantized layers goes back to floating point (default 0.25; 0 disables)",
                type=float, default=None),
-        Option("--ov-int8-weights", "ov_int8_weights", "INT8 weight range of the Q/DQ route: narrow ([-63, 63] where "
-               "the kernels pair products: exact on x86 CPUs without VNNI, at some accuracy), full ([-127, 127]: "
-               "exact only with VNNI/AMX or on ARM) or auto (narrow where this CPU lacks VNNI)",
+        Option("--ov-int8-weights", "ov_int8_weights", "INT8 weights of the Q/DQ route: paired (each pair of weights "
+               "the CPU kernels add in 16 bits holds |a| + |b| <= 128: exact on x86 CPUs without VNNI too, for IRs "
+               "deployed there), full (exact with VNNI/AMX or on ARM) or auto (paired where this CPU lacks VNNI)",
                choices=INT8_WEIGHTS, default=None),
         Option("--ov-guard-seconds", "ov_guard_seconds", "seconds the INT8-vs-FP32 latency guard times each IR "
                "(default 1.5)", type=float, default=None),
@@ -77,10 +77,10 @@ class OpenVinoTarget(Exporter):
 
     def calibration_options_for(self, request: ExportRequest) -> dict:
         """On an x86 CPU without VNNI, OpenVINO's u8×s8 kernels add pairs of products in saturating
-        16-bit lanes: the shared graph is then calibrated with [-63, 63] weights wherever the kernels
-        pair products (calibration.qdq.narrow_qmax), so that the IR computes exactly there
-        (``--ov-int8-weights``, docs/openvino.md)."""
-        return {"narrow_weights": True} if narrow_weights(settings(request).ov_int8_weights) else {}
+        16-bit lanes: the shared graph's weights are then calibrated with every such pair held to
+        calibration.qdq.PAIR_BUDGET, so that the IR computes exactly there (``--ov-int8-weights``,
+        docs/openvino.md)."""
+        return {"paired_weights": True} if paired_weights(settings(request).ov_int8_weights) else {}
 
     # -- availability ------------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
@@ -194,11 +194,11 @@ def _op_counts(model) -> dict[str, int]:
 
 
 
-def narrow_weights(asked: str | None) -> bool:
-    """Whether the Q/DQ route calibrates narrow weights: ``--ov-int8-weights`` (auto: this CPU saturates)."""
+def paired_weights(asked: str | None) -> bool:
+    """Whether the weights are calibrated to the pair budget: ``--ov-int8-weights`` (auto: this CPU saturates)."""
     from edgekit.bench.device import int8_saturates
 
-    return asked == "narrow" or (asked in (None, "auto") and int8_saturates())
+    return asked == "paired" or (asked in (None, "auto") and int8_saturates())
 
 
 def settings(request: ExportRequest):

@@ -34,7 +34,7 @@ from edgekit.compare import Tolerance
 from edgekit.contracts import ExportContext
 from edgekit.errors import require
 
-from .exporter import narrow_weights, settings
+from .exporter import paired_weights, settings
 
 from . import nncf as nq
 from .runner import OpenVinoRunner
@@ -65,19 +65,19 @@ def build_int8(ctx: ExportContext, model, src: Artifact, route: str, runtime: di
                             "gate_metric": "top-1 agreement and cosine vs FP32" if tol.assessed
                             else f"not assessed: {tol.assessed_note}",
                             "gate_samples": len(heldout)}
-    narrow = narrow_weights(opts.ov_int8_weights)
-    meta["weights"] = ("full [-127, 127]" if not narrow else "narrow [-63, 63] where the kernels pair products"
-                       if route == "qdq" else "NNCF overflow fix on every layer (7-bit weights)")
+    paired = paired_weights(opts.ov_int8_weights)
+    meta["weights"] = ("full [-127, 127]" if not paired else "paired: |a| + |b| <= 128 where the kernels add two "
+                       "products in 16 bits" if route == "qdq" else "NNCF overflow fix on every layer (7-bit weights)")
     if int8_saturates():
         meta["cpu_without_vnni"] = True
-        if narrow:
+        if paired:
             ctx.log("this x86 CPU has no VNNI: OpenVINO's kernels add pairs of INT8 products in 16-bit lanes here, so "
                     f"the weights are {meta['weights']} and the IR computes exactly (docs/openvino.md)")
         else:
             ctx.warn("this x86 CPU has no VNNI: OpenVINO's INT8 kernels here add products in saturating 16-bit "
                      "lanes, so the IR computes differently here than on a CPU with VNNI (AVX512_VNNI, AVX_VNNI, "
                      "AMX) or on ARM; the parity and fidelity rows are this CPU's (--ov-int8-weights full was asked; "
-                     "auto or narrow computes exactly here, docs/openvino.md)")
+                     "auto or paired computes exactly here, docs/openvino.md)")
     t0 = time.perf_counter()
     guard = None
     if route == "nncf":
@@ -87,7 +87,7 @@ def build_int8(ctx: ExportContext, model, src: Artifact, route: str, runtime: di
         fp32_model = model
         recipe = replace(nq.RECIPE, subset_size=opts.nncf_subset_size or nq.RECIPE.subset_size,
                          fast_bias_correction=bool(opts.nncf_fast_bias_correction),
-                         overflow_fix="enable" if narrow else nq.RECIPE.overflow_fix)
+                         overflow_fix="enable" if paired else nq.RECIPE.overflow_fix)
         names = tuple(i.name for i in src.inputs)
         refs = nq.outputs_of(fp32_model, heldout, src.inputs, src.outputs, threads)
         pairs = list(zip(heldout, refs))
