@@ -106,7 +106,8 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: floa
             if partner is not None:
                 pj = ppos[:, i1 + j]
                 other = torch.gather(qint, 2, pj.clamp(max=d - 1).view(-1, 1, 1).expand(gcount, rows, 1))[..., 0]
-                bound = torch.where((pj < i1 + j).unsqueeze(1), PAIR_BUDGET - other.abs(), torch.full_like(other, W_QMAX))
+                done = (pj < i1 + j).unsqueeze(1)
+                bound = torch.where(done, PAIR_BUDGET - other.abs(), torch.full_like(other, W_QMAX))
                 qi = torch.maximum(torch.minimum(qi, bound), -bound)
                 qint[:, :, i1 + j] = qi
             qc = qi * s

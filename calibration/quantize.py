@@ -83,8 +83,7 @@ class Int8Options:
     spare_steps: int = 0            # when the gate passes: also write the next N fallback steps (spares.py)
     lean: bool = True               # after a passing fallback, look for a cheaper float set (lean.py)
     paired_weights: bool = False    # neighbours that u8×s8 kernels pair held to qdq.PAIR_BUDGET (x86 without VNNI)
-    add_inputs: bool = False        # also quantize a weighted layer's output where a residual Add reads it
-                                    # (XNNPACK requantizes it: both of ExecuTorch's calibrations, Exporter.calibration_options)
+    add_inputs: bool = False        # quantize a layer's output where a residual Add reads it (XNNPACK requantizes it)
 
     def __post_init__(self):
         methods.check_method(self.method)
@@ -192,8 +191,8 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
                                                options.percentile))
     unsigned, floors = unsigned - signed, {t: f for t, f in floors.items() if t not in signed}
     act_scales = {t: methods.scale_for(th, t in unsigned, floors.get(t, 0.0)) for t, th in picked.items()}
-    plan = qdq.QdqPlan(targets, act_scales, residual=options.residual, unsigned=unsigned, floors=floors,
-                       add_inputs=set(extra), weight_pairs=qdq.paired_weights(model, targets) if options.paired_weights else {})
+    plan = qdq.QdqPlan(targets, act_scales, residual=options.residual, unsigned=unsigned, floors=floors, add_inputs=set(extra),
+                       weight_pairs=qdq.paired_weights(model, targets) if options.paired_weights else {})
     choices = calibrate_weights(model, plan, calib, max_feeds=options.weight_feeds, gptq=options.gptq,
                                 bias_correction=options.bias_correction, ls_target=options.ls_target,
                                 progress=_step(progress, "weight statistics"),

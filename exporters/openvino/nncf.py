@@ -4,7 +4,8 @@ The recipe (:data:`RECIPE`) is the result of measurements on the pretrained
 EfficientNet-Lite0 against its FP32 outputs on 200 held-out photo crops (docs/openvino.md):
 
 * NNCF's defaults: top-1 agreement 77.5%, cosine 0.952.
-* ``overflow_fix=DISABLE`` (8-bit instead of 7-bit weights; VNNI/AMX CPUs do not saturate; quant.py turns the fix on where the CPU lacks VNNI)
+* ``overflow_fix=DISABLE`` (8-bit instead of 7-bit weights; VNNI/AMX CPUs do not saturate; quant.py
+  turns the fix on where the CPU lacks VNNI)
   and full ``BiasCorrection`` (``fast_bias_correction=False``): 86.0%, 0.9675.
 * **per-tensor activations** (``activations_quantization_params.per_channel=False``): 95.5%,
   0.9936. NNCF quantizes depthwise-convolution inputs per channel by default; those
