@@ -69,7 +69,7 @@ class OpenVinoTarget(Exporter):
                type=float, default=None),
         Option("--ov-int8-weights", "ov_int8_weights", "INT8 weights of the Q/DQ route: paired (each pair of weights "
                "the CPU kernels add in 16 bits holds |a| + |b| <= 128: exact on x86 CPUs without VNNI too, for IRs "
-               "deployed there), full (exact with VNNI/AMX or on ARM) or auto (paired where this CPU lacks VNNI)",
+               "deployed there), full (exact with VNNI/AMX or on ARM) or auto (paired for this CPU where it lacks VNNI)",
                choices=INT8_WEIGHTS, default=None),
         Option("--ov-guard-seconds", "ov_guard_seconds", "seconds the INT8-vs-FP32 latency guard times each IR "
                "(default 1.5)", type=float, default=None),
@@ -80,7 +80,7 @@ class OpenVinoTarget(Exporter):
         16-bit lanes: the shared graph's weights are then calibrated with every such pair held to
         calibration.qdq.PAIR_BUDGET, so that the IR computes exactly there (``--ov-int8-weights``,
         docs/openvino.md)."""
-        return {"paired_weights": True} if paired_weights(settings(request).ov_int8_weights) else {}
+        return {"paired_weights": True} if paired_weights(request) else {}
 
     # -- availability ------------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
@@ -194,11 +194,14 @@ def _op_counts(model) -> dict[str, int]:
 
 
 
-def paired_weights(asked: str | None) -> bool:
-    """Whether the weights are calibrated to the pair budget: ``--ov-int8-weights`` (auto: this CPU saturates)."""
+def paired_weights(request: ExportRequest) -> bool:
+    """Whether the weights are calibrated to the pair budget: ``--ov-int8-weights`` (auto: this CPU
+    saturates and the IR is for its CPU plugin, not a GPU or NPU)."""
     from edgekit.bench.device import int8_saturates
 
-    return asked == "paired" or (asked in (None, "auto") and int8_saturates())
+    asked = settings(request).ov_int8_weights
+    on_cpu = not (request.device or "CPU").upper().startswith(("GPU", "NPU"))
+    return asked == "paired" or (asked in (None, "auto") and on_cpu and int8_saturates())
 
 
 def settings(request: ExportRequest):

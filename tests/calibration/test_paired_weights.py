@@ -138,10 +138,10 @@ def test_openvino_target_pairs_where_the_cpu_saturates_or_when_asked():
     from edgekit.contracts import ExportRequest
     from edgekit.targets import get_target
 
-    def opts(target, asked=None):
-        req = ExportRequest(model="m", target=target, precision="int8",
+    def opts(target, asked=None, device=None):
+        req = ExportRequest(model="m", target=target, precision="int8", device=device,
                             options={} if asked is None else {"ov_int8_weights": asked})
         return get_target(target).calibration_options_for(req)
     assert opts("openvino") == opts("openvino", "auto") == ({"paired_weights": True} if int8_saturates() else {})
-    assert opts("openvino", "paired") == {"paired_weights": True} and opts("openvino", "full") == {}
-    assert opts("onnx") == {}
+    assert opts("openvino", "paired") == opts("openvino", "paired", "GPU") == {"paired_weights": True}
+    assert opts("openvino", "full") == opts("openvino", device="GPU") == opts("onnx") == {}
