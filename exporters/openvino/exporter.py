@@ -80,7 +80,7 @@ class OpenVinoTarget(Exporter):
         16-bit lanes: the shared graph's weights are then calibrated with every such pair held to
         calibration.qdq.PAIR_BUDGET, so that the IR computes exactly there (``--ov-int8-weights``,
         docs/openvino.md)."""
-        return {"paired_weights": True} if paired_weights(request) else {}
+        return {"paired_weights": True} if wants_paired_weights(request) else {}
 
     # -- availability ------------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
@@ -194,7 +194,7 @@ def _op_counts(model) -> dict[str, int]:
 
 
 
-def paired_weights(request: ExportRequest) -> bool:
+def wants_paired_weights(request: ExportRequest) -> bool:
     """Whether the weights are calibrated to the pair budget: ``--ov-int8-weights`` (auto: this CPU
     saturates and the IR is for its CPU plugin, not a GPU or NPU)."""
     from edgekit.bench.device import int8_saturates

@@ -34,7 +34,7 @@ from edgekit.compare import Tolerance
 from edgekit.contracts import ExportContext
 from edgekit.errors import require
 
-from .exporter import paired_weights, settings
+from .exporter import settings, wants_paired_weights
 
 from . import nncf as nq
 from .runner import OpenVinoRunner
@@ -65,7 +65,7 @@ def build_int8(ctx: ExportContext, model, src: Artifact, route: str, runtime: di
                             "gate_metric": "top-1 agreement and cosine vs FP32" if tol.assessed
                             else f"not assessed: {tol.assessed_note}",
                             "gate_samples": len(heldout)}
-    paired = paired_weights(ctx.request)
+    paired = wants_paired_weights(ctx.request)
     meta["weights"] = ("full [-127, 127]" if not paired else "paired: |a| + |b| <= 128 where the kernels add two "
                        "products in 16 bits" if route == "qdq" else "NNCF overflow fix on every layer (7-bit weights)")
     if int8_saturates():
