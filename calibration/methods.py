@@ -97,31 +97,55 @@ def _entropy(stats: TensorStats, levels: int = 128) -> float:
     nbins = len(hist)
     if nbins <= levels:
         return stats.absmax
-    best_kl, best_i = np.inf, nbins
-    tail = np.cumsum(hist[::-1])[::-1]  # tail[i] = sum(hist[i:])
-    for i in range(levels, nbins + 1, max(1, nbins // 512)):
-        ref = hist[:i].copy()
-        if i < nbins:
-            ref[i - 1] += tail[i]
-        # quantize hist[:i] into `levels` groups, spread each group's mass over its non-empty bins
-        edges = np.linspace(0, i, levels + 1).astype(np.int64)
-        sums = np.add.reduceat(hist[:i], edges[:-1])
-        nonzero = hist[:i] > 0
-        counts = np.add.reduceat(nonzero.astype(np.float64), edges[:-1])
-        group = np.repeat(np.arange(levels), np.diff(edges))
-        q = np.where(nonzero, (sums / np.maximum(counts, 1))[group], 0.0)
-        p_sum, q_sum = ref.sum(), q.sum()
-        if p_sum == 0 or q_sum == 0:
-            continue
-        p = ref / p_sum
-        q = q / q_sum
-        mask = p > 0
-        # bins where P > 0 but Q == 0 are smoothed rather than made infinite
-        qm = np.where(q[mask] > 0, q[mask], 1e-10)
-        kl = float(np.sum(p[mask] * np.log(p[mask] / qm)))
-        if kl < best_kl:
-            best_kl, best_i = kl, i
-    return float(best_i * stats.bin_width)
+    cands = np.arange(levels, nbins + 1, max(1, nbins // 512))
+    kl = _entropy_kl(hist, cands, levels)
+    if not np.isfinite(kl).any():
+        return float(nbins * stats.bin_width)
+    # the first candidate at the minimum (the sums below differ from a bin-by-bin sum in the last bits)
+    best = np.nonzero(kl <= kl.min() + 1e-12 * max(1.0, abs(kl.min())))[0][0]
+    return float(cands[best] * stats.bin_width)
+
+
+def _entropy_kl(hist: np.ndarray, cands: np.ndarray, levels: int) -> np.ndarray:
+    """KL(P‖Q) for every candidate threshold ``i`` (in bins) at once; inf where P or Q is empty.
+
+    P is ``hist[:i]`` with the tail ``sum(hist[i:])`` folded into its last bin. Q quantizes ``hist[:i]``
+    into ``levels`` groups of bins ``[⌊g·i/levels⌋, ⌊(g+1)·i/levels⌋)`` and spreads each group's mass
+    evenly over its non-empty bins; bins where P > 0 and Q = 0 take Q = 1e-10 instead of making KL
+    infinite. Every non-empty bin k < i − 1 of group g has P = h_k / N and Q = (S_g / n_g) / C_i (group
+    sum S_g over its n_g non-empty bins; N the total, C_i the mass below i), so
+
+        Σ_k P log(P/Q) = (Σ h log h − C_{i−1} log N − Σ_g S'_g log(S_g / (n_g C_i))) / N + (last bin)
+
+    with S'_g the group's mass below bin i − 1: running sums give every candidate's KL from its
+    ``levels`` groups instead of a pass over its bins (TensorRT's entropy calibration, same minimum)."""
+    nbins = len(hist)
+    total = hist.sum()
+    if total <= 0:
+        return np.full(len(cands), np.inf)
+    run = np.concatenate([[0.0], np.cumsum(hist)])                       # run[j] = sum(hist[:j])
+    run_nz = np.concatenate([[0.0], np.cumsum(hist > 0)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hlogh = np.where(hist > 0, hist * np.log(np.where(hist > 0, hist, 1.0)), 0.0)
+    run_hlogh = np.concatenate([[0.0], np.cumsum(hlogh)])
+    i = cands.astype(np.int64)
+    edges = (np.arange(levels + 1)[None, :] * i[:, None]) // levels       # ⌊g·i/levels⌋, (c, levels+1)
+    sums = run[edges[:, 1:]] - run[edges[:, :-1]]
+    counts = run_nz[edges[:, 1:]] - run_nz[edges[:, :-1]]
+    below = run[i]                                                       # C_i: Q's mass
+    last = hist[i - 1]
+    below_last = sums.copy()
+    below_last[:, -1] -= last                                            # S'_g: without bin i − 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logq = np.log(sums / (np.maximum(counts, 1) * below[:, None]))
+        cross = np.where(below_last > 0, below_last * np.where(sums > 0, logq, 0.0), 0.0).sum(axis=1)
+        body = (run_hlogh[i - 1] - run[i - 1] * np.log(total) - cross) / total
+        ref_last = last + (total - below)                                # the tail folds into bin i − 1
+        p_last = ref_last / total
+        q_last = np.where(last > 0, np.exp(logq[:, -1]), 1e-10)
+        tail_term = np.where(ref_last > 0, p_last * np.log(p_last / q_last), 0.0)
+    kl = body + tail_term
+    return np.where(below > 0, kl, np.inf)
 
 
 def _mse(stats: TensorStats, candidates: int = 256) -> float:
