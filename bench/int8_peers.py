@@ -12,7 +12,13 @@ photos from outside the project):
 * ``ort_minmax`` / ``ort_entropy`` / ``ort_percentile``: ONNX Runtime ``quantize_static``,
   QDQ format, per-channel weights, its default activation type, on ONNX Runtime;
 * ``nncf``: ``nncf.quantize`` on the OpenVINO model read from the same ONNX (default preset),
-  run by OpenVINO on CPU.
+  run by OpenVINO on CPU;
+* ``edgekit_ov``: the shared Q/DQ graph as the ``openvino`` target calibrates it on this CPU
+  (paired weights where it lacks VNNI, ``--ov-int8-weights auto``), run by OpenVINO on CPU;
+* ``nncf_overflow_fix``: NNCF with its overflow fix on every layer (7-bit weights), the NNCF form
+  that computes exactly on x86 CPUs without VNNI (docs/openvino.md), run by OpenVINO on CPU.
+  Where the CPU lacks VNNI, ``edgekit`` (exact on ONNX Runtime) and ``nncf`` (which saturates
+  there) do not describe what OpenVINO runs; these two do.
 
 JSON per network: the yardstick (FP32 against itself under ±½ pixel step of input noise) and,
 per method, top-1 agreement with FP32, top-1 on confident crops (FP32 softmax top-1 minus
@@ -35,21 +41,25 @@ import numpy as np  # noqa: E402
 
 from bench.int8_common import ListFeeds, prepare, run_onnx, scores, yardstick  # noqa: E402
 
-METHODS = ("edgekit", "edgekit_ort", "ort_minmax", "ort_entropy", "ort_percentile", "nncf")
+METHODS = ("edgekit", "edgekit_ort", "ort_minmax", "ort_entropy", "ort_percentile", "nncf", "edgekit_ov",
+           "nncf_overflow_fix")
 
 
-def _edgekit(src, cal, held, work: Path, name: str, inp, pre) -> Path:
+def _edgekit(src, cal, held, work: Path, name: str, inp, pre, openvino: bool = False) -> Path:
+    """edgekit's shared Q/DQ graph; ``openvino``: calibrated as the openvino target does on this CPU."""
     from calibration.gate import yardstick as gate_yardstick
     from calibration.quantize import Int8Options, quantize_int8
+    from edgekit.bench.device import int8_saturates
     from edgekit.verdict import calibration_target, quantization_tolerance
 
-    path = work / name / "edgekit.int8.onnx"
+    paired = openvino and int8_saturates()
+    path = work / name / ("edgekit.ov.int8.onnx" if openvino else "edgekit.int8.onnx")
     # the gate reads the calibration side only: held-out photos stay unseen by every method
     gate_feeds = ListFeeds(cal[::4], "calibration subset")
     yard = gate_yardstick(src.path, gate_feeds, inp, pre)
     # the export's own policy for trained weights (edgekit/verdict.py), as the pipeline sets it
     opts = Int8Options(tolerance=calibration_target(quantization_tolerance("int8", True)), baselines=False,
-                       stats_feeds=len(cal), cache_dir=work / "cache",
+                       stats_feeds=len(cal), cache_dir=work / "cache", paired_weights=paired,
                        yardstick_top1=None if not yard or yard.get("top1") is None else round(yard["top1"], 4))
     quantize_int8(src, path, cal, gate_feeds, opts, log=lambda m: None)
     return path
@@ -91,19 +101,28 @@ def _ort(src, cal, work: Path, name: str, method: str) -> Path:
     return path
 
 
-def _nncf(src, cal, held, keep: dict | None = None) -> np.ndarray:
+def _nncf(src, cal, held, keep: dict | None = None, overflow_fix: bool = False) -> np.ndarray:
     import nncf
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(src.path))
     ds = nncf.Dataset(list(cal), lambda f: next(iter(f.values())))
-    q = nncf.quantize(model, ds, subset_size=len(cal))
+    extra = {"advanced_parameters": nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)} \
+        if overflow_fix else {}
+    q = nncf.quantize(model, ds, subset_size=len(cal), **extra)
     if keep is not None:
-        keep["nncf"] = q
-    compiled = core.compile_model(q, "CPU", {"INFERENCE_NUM_THREADS": 2})
-    out = compiled.output(0)
-    return np.concatenate([compiled(next(iter(f.values())))[out] for f in held])
+        keep["nncf_overflow_fix" if overflow_fix else "nncf"] = q
+    return _run_openvino(q, held)
+
+
+def _run_openvino(model, held) -> np.ndarray:
+    """Logits of an OpenVINO model (or a file it reads) on CPU, compiled as the openvino target runs
+    its IRs (bench/int8_speed.py: the latency hint, f32 for the non-INT8 layers)."""
+    from bench.int8_speed import OpenVinoModel
+
+    with OpenVinoModel(model) as m:
+        return np.concatenate([m.infer(f)["output"].copy() for f in held])
 
 
 def main(argv=None) -> int:
@@ -126,8 +145,12 @@ def main(argv=None) -> int:
         for method in args.methods.split(","):
             t0 = time.perf_counter()
             try:
-                if method == "nncf":
-                    test = _nncf(src, cal, held, ov_models)
+                if method in ("nncf", "nncf_overflow_fix"):
+                    test = _nncf(src, cal, held, ov_models, overflow_fix=method == "nncf_overflow_fix")
+                elif method == "edgekit_ov":
+                    path = _edgekit(src, cal, held, args.work, name, inp, pre, openvino=True)
+                    test = _run_openvino(path, held)
+                    ov_models["edgekit_ov"] = path
                 else:
                     path = {"edgekit": lambda: _edgekit(src, cal, held, args.work, name, inp, pre),
                             "edgekit_ort": lambda: _edgekit_ort(src, cal, args.work, name)}.get(
@@ -135,7 +158,7 @@ def main(argv=None) -> int:
                     test = run_onnx(path, held)
                     onnx_paths[method] = path
                     if method == "edgekit":
-                        ov_models["edgekit"] = path  # the shared Q/DQ graph, as the openvino target delivers it
+                        ov_models["edgekit"] = path  # the shared graph: the openvino target's IR with VNNI
                 s = scores(ref, test)
             except Exception as exc:  # a peer that fails on a network is reported, not fatal
                 s = {"error": f"{type(exc).__name__}: {exc}"}
