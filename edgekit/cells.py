@@ -21,6 +21,7 @@ class Cell:
     pretrained: bool = False
     samples: int | None = None
     tolerance: dict[str, float] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)   # the target's own options (ExportRequest.options)
 
     @property
     def name(self) -> str:
@@ -47,7 +48,7 @@ def cell_request(cell: Cell, folder: Path, threads: int | None = None, device: s
                          batch=cell.batch, input_shape=cell.input_shape, weights=cell.weights,
                          pretrained=cell.pretrained, calib=cell.calib, device=device, threads=threads,
                          samples=cell.samples, tolerance=dict(cell.tolerance), parity=True, bench=False,
-                         force=True, guard_seconds=seconds)
+                         force=True, guard_seconds=seconds, options=dict(cell.options))
 
 
 def export_cell(request, console, debug: bool = False) -> tuple[Any, str | None]:

@@ -34,6 +34,12 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int_option("--samples", 1), help="held-out parity samples per cell")
     p.add_argument("--pretrained", action="store_true", help="use the pretrained weights that ship in a package")
     p.add_argument("--no-reuse", dest="reuse", action="store_false", help="rebuild every cell")
+    from exporters.openvino.exporter import INT8_WEIGHTS
+
+    p.add_argument("--ov-int8-weights", choices=INT8_WEIGHTS,
+                   help="the OpenVINO INT8 cells' weights (edgekit export --ov-int8-weights): paired for x86 devices "
+                        "without VNNI when the cells are exported elsewhere (docs/fleet.md); default auto, decided by "
+                        "the CPU that exports")
     add_timing_args(p, seconds=1.0, warmup=5)
     add_cluster_args(p)
     p.set_defaults(func=run)
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                        precisions=args.precisions, out=args.out, threads=args.threads, warmup=args.warmup,
                        iters=args.iters, seconds=args.seconds, batch=args.batch, input_shape=args.input_shape,
                        calib=args.calib, samples=args.samples, pretrained=args.pretrained, device=args.device,
-                       reuse=args.reuse, label=args.label)
+                       reuse=args.reuse, label=args.label, ov_int8_weights=args.ov_int8_weights)
     report = run_matrix(cfg, console, quiet=quiet, executor=executor)
     print_report(report, console)
     for p in write_outputs(report, args.out / "matrix.json", args.out / "matrix.md", args.out / "matrix.html"):

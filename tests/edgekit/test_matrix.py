@@ -139,3 +139,26 @@ def test_unknown_precision_is_a_usage_error(tmp_path):
     with pytest.raises(EdgekitError, match="unknown precision"):
         run_matrix(MatrixConfig(models=["mobilenet_v3_small"], targets=["onnx"], precisions=["int4"],
                                 out=tmp_path), quiet=True)
+
+
+def test_ov_int8_weights_reaches_the_openvino_cells_only(tmp_path):
+    """``edgekit matrix --ov-int8-weights paired``: an export node with VNNI can build the OpenVINO
+    cells for x86 devices without it (docs/fleet.md). The option goes into the OpenVINO requests,
+    where the target reads it, and into no other target's; without it the target's auto decides."""
+    from edgekit.cli.main import build_parser
+    from edgekit.matrix import _request
+    from exporters.openvino.exporter import wants_paired_weights
+
+    args = build_parser().parse_args(["matrix", "mobilenet_v3_small", "--ov-int8-weights", "paired",
+                                      "--out", str(tmp_path)])
+    assert args.ov_int8_weights == "paired"
+    cfg = MatrixConfig(models=["mobilenet_v3_small"], out=tmp_path, ov_int8_weights=args.ov_int8_weights)
+    ov = _request(cfg, "mobilenet_v3_small", "openvino", "int8", tmp_path / "a")
+    onnx = _request(cfg, "mobilenet_v3_small", "onnx", "int8", tmp_path / "b")
+    assert ov.options == {"ov_int8_weights": "paired"} and wants_paired_weights(ov)
+    assert onnx.options == {}
+    assert cfg.settings()["ov_int8_weights"] == "paired"
+    full = _request(MatrixConfig(out=tmp_path, ov_int8_weights="full"), "mobilenet_v3_small", "openvino", "int8",
+                    tmp_path / "c")
+    assert not wants_paired_weights(full)
+    assert _request(MatrixConfig(out=tmp_path), "mobilenet_v3_small", "openvino", "int8", tmp_path / "d").options == {}
