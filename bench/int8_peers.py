@@ -49,17 +49,20 @@ def _edgekit(src, cal, held, work: Path, name: str, inp, pre, openvino: bool = F
     """edgekit's shared Q/DQ graph; ``openvino``: calibrated as the openvino target does on this CPU."""
     from calibration.gate import yardstick as gate_yardstick
     from calibration.quantize import Int8Options, quantize_int8
-    from edgekit.bench.device import int8_saturates
+    from edgekit.contracts import ExportRequest
+    from edgekit.targets import get_target
     from edgekit.verdict import calibration_target, quantization_tolerance
 
-    paired = openvino and int8_saturates()
+    # the target's own rule (paired weights where this CPU lacks VNNI), not a copy of it
+    target_opts = get_target("openvino").calibration_options_for(
+        ExportRequest(model=name, target="openvino", precision="int8")) if openvino else {}
     path = work / name / ("edgekit.ov.int8.onnx" if openvino else "edgekit.int8.onnx")
     # the gate reads the calibration side only: held-out photos stay unseen by every method
     gate_feeds = ListFeeds(cal[::4], "calibration subset")
     yard = gate_yardstick(src.path, gate_feeds, inp, pre)
     # the export's own policy for trained weights (edgekit/verdict.py), as the pipeline sets it
     opts = Int8Options(tolerance=calibration_target(quantization_tolerance("int8", True)), baselines=False,
-                       stats_feeds=len(cal), cache_dir=work / "cache", paired_weights=paired,
+                       stats_feeds=len(cal), cache_dir=work / "cache", **target_opts,
                        yardstick_top1=None if not yard or yard.get("top1") is None else round(yard["top1"], 4))
     quantize_int8(src, path, cal, gate_feeds, opts, log=lambda m: None)
     return path
