@@ -24,9 +24,9 @@ from .specs import PRECISIONS, parse_shape
 TOLERANCE_KEYS = ("max_abs", "cosine", "sqnr_db", "top1")
 TOP_KEYS = {"models": list, "targets": list, "precisions": list, "calib": str, "out": str, "input_shape": str,
             "batch": int, "samples": int, "pretrained": bool, "threads": int, "bench": bool, "seconds": float,
-            "skip_unavailable": bool, "tolerance": dict, "model": dict}
+            "skip_unavailable": bool, "tolerance": dict, "model": dict, "options": dict}
 MODEL_KEYS = {"targets": list, "precisions": list, "calib": str, "input_shape": str, "batch": int,
-              "samples": int, "weights": str, "pretrained": bool, "tolerance": dict}
+              "samples": int, "weights": str, "pretrained": bool, "tolerance": dict, "options": dict}
 
 
 @dataclass
@@ -88,6 +88,47 @@ def _tolerances(table: dict[str, Any], where: str) -> dict[str, dict[str, float]
                 raise ConfigError(f"{where}: tolerance.{prec}.{k} must be a finite number, got {v!r}")
         out[prec] = {k: float(v) for k, v in metrics.items()}
     return out
+
+
+def _target_options(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """{target: {option dest: value}} from an ``[options.<target>]`` table: the options ``edgekit export
+    --target <target>`` takes (``edgekit targets``), by their long name with ``_`` or ``-``
+    (``ov_int8_weights = "paired"`` is ``--ov-int8-weights paired``), checked as the command line checks them."""
+    from .targets import get_target, resolve_target_name
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in table.items():
+        target = resolve_target_name(name)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: options.{name} must be a table of option = value",
+                              hint='e.g. [options.openvino] ov_int8_weights = "paired"')
+        declared = {o.dest: o for o in get_target(target).options}
+        for key, value in values.items():
+            dest = key.lstrip("-").replace("-", "_")
+            o = declared.get(dest)
+            if o is None:
+                close = difflib.get_close_matches(dest, declared, n=1)
+                raise ConfigError(f"{where}: target '{target}' has no option '{key}'"
+                                  + (f" (did you mean '{close[0]}'?)" if close else ""),
+                                  hint=f"its options: {', '.join(declared) or 'none'} (edgekit export --help)")
+            out.setdefault(target, {})[dest] = _option_value(o, value, f"{where}: options.{name}.{key}")
+    return out
+
+
+def _option_value(o, value: Any, where: str) -> Any:
+    if o.action == "store_true":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    typ = o.type if o.type in (int, float) else str
+    ok = isinstance(value, typ) and not isinstance(value, bool)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        raise ConfigError(f"{where} must be a {typ.__name__}, got {type(value).__name__}")
+    if o.choices is not None and value not in o.choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, o.choices))}")
+    return value
 
 
 def _names(values: list[Any], what: str, where: str) -> list[str]:
@@ -162,6 +203,7 @@ def _load_config(path: Path) -> CiConfig:
         if p not in PRECISIONS:
             raise ConfigError(f"{where}: unknown precision '{p}'", hint=f"choose from {', '.join(PRECISIONS)}")
     global_tol = _tolerances(data.get("tolerance", {}), where)
+    global_opts = _target_options(data.get("options", {}), where)
     for name in overrides:
         if name not in models:
             raise ConfigError(f"{where}: [model.\"{name}\"] overrides a model that is not in 'models'",
@@ -180,6 +222,7 @@ def _load_config(path: Path) -> CiConfig:
             if p not in PRECISIONS:
                 raise ConfigError(f"{mw}: unknown precision '{p}'", hint=f"choose from {', '.join(PRECISIONS)}")
         m_tol = _tolerances(o.get("tolerance", {}), mw)
+        m_opts = _target_options(o.get("options", {}), mw)
         weights = _path(base, o.get("weights"))
         if weights is not None and not weights.is_file():
             raise ConfigError(f"{mw}: weights file not found: {weights}")
@@ -193,7 +236,8 @@ def _load_config(path: Path) -> CiConfig:
                                   batch=o.get("batch", data.get("batch", 1)), calib=calib, weights=weights,
                                   pretrained=o.get("pretrained", data.get("pretrained", False)),
                                   samples=o.get("samples", data.get("samples")),
-                                  tolerance={**global_tol.get(p, {}), **m_tol.get(p, {})}))
+                                  tolerance={**global_tol.get(p, {}), **m_tol.get(p, {})},
+                                  options={**global_opts.get(t, {}), **m_opts.get(t, {})}))
     out = _path(base, data.get("out", "edgekit-ci"))
     return CiConfig(path=path, cells=cells, out=out, threads=data.get("threads"), bench=data.get("bench", False),
                     seconds=float(data.get("seconds", 1.0)), skip_unavailable=data.get("skip_unavailable", False))

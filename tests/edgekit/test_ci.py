@@ -137,6 +137,12 @@ def test_unavailable_target_is_skipped_or_an_error(tmp_path):
     ('models = ["mobilenet_v3_small"]\ncalib = "no/such/dir"', "calibration folder not found"),
     ('models = "mobilenet_v3_small"', "'models' must be a list"),
     ('models = [', "not valid TOML"),
+    ('models = ["resnet18"]\n[options.openvino]\nov_int8_weight = "paired"',
+     "target 'openvino' has no option 'ov_int8_weight' (did you mean 'ov_int8_weights'?)"),
+    ('models = ["resnet18"]\n[options.openvino]\nov_int8_weights = "half"', "'half' is not one of auto, paired, full"),
+    ('models = ["resnet18"]\n[options.openvino]\nov_guard_seconds = "long"', "must be a float, got str"),
+    ('models = ["resnet18"]\n[options.onnxx]\nx = 1', "unknown target 'onnxx'"),
+    ('models = ["resnet18"]\noptions = {openvino = "paired"}', "options.openvino must be a table"),
 ])
 def test_config_errors_are_exit_2(tmp_path, body, message, capsys):
     cfg = tmp_path / "edgekit.toml"
@@ -190,6 +196,32 @@ top1 = 0.9
     assert c.cells[0].tolerance == {"cosine": 0.99, "top1": 0.9} and c.cells[0].input_shape == (1, 3, 96, 96)
     assert c.cells[2].tolerance == {} and c.cells[3].tolerance == {"cosine": 0.99, "top1": 0.95}
     assert c.out == (tmp_path / "edgekit-ci").resolve()
+
+
+def test_target_options_reach_their_own_targets_requests(tmp_path):
+    """``[options.<target>]`` is what ``edgekit export --target <target> --<option>`` takes: it goes into
+    that target's cells (and their export requests) only; a model's own table overrides it."""
+    from edgekit.cells import cell_request
+
+    cfg = tmp_path / "edgekit.toml"
+    cfg.write_text('''
+models = ["mobilenet_v3", "resnet18"]
+targets = ["onnx", "openvino"]
+precisions = ["int8"]
+[options.openvino]
+ov-int8-weights = "paired"
+ov_guard_seconds = 1
+[model.resnet18.options.openvino]
+ov_int8_weights = "full"
+''')
+    cells = {cell.name: cell for cell in load_config(cfg).cells}
+    assert cells["mobilenet_v3_large/openvino/int8"].options == {"ov_int8_weights": "paired", "ov_guard_seconds": 1.0}
+    assert cells["resnet18/openvino/int8"].options == {"ov_int8_weights": "full", "ov_guard_seconds": 1.0}
+    assert cells["mobilenet_v3_large/onnx/int8"].options == {} == cells["resnet18/onnx/int8"].options
+    req = cell_request(cells["resnet18/openvino/int8"], tmp_path / "out")
+    from edgekit.targets import get_target
+
+    assert get_target("openvino").settings(req).ov_int8_weights == "full"
 
 
 def test_example_project_file_in_docs_is_valid():
