@@ -64,11 +64,12 @@ def partners(d: int, channels: int) -> torch.Tensor:
 
 @torch.no_grad()
 def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: float = 0.01,
-              partner: torch.Tensor | None = None) -> torch.Tensor:
+              partner: torch.Tensor | None = None, tick: Callable[[], None] | None = None) -> torch.Tensor:
     """Quantize ``w`` (groups, rows, d) column by column with error feedback through
     ``h`` (groups, d, d); ``scales`` (groups, rows). ``partner`` (:func:`partners`): each column's
     integers are held to PAIR_BUDGET minus its partner's, where that was rounded first.
-    Returns the dequantized weights."""
+    ``tick``: called after each block of columns (a 4608-input layer takes tens of seconds: the
+    caller's progress line keeps moving). Returns the dequantized weights."""
     w = w.double().clone()
     h = h.double().clone()
     gcount, rows, d = w.shape
@@ -125,6 +126,8 @@ def gptq_rows(w: torch.Tensor, h: torch.Tensor, scales: torch.Tensor, damp: floa
             e1[:, j] = err
         if i2 < d:
             w[:, :, i2:] -= torch.bmm(torch.from_numpy(e1).transpose(1, 2), u[:, i1:i2, i2:])
+        if tick is not None:
+            tick()
     q = torch.from_numpy(qt).transpose(1, 2)
     return torch.gather(q, 2, inv.unsqueeze(1).expand_as(q)).float()
 

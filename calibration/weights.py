@@ -144,7 +144,9 @@ def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray
                 progress(i + 1, len(feeds))
         choices = {}
         for k, t in enumerate(targets):
-            choices[t.node] = _decide(nodes[t.node], t, inits, plan, *accs[t.node], gptq=gptq,
+            # a large layer's rounding takes tens of seconds: the progress line keeps moving inside it
+            tick = (lambda k=k: round_progress(k, len(targets))) if round_progress else None
+            choices[t.node] = _decide(nodes[t.node], t, inits, plan, *accs[t.node], gptq=gptq, tick=tick,
                                       bias_correction=bias_correction, ls_target=ls_target)
             if round_progress:
                 round_progress(k + 1, len(targets))
@@ -152,7 +154,7 @@ def calibrate_weights(model, plan: QdqPlan, feeds: Iterable[dict[str, np.ndarray
 
 
 def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, bias_correction: bool,
-            ls_target: bool) -> str:
+            ls_target: bool, tick: Callable[[], None] | None = None) -> str:
     w0 = plan.weights.get(t.weight)
     w0 = g.to_array(inits[t.weight]) if w0 is None else w0
     pair = plan.weight_pairs.get(t.weight)   # neighbours held to qdq.PAIR_BUDGET (x86 without VNNI)
@@ -182,7 +184,8 @@ def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, b
             # the candidates share H and damping, and GPTQ rounds each row on its own: one pass for all
             # (one Cholesky factor, one column loop: 1.9x faster on a 1152-input 1x1 layer; same numbers,
             # tests/calibration/test_quant_methods.py)
-            both = gptq_rows(torch.cat([c for _, c in cands], dim=1), cov_f, s_rows.repeat(1, len(cands)), damp, partner)
+            both = gptq_rows(torch.cat([c for _, c in cands], dim=1), cov_f, s_rows.repeat(1, len(cands)), damp, partner,
+                              tick)
             for k, (name, _) in enumerate(cands):
                 err = _objective(both[:, k * rows:(k + 1) * rows].double(), cov_c, wx)
                 if err < best - 0.02 * abs(best):
@@ -191,7 +194,7 @@ def _decide(node, t, inits, plan: QdqPlan, fit: _Acc, check: _Acc, gptq: bool, b
             cov, cross, _, _ = total.stats()
             damp = float(choice.split("damp=")[1][:-1])
             target = _ls_target(w, cov, cross, damp) if choice.startswith("gptq*") else w
-            best_q = gptq_rows(target, cov, s_rows, damp, partner).double()
+            best_q = gptq_rows(target, cov, s_rows, damp, partner, tick).double()
             plan.weights[t.weight] = back(best_q.float()).numpy()
             plan.weight_scales[t.weight] = scales
     if bias_correction:

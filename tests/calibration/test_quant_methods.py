@@ -267,7 +267,27 @@ def test_weight_calibration_reports_each_feed_and_each_rounded_layer(nets, feeds
     choices = calibrate_weights(model, plan, calib, max_feeds=8, progress=lambda i, n: seen.append((i, n)),
                                 round_progress=lambda i, n: rounded.append((i, n)))
     assert seen == [(i, 8) for i in range(1, 9)]
-    assert rounded == [(i, len(targets)) for i in range(1, len(targets) + 1)] and len(choices) == len(targets)
+    n = len(targets)
+    # after each layer its count; inside a layer, GPTQ's column blocks repeat the count done so far
+    assert rounded == sorted(rounded) and rounded[-1] == (n, n) and len(choices) == n
+    assert [r for r in dict.fromkeys(rounded) if r[0] > 0] == [(i, n) for i in range(1, n + 1)]
+    assert len(rounded) > n, "no progress from inside a layer's rounding"
+
+
+def test_gptq_ticks_once_a_block_of_columns_and_rounds_the_same():
+    """A 4608-input layer's rounding takes tens of seconds: ``tick`` (the export's progress line)
+    is called after every 32-column block, and changes nothing in the result."""
+    from calibration.layerwise import gptq_rows
+
+    gen = torch.Generator().manual_seed(1)
+    d, rows = 80, 6
+    x = torch.randn(1, d, 4 * d, generator=gen, dtype=torch.float64)
+    h = x @ x.transpose(1, 2) / (4 * d)
+    w = torch.randn(1, rows, d, generator=gen)
+    s = torch.rand(1, rows, generator=gen) * 0.02 + 0.01
+    ticks = []
+    assert torch.equal(gptq_rows(w, h, s, 0.01, tick=lambda: ticks.append(1)), gptq_rows(w, h, s, 0.01))
+    assert len(ticks) == 3   # blocks of columns 0-31, 32-63, 64-79
 
 
 def test_the_least_squares_target_solves_indefinite_sums_too():
