@@ -125,7 +125,8 @@ def _option_value(o, value: Any, where: str) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         ok, value = True, float(value)
     if not ok:
-        raise ConfigError(f"{where} must be a {typ.__name__}, got {type(value).__name__}")
+        kind = {int: "an integer", float: "a number", str: "a string"}[typ]
+        raise ConfigError(f"{where} must be {kind}, got {type(value).__name__}")
     if o.choices is not None and value not in o.choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, o.choices))}")
     return value

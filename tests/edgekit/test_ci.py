@@ -140,7 +140,7 @@ def test_unavailable_target_is_skipped_or_an_error(tmp_path):
     ('models = ["resnet18"]\n[options.openvino]\nov_int8_weight = "paired"',
      "target 'openvino' has no option 'ov_int8_weight' (did you mean 'ov_int8_weights'?)"),
     ('models = ["resnet18"]\n[options.openvino]\nov_int8_weights = "half"', "'half' is not one of auto, paired, full"),
-    ('models = ["resnet18"]\n[options.openvino]\nov_guard_seconds = "long"', "must be a float, got str"),
+    ('models = ["resnet18"]\n[options.openvino]\nov_guard_seconds = "long"', "must be a number, got str"),
     ('models = ["resnet18"]\n[options.onnxx]\nx = 1', "unknown target 'onnxx'"),
     ('models = ["resnet18"]\noptions = {openvino = "paired"}', "options.openvino must be a table"),
 ])
