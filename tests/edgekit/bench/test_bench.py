@@ -288,3 +288,24 @@ def test_int8_saturates_on_x86_without_vnni_only():
     assert not int8_saturates({"arch": "aarch64", "isa": ["asimd", "neon"]})
     here = cpu_info()
     assert int8_saturates() == int8_saturates(here)
+
+
+def test_int8_guard_says_in_how_many_rounds_int8_won():
+    """A 0.99x verdict from ten rounds can be noise (INT8 won 5) or not (INT8 won none): the guard's
+    line says which, with the paired median it is judged by."""
+    from types import SimpleNamespace
+
+    from edgekit.bench.guard import guard_record
+
+    warned, logged = [], []
+    ctx = SimpleNamespace(request=SimpleNamespace(threads=2), warn=warned.append, log=logged.append)
+    fp32 = [10.0] * 10
+    int8 = [9.5, 10.4, 9.6, 10.3, 10.2, 10.1, 9.7, 10.5, 10.2, 10.6]   # faster in 3 rounds, median 1.015x slower
+    t = {"fp32": {"p50_ms": 10.0, "p90_ms": 10.5, "round_p50_ms": fp32},
+         "int8": {"p50_ms": 10.15, "p90_ms": 10.6, "round_p50_ms": int8}}
+    rec = guard_record(ctx, t, "int8", "onnxruntime", 1.0, "ONNX")
+    assert rec["rounds"] == 10 and rec["rounds_int8_faster"] == 3 and not rec["int8_faster"]
+    assert len(warned) == 1 and "not faster" in warned[0] and "INT8 faster in 3 of them" in warned[0]
+    t["int8"]["round_p50_ms"] = [x * 0.8 for x in fp32]
+    rec = guard_record(ctx, t, "int8", "onnxruntime", 1.0, "ONNX")
+    assert rec["int8_faster"] and "INT8 faster in 10 of them" in logged[-1] and len(warned) == 1
