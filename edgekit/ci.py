@@ -115,6 +115,14 @@ def _target_options(table: dict[str, Any], where: str) -> dict[str, dict[str, An
     return out
 
 
+def _options_used(options: dict[str, dict[str, Any]], targets, where: str) -> None:
+    """Options for a target nothing exports are a mistake (as an override of a model not in 'models' is)."""
+    for target in options:
+        if target not in targets:
+            raise ConfigError(f"{where}: [options.{target}] is set, but no model is exported to '{target}'",
+                              hint=f"targets: {', '.join(sorted(targets))}")
+
+
 def _option_value(o, value: Any, where: str) -> Any:
     if o.action == "store_true":
         if not isinstance(value, bool):
@@ -224,6 +232,7 @@ def _load_config(path: Path) -> CiConfig:
                 raise ConfigError(f"{mw}: unknown precision '{p}'", hint=f"choose from {', '.join(PRECISIONS)}")
         m_tol = _tolerances(o.get("tolerance", {}), mw)
         m_opts = _target_options(o.get("options", {}), mw)
+        _options_used(m_opts, m_targets, mw)
         weights = _path(base, o.get("weights"))
         if weights is not None and not weights.is_file():
             raise ConfigError(f"{mw}: weights file not found: {weights}")
@@ -239,6 +248,7 @@ def _load_config(path: Path) -> CiConfig:
                                   samples=o.get("samples", data.get("samples")),
                                   tolerance={**global_tol.get(p, {}), **m_tol.get(p, {})},
                                   options={**global_opts.get(t, {}), **m_opts.get(t, {})}))
+    _options_used(global_opts, {c.target for c in cells}, where)
     out = _path(base, data.get("out", "edgekit-ci"))
     return CiConfig(path=path, cells=cells, out=out, threads=data.get("threads"), bench=data.get("bench", False),
                     seconds=float(data.get("seconds", 1.0)), skip_unavailable=data.get("skip_unavailable", False))

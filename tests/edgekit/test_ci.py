@@ -143,6 +143,10 @@ def test_unavailable_target_is_skipped_or_an_error(tmp_path):
     ('models = ["resnet18"]\n[options.openvino]\nov_guard_seconds = "long"', "must be a number, got str"),
     ('models = ["resnet18"]\n[options.onnxx]\nx = 1', "unknown target 'onnxx'"),
     ('models = ["resnet18"]\noptions = {openvino = "paired"}', "options.openvino must be a table"),
+    ('models = ["resnet18"]\n[options.openvino]\nov_int8_weights = "paired"',
+     "[options.openvino] is set, but no model is exported to 'openvino'"),
+    ('models = ["resnet18"]\ntargets = ["onnx", "openvino"]\n[model.resnet18]\ntargets = ["onnx"]\n'
+     '[model.resnet18.options.openvino]\nov_int8_weights = "full"', "no model is exported to 'openvino'"),
 ])
 def test_config_errors_are_exit_2(tmp_path, body, message, capsys):
     cfg = tmp_path / "edgekit.toml"
