@@ -8,7 +8,7 @@ outputs — not an elementwise tolerance.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -84,15 +84,23 @@ def describe(c: Comparison) -> str:
     return f"{top1}cosine {p.cosine:.5f}, SQNR {p.sqnr_db:.1f} dB"
 
 
-def yardstick(path: Path, feeds: Iterable[dict[str, np.ndarray]], input, pre) -> dict | None:
+def yardstick(path: Path, feeds: Iterable[dict[str, np.ndarray]], input, pre,
+              progress: Callable[[str, int, int], None] | None = None) -> dict | None:
     """The FP32 ONNX at ``path`` against itself with ±½ pixel step of input noise on ``feeds``
     (edgekit/stability.py): the top-1 stability that sets the gate's top-1 floor for trained
     weights, measured before calibration so the float fallback aims at the export's own bar.
-    None when the input is not an image."""
+    None when the input is not an image. ``progress(phase, done, total)``: the clean pass, then the
+    noisy one."""
     from edgekit.stability import reference_stability
 
     from .graph import infer_fn
 
     infer = infer_fn(Path(path))
-    pairs = [(f, infer(f)) for f in list(feeds)]
-    return reference_stability(infer, input, pre, pairs)
+    feeds = list(feeds)
+    pairs = []
+    for f in feeds:
+        pairs.append((f, infer(f)))
+        if progress:
+            progress("clean", len(pairs), len(feeds))
+    noisy = (lambda i, n: progress("noisy", i, n)) if progress else None
+    return reference_stability(infer, input, pre, pairs, progress=noisy)

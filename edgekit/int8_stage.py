@@ -59,7 +59,7 @@ def _yardstick(res, request: ExportRequest, feeds, source: Artifact, console: Co
     from calibration.gate import yardstick
 
     with console.step("yardstick for the INT8 gate (FP32 ONNX vs itself, ±½ pixel step of input noise)") as d:
-        yard = yardstick(source.path, feeds.heldout, res.inputs[0], res.spec.preprocess)
+        yard = yardstick(source.path, feeds.heldout, res.inputs[0], res.spec.preprocess, progress=console.progress)
         if yard is None or yard.get("top1") is None:
             d["summary"] = "no image input or no class output: the fixed top-1 floor applies"
             return None

@@ -15,9 +15,18 @@ from .contracts import Feeds, Runner
 from .console import fmt_num, format_table
 
 
-def reference_outputs(reference: Runner, feeds: Feeds) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+def reference_outputs(reference: Runner, feeds: Feeds, progress: Callable[[int, int], None] | None = None
+                      ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """(feed, reference output) for every feed; ``progress(done, total)`` after each (a large
+    network in eager torch takes tens of seconds over 200 samples)."""
+    feeds = feeds if hasattr(feeds, "__len__") else list(feeds)
+    out = []
     with reference:
-        return [(dict(f), reference.infer(f)) for f in feeds]
+        for f in feeds:
+            out.append((dict(f), reference.infer(f)))
+            if progress:
+                progress(len(out), len(feeds))
+    return out
 
 
 def compare_stage(stage: Artifact, runner: Runner, pairs, tolerance: Tolerance, source: str = "",

@@ -253,7 +253,8 @@ def export(request: ExportRequest, console: Console | None = None) -> ExportResu
         if request.parity:
             with console.step(f"torch reference on {feeds.heldout.count} held-out samples ({feeds.heldout.source})"):
                 reference = TorchRunner(res.model, res.inputs, stages[0].outputs if stages else ("output",))
-                pairs = reference_outputs(reference, feeds.heldout)
+                pairs = reference_outputs(reference, feeds.heldout,
+                                          progress=lambda i, n: console.progress("torch", i, n))
             stability = measure_yardstick(res, request, reference, pairs, console)
         qdq_at = next((i for i, s in enumerate(stages) if s.stage == "qdq"), None)
         spare, more = [], None
@@ -339,7 +340,8 @@ def measure_yardstick(res: Resolved, request: ExportRequest, reference, pairs, c
     if request.precision == "fp32" or not res.weights.trained:
         return None
     with console.step("reference stability (FP32 vs itself, ±½ pixel step of input noise)") as d:
-        s = reference_stability(reference.infer, res.inputs[0], res.spec.preprocess, pairs)
+        s = reference_stability(reference.infer, res.inputs[0], res.spec.preprocess, pairs,
+                                progress=lambda i, n: console.progress("noisy", i, n))
         if s is None:
             d["summary"] = "input is not an image: skipped"
     return s

@@ -14,7 +14,7 @@ This is reported next to the parity table, never used to loosen a threshold.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -37,23 +37,28 @@ def pixel_step(pre: Preprocess, input: InputSpec) -> np.ndarray | None:
 
 
 def reference_stability(infer, input: InputSpec, pre: Preprocess, pairs: Iterable[tuple[Feed, dict]],
-                        amplitude: float = HALF_STEP, seed: int = 0) -> dict[str, Any] | None:
+                        amplitude: float = HALF_STEP, seed: int = 0,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any] | None:
     """Score ``infer`` (FP32 reference: feed → {output: array}) on each feed plus uniform noise of
     ±``amplitude`` pixel steps against its clean output. ``pairs``: (feed, clean output), as
     :func:`edgekit.parity.reference_outputs` makes them for parity. Returns the first output's
-    top-1 agreement, cosine and SQNR, or None when the input is not an image."""
+    top-1 agreement, cosine and SQNR, or None when the input is not an image. ``progress(done,
+    total)`` after each feed."""
     step = pixel_step(pre, input)
     if step is None:
         return None
     rng = np.random.default_rng(seed)
     score: OutputScore | None = None
-    for feed, ref in pairs:
+    pairs = pairs if hasattr(pairs, "__len__") else list(pairs)
+    for i, (feed, ref) in enumerate(pairs):
         x = feed[input.name]
         noisy = {**feed, input.name: (x + rng.uniform(-amplitude, amplitude, x.shape).astype(np.float32) * step)}
         test = infer(noisy)
         name = next(iter(ref))
         score = score or OutputScore(name)
         score.add(ref[name], test[name])
+        if progress:
+            progress(i + 1, len(pairs))
     if score is None:
         return None
     return {"amplitude_steps": amplitude, "output": score.name, "samples": score.rows or score.samples,

@@ -66,3 +66,28 @@ def test_same_seed_same_figure():
     a, b = (reference_stability(infer, IMG, pre, feeds) for _ in range(2))
     assert a == b and a["sqnr_db"] > 20
     assert reference_stability(infer, IMG, pre, feeds, seed=1)["sqnr_db"] != pytest.approx(a["sqnr_db"], abs=0)
+
+
+def test_reference_passes_report_progress_per_sample():
+    """The torch reference and the noisy pass take tens of seconds on a large network at 224 px:
+    each reports after every sample (the export prints it every 5 s), and reporting changes nothing."""
+    from edgekit.parity import reference_outputs
+
+    class Runner:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def infer(self, feed):
+            return _two_class(feed)
+
+    feeds = _feeds([1.0, -1.0, 0.5])
+    seen = []
+    pairs = reference_outputs(Runner(), feeds, progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)] and len(pairs) == 3
+    pre = Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3)
+    seen.clear()
+    s = reference_stability(_two_class, IMG, pre, pairs, progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)] and s == reference_stability(_two_class, IMG, pre, pairs)
