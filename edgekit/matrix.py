@@ -55,14 +55,16 @@ class MatrixConfig:
     tolerance: dict[str, Any] = field(default_factory=dict)
     reuse: bool = True
     label: str | None = None
-    ov_int8_weights: str | None = None   # the OpenVINO cells' --ov-int8-weights (None: the target's auto)
+    # target -> that target's own options for its cells (edgekit export's flags by dest, e.g.
+    # {"openvino": {"ov_int8_weights": "paired"}}); other targets' cells get none
+    target_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
         return {"threads": self.threads, "batch": self.batch, "warmup": self.warmup, "iters": self.iters,
                 "seconds": None if self.iters else self.seconds,
                 "input_shape": "x".join(map(str, self.input_shape)) if self.input_shape else None,
                 "device": self.device, "calib": str(self.calib) if self.calib else None,
-                **({"ov_int8_weights": self.ov_int8_weights} if self.ov_int8_weights else {})}
+                **({"target_options": self.target_options} if self.target_options else {})}
 
 
 def resolve_targets(names: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -163,7 +165,7 @@ class _Index:
 
 
 def _request(cfg: MatrixConfig, model: str, target: str, precision: str, folder: Path):
-    options = {"ov_int8_weights": cfg.ov_int8_weights} if target == "openvino" and cfg.ov_int8_weights else {}
+    options = dict(cfg.target_options.get(target) or {})
     cell = Cell(model=model, target=target, precision=precision, input_shape=cfg.input_shape, batch=cfg.batch,
                 calib=cfg.calib, pretrained=cfg.pretrained, samples=cfg.samples, tolerance=dict(cfg.tolerance),
                 options=options)

@@ -117,6 +117,17 @@ def int8_saturates(cpu: dict[str, Any] | None = None) -> bool:
     return x86 and not any(f in cpu.get("isa", ()) for f in VNNI_FLAGS)
 
 
+INT8_WEIGHTS = ("auto", "paired", "full")   # --ov-int8-weights, --ort-int8-weights
+
+
+def wants_paired_weights(asked: str | None, device: str | None = None) -> bool:
+    """Whether INT8 weights are calibrated with every pair that u8×s8 kernels add in 16 bits held to
+    calibration.qdq.PAIR_BUDGET: asked for (``paired``), or ``auto`` (the default) for this CPU where it
+    lacks VNNI and the artifact is for a CPU, not a GPU or NPU."""
+    on_cpu = not (device or "CPU").upper().startswith(("GPU", "NPU", "CUDA"))
+    return asked == "paired" or (asked in (None, "auto") and on_cpu and int8_saturates())
+
+
 def memory_gb() -> float | None:
     with contextlib.suppress(Exception):
         import psutil

@@ -34,15 +34,25 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int_option("--samples", 1), help="held-out parity samples per cell")
     p.add_argument("--pretrained", action="store_true", help="use the pretrained weights that ship in a package")
     p.add_argument("--no-reuse", dest="reuse", action="store_false", help="rebuild every cell")
-    from exporters.openvino.exporter import INT8_WEIGHTS
+    from edgekit.bench.device import INT8_WEIGHTS
 
     p.add_argument("--ov-int8-weights", choices=INT8_WEIGHTS,
                    help="the OpenVINO INT8 cells' weights (edgekit export --ov-int8-weights): paired for x86 devices "
                         "without VNNI when the cells are exported elsewhere (docs/fleet.md); default auto, decided by "
                         "the CPU that exports")
+    p.add_argument("--ort-int8-weights", choices=INT8_WEIGHTS,
+                   help="the ONNX Runtime INT8 cells' weights (edgekit export --ort-int8-weights): paired for x86 "
+                        "devices without VNNI when the cells are exported elsewhere; default auto, decided by the CPU "
+                        "that exports")
     add_timing_args(p, seconds=1.0, warmup=5)
     add_cluster_args(p)
     p.set_defaults(func=run)
+
+
+def target_options(args) -> dict[str, dict[str, str]]:
+    """The targets' own options given to ``edgekit matrix`` (--ov-int8-weights, --ort-int8-weights)."""
+    given = {"openvino": {"ov_int8_weights": args.ov_int8_weights}, "onnx": {"ort_int8_weights": args.ort_int8_weights}}
+    return {t: {k: v for k, v in opts.items() if v} for t, opts in given.items() if any(opts.values())}
 
 
 def add_cluster_args(p) -> None:
@@ -82,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                        precisions=args.precisions, out=args.out, threads=args.threads, warmup=args.warmup,
                        iters=args.iters, seconds=args.seconds, batch=args.batch, input_shape=args.input_shape,
                        calib=args.calib, samples=args.samples, pretrained=args.pretrained, device=args.device,
-                       reuse=args.reuse, label=args.label, ov_int8_weights=args.ov_int8_weights)
+                       reuse=args.reuse, label=args.label, target_options=target_options(args))
     report = run_matrix(cfg, console, quiet=quiet, executor=executor)
     print_report(report, console)
     for p in write_outputs(report, args.out / "matrix.json", args.out / "matrix.md", args.out / "matrix.html"):

@@ -22,7 +22,8 @@ from typing import Any
 
 from edgekit import signals
 from edgekit.artifact import Artifact, tool_versions
-from edgekit.contracts import ExportContext, Exporter, ExportRequest
+from edgekit.bench.device import INT8_WEIGHTS
+from edgekit.contracts import ExportContext, Exporter, ExportRequest, Option
 from edgekit.errors import ArtifactError, ExportError, UsageError, first_line, require
 from edgekit.specs import InputSpec
 
@@ -201,6 +202,22 @@ class OnnxTarget(Exporter):
     source = "onnx"
     extra = "onnx"
     packages = ONNX_PACKAGES
+    options = (
+        Option("--ort-int8-weights", "ort_int8_weights", "INT8 weights: paired (each pair of weights ONNX Runtime's "
+               "x86 kernels add in 16 bits holds |a| + |b| <= 128, so its fast kernels are exact on CPUs without VNNI "
+               "and the artifact needs no session key there), full (exact with VNNI or on ARM; needs "
+               "session.x64quantprecision=1 on x86 CPUs without VNNI) or auto (paired for this CPU where it lacks VNNI)",
+               choices=INT8_WEIGHTS, default=None),
+    )
+
+    def calibration_options_for(self, request: ExportRequest) -> dict:
+        """On an x86 CPU without VNNI, ONNX Runtime's fast u8×s8 kernels add pairs of products in
+        saturating 16-bit lanes; paired weights keep them exact there (edgekit/ort_options.py), and
+        much faster than the exact kernels the session key asks for."""
+        from edgekit.bench.device import wants_paired_weights
+
+        paired = wants_paired_weights(self.settings(request).ort_int8_weights, request.device)
+        return {"paired_weights": True} if paired else {}
 
     def available(self) -> tuple[bool, str]:
         try:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from calibration import graph as g
+from edgekit.ort_options import pairs_fit
 
 MOVERS = ("Gather", "Reshape", "Transpose", "Split", "Flatten", "Squeeze", "Unsqueeze")
 SHUFFLE_PERM = [0, 2, 1, 3, 4]
@@ -101,16 +102,18 @@ def fold_shuffles(model, ix: g.GraphIndex | None = None) -> int:
             continue
         q, dw, wdq, bias, pw_wdq, pw = path
         inverse = np.argsort(perm)
+        w = _const(pw_wdq.input[0], inits)
+        groups = g.attr(pw, "group", 1)
+        folded = (_dense(w, groups) if groups > 1 else w)[:, inverse]
+        if pairs_fit(w, "conv", {"group": groups}) and not pairs_fit(folded):
+            continue   # paired weights (x86 without VNNI) the permuted columns would pair differently
         for name in [wdq.input[0], *(i for i in wdq.input[1:3] if _const(i, inits) is not None
                                      and _const(i, inits).ndim == 1), bias]:
             if name:
                 g.set_initializer(inits, name, _const(name, inits)[inverse])
-        w = _const(pw_wdq.input[0], inits)
-        groups = g.attr(pw, "group", 1)
         if groups > 1:
-            w = _dense(w, groups)
             g.set_int_attr(pw, "group", 1)
-        g.set_initializer(inits, pw_wdq.input[0], w[:, inverse])
+        g.set_initializer(inits, pw_wdq.input[0], folded)
         q.input[0] = first.input[0]
         drop |= {n.name for n in chain_nodes}
     kept = [n for n in model.graph.node if n.name not in drop]

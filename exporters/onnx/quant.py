@@ -85,8 +85,8 @@ def build(ctx: ExportContext, workdir: Path) -> Artifact:
             "calibration_gate": qdq.meta.get("gate", {}).get("after"), "candidates": candidates,
             "chosen": {"form": winner, "reason": why},
             # what a deployment's SessionOptions need (edgekit.ort_options): exact integer kernels on
-            # x86 CPUs without VNNI, where the default ones saturate
-            "session_config": dict(ort_options.SESSION_CONFIG)}
+            # x86 CPUs without VNNI, where the default ones saturate; nothing when the weights are paired
+            "session_config": ort_options.session_config(path)}
     if costs is not None:
         meta["rewrite_cost"] = costs.get(winner) or costs[FORMS[0][0]]
     if winner == SHARED:

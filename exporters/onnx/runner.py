@@ -38,7 +38,7 @@ class OrtRunner:
         ort = require("onnxruntime", "onnx", "the ONNX runner")
         if not self.path.is_file():
             raise ArtifactError(f"ONNX file not found: {self.path}")
-        so = ort_options.apply(ort.SessionOptions())   # exact integer kernels on x86 without VNNI
+        so = ort_options.apply(ort.SessionOptions(), self.path)   # exact integer kernels on x86 without VNNI
         so.log_severity_level = 3
         if self.threads:
             so.intra_op_num_threads = self.threads

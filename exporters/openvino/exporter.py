@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.artifact import Artifact, tool_versions
+from edgekit.bench.device import INT8_WEIGHTS
 from edgekit.contracts import ExportContext, Exporter, ExportRequest, Option
 from edgekit.errors import ExportError, MissingDependencyError, UsageError, backend_errors
 
 from .runner import HINTS, INFERENCE_PRECISIONS, OpenVinoRunner, ir_xml, resolve_device
 
 INT8_ROUTES = ("auto", "nncf", "qdq")
-INT8_WEIGHTS = ("auto", "paired", "full")
 # Chosen by measurement on this project's CPU (docs/openvino.md, bench/openvino_int8.py,
 # 2026-11-27): on all five models measured, the IR read from the shared Q/DQ ONNX is closer
 # to FP32 than NNCF's (pretrained EfficientNet-Lite0: SQNR 24.1 against 18.9 dB) and faster
@@ -197,11 +197,9 @@ def _op_counts(model) -> dict[str, int]:
 def wants_paired_weights(request: ExportRequest) -> bool:
     """Whether the weights are calibrated to the pair budget: ``--ov-int8-weights`` (auto: this CPU
     saturates and the IR is for its CPU plugin, not a GPU or NPU)."""
-    from edgekit.bench.device import int8_saturates
+    from edgekit.bench import device
 
-    asked = settings(request).ov_int8_weights
-    on_cpu = not (request.device or "CPU").upper().startswith(("GPU", "NPU"))
-    return asked == "paired" or (asked in (None, "auto") and on_cpu and int8_saturates())
+    return device.wants_paired_weights(settings(request).ov_int8_weights, request.device)
 
 
 def settings(request: ExportRequest):

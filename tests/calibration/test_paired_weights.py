@@ -134,14 +134,17 @@ def test_openvino_computes_paired_weights_exactly(tmp_path, paired, shape):
         assert float(y.max()) < 0.9 * float(exact.max())
 
 
-def test_openvino_target_pairs_where_the_cpu_saturates_or_when_asked():
+@pytest.mark.parametrize("target,option", [("openvino", "ov_int8_weights"), ("onnx", "ort_int8_weights")])
+def test_int8_targets_pair_where_the_cpu_saturates_or_when_asked(target, option):
+    """OpenVINO (oneDNN) and ONNX Runtime (its fast kernels) both add u8×s8 pairs in 16 bits on x86
+    without VNNI: each target calibrates paired weights there, or when asked (for a fleet's devices)."""
     from edgekit.contracts import ExportRequest
     from edgekit.targets import get_target
 
-    def opts(target, asked=None, device=None):
-        req = ExportRequest(model="m", target=target, precision="int8", device=device,
-                            options={} if asked is None else {"ov_int8_weights": asked})
-        return get_target(target).calibration_options_for(req)
-    assert opts("openvino") == opts("openvino", "auto") == ({"paired_weights": True} if int8_saturates() else {})
-    assert opts("openvino", "paired") == opts("openvino", "paired", "GPU") == {"paired_weights": True}
-    assert opts("openvino", "full") == opts("openvino", device="GPU") == opts("onnx") == {}
+    def opts(t, asked=None, device=None):
+        req = ExportRequest(model="m", target=t, precision="int8", device=device,
+                            options={} if asked is None else {option: asked})
+        return get_target(t).calibration_options_for(req)
+    assert opts(target) == opts(target, "auto") == ({"paired_weights": True} if int8_saturates() else {})
+    assert opts(target, "paired") == opts(target, "paired", "GPU") == {"paired_weights": True}
+    assert opts(target, "full") == opts(target, device="GPU") == opts("tensorrt") == {}

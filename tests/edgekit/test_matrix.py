@@ -141,24 +141,31 @@ def test_unknown_precision_is_a_usage_error(tmp_path):
                                 out=tmp_path), quiet=True)
 
 
-def test_ov_int8_weights_reaches_the_openvino_cells_only(tmp_path):
-    """``edgekit matrix --ov-int8-weights paired``: an export node with VNNI can build the OpenVINO
-    cells for x86 devices without it (docs/fleet.md). The option goes into the OpenVINO requests,
-    where the target reads it, and into no other target's; without it the target's auto decides."""
+def test_int8_weights_reach_their_own_targets_cells_only(tmp_path):
+    """``edgekit matrix --ov-int8-weights paired --ort-int8-weights full``: an export node with VNNI can
+    build the OpenVINO cells for x86 devices without it (docs/fleet.md). Each option goes into its
+    target's requests, where the target reads it, and into no other target's; without it the target's
+    auto decides."""
     from edgekit.cli.main import build_parser
+    from edgekit.cli.matrix import target_options
     from edgekit.matrix import _request
+    from edgekit.targets import get_target
     from exporters.openvino.exporter import wants_paired_weights
 
     args = build_parser().parse_args(["matrix", "mobilenet_v3_small", "--ov-int8-weights", "paired",
-                                      "--out", str(tmp_path)])
-    assert args.ov_int8_weights == "paired"
-    cfg = MatrixConfig(models=["mobilenet_v3_small"], out=tmp_path, ov_int8_weights=args.ov_int8_weights)
+                                      "--ort-int8-weights", "full", "--out", str(tmp_path)])
+    assert target_options(args) == {"openvino": {"ov_int8_weights": "paired"}, "onnx": {"ort_int8_weights": "full"}}
+    cfg = MatrixConfig(models=["mobilenet_v3_small"], out=tmp_path, target_options=target_options(args))
     ov = _request(cfg, "mobilenet_v3_small", "openvino", "int8", tmp_path / "a")
     onnx = _request(cfg, "mobilenet_v3_small", "onnx", "int8", tmp_path / "b")
+    et = _request(cfg, "mobilenet_v3_small", "executorch", "int8", tmp_path / "e")
     assert ov.options == {"ov_int8_weights": "paired"} and wants_paired_weights(ov)
-    assert onnx.options == {}
-    assert cfg.settings()["ov_int8_weights"] == "paired"
-    full = _request(MatrixConfig(out=tmp_path, ov_int8_weights="full"), "mobilenet_v3_small", "openvino", "int8",
-                    tmp_path / "c")
+    assert onnx.options == {"ort_int8_weights": "full"}
+    assert get_target("onnx").calibration_options_for(onnx) == {}          # full: [-127, 127] whatever the CPU
+    assert et.options == {}
+    assert cfg.settings()["target_options"]["openvino"] == {"ov_int8_weights": "paired"}
+    full = _request(MatrixConfig(out=tmp_path, target_options={"openvino": {"ov_int8_weights": "full"}}),
+                    "mobilenet_v3_small", "openvino", "int8", tmp_path / "c")
     assert not wants_paired_weights(full)
     assert _request(MatrixConfig(out=tmp_path), "mobilenet_v3_small", "openvino", "int8", tmp_path / "d").options == {}
+    assert target_options(build_parser().parse_args(["matrix", "--out", str(tmp_path)])) == {}

@@ -353,3 +353,41 @@ def test_the_second_form_leaves_linear_projections_unpaired(tiny_built, tmp_path
     shared = score(art.path, fs.heldout, ref, Tolerance(cosine=0.98)).primary()
     form = score(tmp_path / "lean.onnx", fs.heldout, ref, Tolerance(cosine=0.98)).primary()
     assert form.sqnr_db > shared.sqnr_db - 1.0, (shared.sqnr_db, form.sqnr_db)
+
+
+def _shufflenet_v1() -> nn.Module:
+    from edgekit.models.shufflenet_v1 import ShuffleNetV1, ShuffleNetV1Config
+
+    torch.manual_seed(11)
+    return _settled(ShuffleNetV1(ShuffleNetV1Config(groups=3, stage_repeats=(2, 1, 1),
+                                                    stage_channels=(12, 48, 96, 192)), 10))
+
+
+@pytest.mark.parametrize("make", [SwishNet, lambda: OddChannelNet(), _shufflenet_v1], ids=["swish", "odd", "shufflev1"])
+def test_paired_weights_stay_paired_through_every_rewrite(make, tmp_path):
+    """Calibrated with paired weights (the default on x86 CPUs without VNNI), every ONNX Runtime form
+    holds the pair budget in the order ONNX Runtime's kernels read it, through the stem's padding,
+    the depthwise padding and the shuffle folding: its fast kernels are exact, the artifact needs no
+    session key, and the integers are those of the exact kernels."""
+    import onnxruntime as ort
+
+    from edgekit import ort_options
+
+    net = make()
+    raw = export_onnx(net, (INPUT,), tmp_path / "m.onnx")
+    src = simplify(raw, tmp_path / "m.sim.onnx")
+    fs = photo_feeds(PRE, INPUT, heldout=16, calib=48)
+    art = quantize_int8(src, tmp_path / "q.onnx", fs.calib, fs.heldout,
+                        fast(cache_dir=tmp_path / "cache", paired_weights=True), log=lambda m: None)
+    for linear_pairs in (True, False):
+        path = tmp_path / f"ort{int(linear_pairs)}.onnx"
+        build_ort_int8(art.path, path, fs.calib, linear_pairs=linear_pairs)
+        assert ort_options.kernel_exact(path), path.name
+        outs = []
+        for key in (False, True):
+            so = ort.SessionOptions()
+            if key:
+                so.add_session_config_entry("session.x64quantprecision", "1")
+            s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            outs.append(np.concatenate([s.run(None, f)[0] for f in list(fs.heldout)[:8]]))
+        np.testing.assert_array_equal(outs[0], outs[1])
