@@ -148,6 +148,16 @@ class Exporter:
         """The Int8Options fields this request's first calibration sets (default: ``calibration_options``)."""
         return dict(self.calibration_options)
 
+    def calibration_alternatives(self, request: "ExportRequest", trained: bool) -> list[dict]:
+        """Int8Options fields of further calibrations that this target's artifact may run faster
+        from, each weighed against the first by :meth:`faster_calibration` (default: none)."""
+        return []
+
+    def faster_calibration(self, calibrations: list, fp32, feeds, request: "ExportRequest", log) -> tuple[int, dict]:
+        """(index into ``calibrations`` of the Q/DQ stage to deliver, what was measured): the one
+        this target runs fastest among those whose calibration gate passed (default: the first)."""
+        return 0, {}
+
     def available(self) -> tuple[bool, str]:
         """(True, version) when the backend can run here, else (False, why not)."""
         raise NotImplementedError

@@ -3,6 +3,8 @@ options for this target and these weights, then the calibrated Q/DQ ONNX (calibr
 that every target that does not quantize itself builds from (DESIGN.md §4)."""
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from .artifact import Artifact
@@ -44,12 +46,43 @@ def int8_stage(res, request: ExportRequest, target, feeds, source: Artifact, pat
     if not trained:
         console.info("deterministic-init weights: every layer stays INT8 (the float fallback cannot tell how "
                      "trained weights would quantize; pass --pretrained or --weights)")
-    with console.step(f"INT8 calibration + Q/DQ ({feeds.calib.source})") as d:
-        art = quantize_int8(source, path, feeds.calib, feeds.heldout, opts, log=console.info,
-                            progress=console.progress, spare_dir=spare_dir)
-        lay, passed = art.meta.get("layers", {}), art.meta.get("gate", {}).get("passed")
-        verdict = "not assessed (untrained weights)" if not trained else "passed" if passed else "FAILED"
-        d["summary"] = f"{lay.get('int8_convs', '?')}/{lay.get('convs', '?')} convs INT8, gate {verdict}"
+    # further calibrations to weigh by speed (their files go to the scratch folder of spare steps)
+    alternatives = [] if request.dry_run or spare_dir is None else target.calibration_alternatives(request, trained)
+    arts, all_opts = [], [opts, *(replace(opts, **alt) for alt in alternatives)]
+    for k, o in enumerate(all_opts):
+        folder = spare_dir if k == 0 else spare_dir / f"calibration{k + 1}"
+        where = path if k == 0 else folder / path.name
+        where.parent.mkdir(parents=True, exist_ok=True)
+        kind = "" if not alternatives else f", {'paired' if o.paired_weights else 'full [-127, 127]'} weights"
+        with console.step(f"INT8 calibration + Q/DQ ({feeds.calib.source}{kind})") as d:
+            art = quantize_int8(source, where, feeds.calib, feeds.heldout, o, log=console.info,
+                                progress=console.progress, spare_dir=folder)
+            art.meta["paired_weights"] = bool(o.paired_weights)
+            lay, passed = art.meta.get("layers", {}), art.meta.get("gate", {}).get("passed")
+            verdict = "not assessed (untrained weights)" if not trained else "passed" if passed else "FAILED"
+            d["summary"] = f"{lay.get('int8_convs', '?')}/{lay.get('convs', '?')} convs INT8, gate {verdict}"
+        arts.append(art)
+    if alternatives:
+        art = _faster(arts, all_opts, target, source, feeds, request, console, path, spare_dir, int8)
+    return art
+
+
+def _faster(arts, all_opts, target, source: Artifact, feeds, request: ExportRequest, console: Console, path: Path,
+            spare_dir: Path | None, int8: dict | None) -> Artifact:
+    """The calibration ``target`` runs fastest (``Exporter.faster_calibration``), at ``path`` with its spare
+    steps in ``spare_dir``; the choice is recorded in its meta."""
+    with console.step("INT8 weights: timing each calibration's artifact against FP32") as d:
+        k, record = target.faster_calibration(arts, source, feeds, request, console.info)
+        d["summary"] = f"{record.get('chosen', 'the first')} weights"
+    art = arts[k]
+    if k:
+        shutil.copyfile(art.path, path)
+        for f in art.path.parent.glob("spare*.onnx"):   # the spare steps the retry reads (edgekit/retry.py)
+            shutil.copyfile(f, spare_dir / f.name)
+        art = replace(art, path=path)
+        if int8 is not None:
+            int8["options"] = all_opts[k]
+    art.meta["weights_choice"] = record
     return art
 
 

@@ -29,6 +29,7 @@ sessions leave the key out (:func:`session_config`).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,18 @@ def apply(so: Any, model: Any = None) -> Any:
 def session_config(model: Any) -> dict[str, str]:
     """What a session of ``model`` (path or ModelProto) needs: nothing when :func:`kernel_exact`,
     else :data:`SESSION_CONFIG`."""
-    return {} if kernel_exact(model) else dict(SESSION_CONFIG)
+    if isinstance(model, (str, Path)):
+        st = Path(model).stat()
+        exact = _file_exact(str(model), st.st_mtime_ns, st.st_size)
+    else:
+        exact = kernel_exact(model)
+    return {} if exact else dict(SESSION_CONFIG)
+
+
+@lru_cache(maxsize=64)
+def _file_exact(path: str, mtime_ns: int, size: int) -> bool:
+    """:func:`kernel_exact` of a file, once per version of it (a stage is opened many times)."""
+    return kernel_exact(path)
 
 
 def kernel_exact(model: Any) -> bool:

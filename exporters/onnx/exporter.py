@@ -219,6 +219,18 @@ class OnnxTarget(Exporter):
         paired = wants_paired_weights(self.settings(request).ort_int8_weights, request.device)
         return {"paired_weights": True} if paired else {}
 
+    def calibration_alternatives(self, request: ExportRequest, trained: bool) -> list[dict]:
+        """With trained weights and ``--ort-int8-weights auto`` on a CPU without VNNI, the full
+        [-127, 127] calibration too: paired weights keep ONNX Runtime's fast kernels exact but can
+        cost float layers, and which runs faster depends on the network (weights_choice.py)."""
+        auto = self.settings(request).ort_int8_weights in (None, "auto")
+        return [{"paired_weights": False}] if trained and auto and self.calibration_options_for(request) else []
+
+    def faster_calibration(self, calibrations: list, fp32, feeds, request: ExportRequest, log) -> tuple[int, dict]:
+        from .weights_choice import choose
+
+        return choose(calibrations, fp32, feeds, request, log)
+
     def available(self) -> tuple[bool, str]:
         try:
             ort = require("onnxruntime", "onnx")

@@ -396,6 +396,15 @@ def test_fine_tuned_head_on_the_bundled_photos_reports_top1_without_judging_it(t
     assert "(top-1 not assessed: the bundled photos are not this 37-class model's domain" in qdq["quantization"]
     assert "* top-1 not assessed: the bundled photos are not this 37-class model's domain" in proc.stdout
     assert proc.returncode == (0 if all(p["passed"] for p in m["parity"]) else 1), proc.stdout + proc.stderr
+    # trained weights on a CPU without VNNI: calibrated paired and full, the faster ONNX Runtime form kept
+    from edgekit.bench.device import int8_saturates
+
+    choice = next(s for s in m["stages"] if s["stage"] == "qdq")["meta"].get("weights_choice")
+    if int8_saturates():
+        assert [c["weights"] for c in choice["candidates"]] == ["paired", "full"], choice
+        assert choice["chosen"] in ("paired", "full") and "INT8 weights for ONNX Runtime" in proc.stdout + proc.stderr
+    else:
+        assert choice is None
     np.save(tmp_path / "own.npy", np.random.default_rng(0).normal(size=(24, 1, 32, 32)).astype(np.float32))
     out2 = tmp_path / "own"
     proc = run_edgekit("export", "lenet5", "--weights", str(ckpt), "--int8", "--no-bench", "--calib",
