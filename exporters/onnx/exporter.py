@@ -212,8 +212,8 @@ class OnnxTarget(Exporter):
 
     def calibration_options_for(self, request: ExportRequest) -> dict:
         """On an x86 CPU without VNNI, ONNX Runtime's fast u8×s8 kernels add pairs of products in
-        saturating 16-bit lanes; paired weights keep them exact there (edgekit/ort_options.py), and
-        much faster than the exact kernels the session key asks for."""
+        saturating 16-bit lanes; paired weights keep them exact there (edgekit/ort_options.py), where
+        full weights need the session key and its slower exact kernels."""
         from edgekit.bench.device import wants_paired_weights
 
         paired = wants_paired_weights(self.settings(request).ort_int8_weights, request.device)
