@@ -65,8 +65,18 @@ def session_config(model: Any) -> dict[str, str]:
 
 @lru_cache(maxsize=64)
 def _file_exact(path: str, mtime_ns: int, size: int) -> bool:
-    """:func:`kernel_exact` of a file, once per version of it (a stage is opened many times)."""
-    return kernel_exact(path)
+    """:func:`kernel_exact` of a file, once per version of it (a stage is opened many times). A file
+    that names no quantized operator is not parsed (a float model computes the same either way, and
+    a 500 MB VGG would take seconds): it gets the key, as every session had before."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if not any(data.find(op.encode()) >= 0 for op in ("DequantizeLinear", *_INTEGER_OPS)):
+                return False
+        return kernel_exact(path)
+    except Exception:  # noqa: BLE001 - empty or corrupt: keep the key, and let ONNX Runtime say what is wrong
+        return False
 
 
 def kernel_exact(model: Any) -> bool:

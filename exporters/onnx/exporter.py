@@ -217,14 +217,15 @@ class OnnxTarget(Exporter):
         from edgekit.bench.device import wants_paired_weights
 
         paired = wants_paired_weights(self.settings(request).ort_int8_weights, request.device)
-        return {"paired_weights": True} if paired else {}
+        return {**super().calibration_options_for(request), **({"paired_weights": True} if paired else {})}
 
     def calibration_alternatives(self, request: ExportRequest, trained: bool) -> list[dict]:
         """With trained weights and ``--ort-int8-weights auto`` on a CPU without VNNI, the full
         [-127, 127] calibration too: paired weights keep ONNX Runtime's fast kernels exact but can
         cost float layers, and which runs faster depends on the network (weights_choice.py)."""
         auto = self.settings(request).ort_int8_weights in (None, "auto")
-        return [{"paired_weights": False}] if trained and auto and self.calibration_options_for(request) else []
+        paired = self.calibration_options_for(request).get("paired_weights")
+        return [{"paired_weights": False}] if trained and auto and paired else []
 
     def faster_calibration(self, calibrations: list, fp32, feeds, request: ExportRequest, log) -> tuple[int, dict]:
         from .weights_choice import choose

@@ -80,7 +80,8 @@ class OpenVinoTarget(Exporter):
         16-bit lanes: the shared graph's weights are then calibrated with every such pair held to
         calibration.qdq.PAIR_BUDGET, so that the IR computes exactly there (``--ov-int8-weights``,
         docs/openvino.md)."""
-        return {"paired_weights": True} if wants_paired_weights(request) else {}
+        return {**super().calibration_options_for(request),
+                **({"paired_weights": True} if wants_paired_weights(request) else {})}
 
     # -- availability ------------------------------------------------------------------------
     def available(self) -> tuple[bool, str]:
