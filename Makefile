@@ -28,9 +28,10 @@ demo: $(STAMP)
 # module fixtures, e.g. the Ray cluster, in one process). TEST_JOBS=0 runs in this process.
 TEST_JOBS ?= 2
 # edgekit's own modules are byte-compiled first for the same reason (0.1 s per test process).
+# --durations: the 25 slowest tests end the log, so that CI time can be spent where it goes.
 test: $(STAMP)
 	@$(BIN)/python -m compileall -q edgekit exporters calibration
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/matrix.py --out bench/results/matrix.json

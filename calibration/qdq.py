@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit import ort_options
+
 from . import graph as g
 from . import methods
 from .graph import QuantTarget
@@ -47,7 +49,7 @@ W_QMAX = 127
 # EfficientNet-Lite0's layers exceed that; [-63, 63] (ONNX Runtime's reduce_range, NNCF's overflow fix)
 # never does but doubles every step. So each output channel's grid is chosen among PAIR_QMAX steps
 # (paired_scales) and the pairs still over the budget are held to it (limit_pairs, layerwise.gptq_rows).
-PAIR_BUDGET = 128
+PAIR_BUDGET = ort_options.PAIR_BUDGET   # the one bound, kept where the sessions check it
 PAIR_QMAX = (63, 71, 80, 90, 101, 113, 127)
 INT8_SUFFIX = "_int8"  # a quantized weight initializer: f"{safe weight name}{INT8_SUFFIX}"
 

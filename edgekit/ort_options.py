@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 SESSION_CONFIG: dict[str, str] = {"session.x64quantprecision": "1"}
-PAIR_BUDGET = 128   # 255 · 128 = 32640 <= 32767 (calibration.qdq.PAIR_BUDGET is the same bound)
+PAIR_BUDGET = 128   # 255 · 128 = 32640 <= 32767 (calibration.qdq.PAIR_BUDGET holds the weights to it)
 
 # op -> (input index of the integer weight, how its K axis is laid out)
 _INTEGER_OPS = {"QLinearConv": (3, "conv"), "ConvInteger": (1, "conv"), "QLinearMatMul": (3, "matmul"),
