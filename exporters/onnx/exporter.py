@@ -27,6 +27,8 @@ from edgekit.contracts import ExportContext, Exporter, ExportRequest, Option
 from edgekit.errors import ArtifactError, ExportError, UsageError, first_line, require
 from edgekit.specs import InputSpec
 
+ORT_FORMS = ("auto", "ort", "ort_float_projections", "shared_qdq")   # quant.FORMS and quant.SHARED
+
 from . import export_cache
 from .runner import OrtRunner, ort_providers
 
@@ -208,6 +210,10 @@ class OnnxTarget(Exporter):
                "and the artifact needs no session key there), full (exact with VNNI or on ARM; needs "
                "session.x64quantprecision=1 on x86 CPUs without VNNI) or auto (paired for this CPU where it lacks VNNI)",
                choices=INT8_WEIGHTS, default=None),
+        Option("--ort-form", "ort_form", "which ONNX Runtime INT8 form to deliver: auto (the fastest that passes "
+               "the accuracy rules, timed here), or ort, ort_float_projections or shared_qdq (still judged: one that "
+               "fails the accuracy rules is not delivered); a fixed form makes two exports' artifacts comparable",
+               choices=ORT_FORMS, default=None),
     )
 
     def calibration_options_for(self, request: ExportRequest) -> dict:

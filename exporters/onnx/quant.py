@@ -74,6 +74,12 @@ def build(ctx: ExportContext, workdir: Path) -> Artifact:
                 ctx.log(f"ONNX Runtime INT8 form {k!r} not a candidate: {costs[k]['reason']}")
         times = _time_candidates(ctx, {k: paths[k] for k in passing})
         winner, why = choose(passing, times, costs)
+        asked = ctx.request.options.get("ort_form") if ctx.request.options else None
+        if asked not in (None, "auto"):
+            if asked in passing:
+                winner, why = asked, f"--ort-form {asked}"
+            else:
+                ctx.warn(f"--ort-form {asked}: that form fails the accuracy rules; delivering {winner!r} ({why})")
         shutil.copyfile(paths[winner], path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -411,3 +411,15 @@ def test_fine_tuned_head_on_the_bundled_photos_reports_top1_without_judging_it(t
                        str(tmp_path / "own.npy"), "--out", str(out2))
     qdq = next(p for p in json.loads((out2 / "artifact.json").read_text())["parity"] if p["stage"] == "qdq")
     assert qdq["tolerance"].get("top1") and "not assessed" not in qdq["quantization"], proc.stdout + proc.stderr
+
+
+def test_ort_form_fixes_the_delivered_onnxruntime_form(tmp_path):
+    """``--ort-form``: the form asked for is delivered (still judged), instead of the fastest timed here."""
+    src = tmp_path / "mymodel.py"
+    src.write_text(USER_MODEL)
+    out = tmp_path / "out"
+    proc = run_edgekit("export", f"{src}:tiny", "--int8", "--input-shape", "1x3x32x32", "--out", str(out),
+                       "--no-bench", "--samples", "8", "--guard-seconds", "0.1", "--ort-form", "ort_float_projections")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ort = json.loads((out / "artifact.json").read_text())["stages"][-1]
+    assert ort["meta"]["chosen"] == {"form": "ort_float_projections", "reason": "--ort-form ort_float_projections"}
