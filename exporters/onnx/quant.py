@@ -49,7 +49,7 @@ def build(ctx: ExportContext, workdir: Path) -> Artifact:
 
     from exporters.onnx.ort_form import build_ort_int8
 
-    from .exporter import ONNX_PACKAGES, node_counts
+    from .exporter import ONNX_PACKAGES, OnnxTarget, node_counts
     from .hygiene import prune
 
     qdq = ctx.source
@@ -74,7 +74,7 @@ def build(ctx: ExportContext, workdir: Path) -> Artifact:
                 ctx.log(f"ONNX Runtime INT8 form {k!r} not a candidate: {costs[k]['reason']}")
         times = _time_candidates(ctx, {k: paths[k] for k in passing})
         winner, why = choose(passing, times, costs)
-        asked = ctx.request.options.get("ort_form") if ctx.request.options else None
+        asked = OnnxTarget().settings(ctx.request).ort_form
         if asked not in (None, "auto"):
             if asked in passing:
                 winner, why = asked, f"--ort-form {asked}"
@@ -131,18 +131,24 @@ def guard_seconds(ctx: ExportContext) -> float:
 def _time_candidates(ctx: ExportContext, paths: dict[str, Path]) -> dict | None:
     """Every candidate and the FP32 ONNX, interleaved in one :func:`time_runners` run on the export's
     thread count; None without an FP32 source or held-out feeds."""
+    if ctx.fp32_source is None or ctx.heldout_feeds is None:
+        return None
+    return time_against_fp32(ctx.fp32_source, paths, next(iter(ctx.heldout_feeds)), ctx.request.threads,
+                             guard_seconds(ctx))
+
+
+def time_against_fp32(fp32: Artifact, paths: dict[str, Path], feed, threads: int | None, seconds: float) -> dict:
+    """``fp32`` (as ``"fp32"``) and every ONNX in ``paths``, each opened by OrtRunner with the session
+    config its weights need, timed interleaved for ``seconds`` each (:func:`time_runners`)."""
     from contextlib import ExitStack
 
     from .exporter import OrtRunner
 
-    if ctx.fp32_source is None or ctx.heldout_feeds is None:
-        return None
-    threads = ctx.request.threads
-    runners = {"fp32": ctx.fp32_source.path, **paths}
+    runners = {"fp32": fp32.path, **paths}
     with ExitStack() as stack:
-        opened = {k: stack.enter_context(OrtRunner(Path(p), ctx.fp32_source.inputs, threads=threads))
+        opened = {k: stack.enter_context(OrtRunner(Path(p), fp32.inputs, threads=threads))
                   for k, p in runners.items()}
-        return time_runners(opened, next(iter(ctx.heldout_feeds)), seconds=guard_seconds(ctx) * len(runners))
+        return time_runners(opened, feed, seconds=seconds * len(runners))
 
 
 def choose(passing: list[str], times: dict | None, costs: dict | None) -> tuple[str, str]:

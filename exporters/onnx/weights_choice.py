@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from edgekit import ort_options
 from edgekit.artifact import Artifact
 from edgekit.bench.guard import guard_seconds as request_guard_seconds
-from edgekit.bench.timing import paired_ratio, time_runners
-
-SPEED_TIE = 0.03   # within 3 % of the fastest: the first calibration (paired) is kept
+from edgekit.bench.timing import paired_ratio
 
 
 def kind(cal: Artifact) -> str:
@@ -45,10 +42,10 @@ def kind(cal: Artifact) -> str:
 def choose(cals: list[Artifact], fp32: Artifact, feeds, request, log: Callable[[str], None]) -> tuple[int, dict]:
     """(index of the calibration to deliver, record for the manifest). Each calibration's `ort` form is
     built and timed interleaved with ``fp32`` on ONNX Runtime, each with the session config its weights
-    need; the fastest whose gate passed wins (ties: the first). Without a passing one, the first."""
+    need; the fastest whose gate passed wins (within quant.SPEED_TIE of it: the first, paired). Without a passing one, the first."""
     from .hygiene import prune
     from .ort_form import build_ort_int8
-    from .runner import OrtRunner
+    from .quant import SPEED_TIE, time_against_fp32
 
     scratch = Path(tempfile.mkdtemp(prefix="edgekit-weights-"))
     try:
@@ -57,12 +54,8 @@ def choose(cals: list[Artifact], fp32: Artifact, feeds, request, log: Callable[[
             forms[f"c{i}"] = scratch / f"c{i}.onnx"
             build_ort_int8(cal.path, forms[f"c{i}"], feeds.calib)
             prune(forms[f"c{i}"])
-        runners = {"fp32": fp32.path, **forms}
-        seconds = request_guard_seconds(request) * len(runners)
-        with ExitStack() as stack:
-            opened = {k: stack.enter_context(OrtRunner(Path(p), fp32.inputs, threads=request.threads))
-                      for k, p in runners.items()}
-            times = time_runners(opened, next(iter(feeds.heldout)), seconds=seconds)
+        times = time_against_fp32(fp32, forms, next(iter(feeds.heldout)), request.threads,
+                                  request_guard_seconds(request))
         configs = {k: ort_options.session_config(p) for k, p in forms.items()}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -84,7 +77,3 @@ def choose(cals: list[Artifact], fp32: Artifact, feeds, request, log: Callable[[
     return winner, {"candidates": cands, "chosen": cands[winner]["weights"], "reason": why,
                     "fp32_p50_ms": times["fp32"]["p50_ms"]}
 
-
-def describe(alt: dict[str, Any]) -> str:
-    """A calibration alternative's weights, for the log."""
-    return "paired" if alt.get("paired_weights") else "full [-127, 127]"
