@@ -39,6 +39,25 @@ if "EDGEKIT_EXPORT_CACHE" not in os.environ:
 os.environ.setdefault("EDGEKIT_GUARD_SECONDS", "0.25")
 
 
+def wait_for_background(env: str, limit_s: float = 1200.0) -> None:
+    """.ci/run installs system packages and builds the aarch64 userland in the background while the
+    suite runs, and names each job's process in an environment variable (EDGEKIT_APT_PID,
+    EDGEKIT_ARM_SETUP_PID): a test that needs what the job makes waits for it to end (or for
+    ``limit_s``) before it looks. Without the variable it returns at once."""
+    import time
+
+    pid = int(os.environ.get(env, "0") or 0)
+    deadline = time.monotonic() + limit_s
+    while pid > 0 and time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return                      # gone
+        if state in ("Z", "X"):         # ended, not yet reaped by .ci/run
+            return
+        time.sleep(2.0)
+
+
 def pytest_unconfigure(config):
     if _EXPORT_CACHE_OWNED and not hasattr(config, "workerinput"):
         import shutil

@@ -8,12 +8,10 @@ finished, instead of holding a worker idle while it waits.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from edgekit.arm import prereq
+from tests.conftest import wait_for_background
 
 
 def _userland_reason() -> str | None:
@@ -28,26 +26,9 @@ def _userland_reason() -> str | None:
     return None
 
 
-def _wait_for_background_setup(limit_s: float = 1200.0) -> None:
-    """.ci/run builds the userland while the suite runs and names the build's process in
-    EDGEKIT_ARM_SETUP_PID: wait for it to end (or for ``limit_s``) before judging readiness."""
-    import time
-
-    pid = int(os.environ.get("EDGEKIT_ARM_SETUP_PID", "0") or 0)
-    deadline = time.monotonic() + limit_s
-    while pid > 0 and time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return                      # gone
-        if state in ("Z", "X"):         # ended, not yet reaped by .ci/run
-            return
-        time.sleep(2.0)
-
-
 @pytest.fixture
 def userland():
-    _wait_for_background_setup()
+    wait_for_background("EDGEKIT_ARM_SETUP_PID")
     reason = _userland_reason()
     if reason is not None:
         pytest.skip(reason)

@@ -178,10 +178,9 @@ def test_corrupt_onnx_given_to_parity(tmp_path):
 
 def test_tampered_artifact_fails_parity_recheck(tmp_path):
     out = tmp_path / "a"
-    proc = run_edgekit("export", "shufflenet_v2_x0_5", "--input-shape", "1x3x64x64", "--out", str(out),
-                       "--no-bench", "--samples", "2")
+    proc = run_edgekit("export", "lenet5", "--out", str(out), "--no-bench", "--samples", "2")
     assert proc.returncode == 0, proc.stderr
-    onnx_file = out / "shufflenet_v2_x0_5.sim.onnx"
+    onnx_file = out / "lenet5.sim.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:-100])
     _assert_clean_error(run_edgekit("parity", str(out)), "changed since it was written")
 

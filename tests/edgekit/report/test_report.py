@@ -28,6 +28,7 @@ from edgekit.report import load_report, make_row, new_report, save_report  # noq
 from edgekit.report.html import render_html  # noqa: E402
 from edgekit.report.markdown import render_markdown  # noqa: E402
 from edgekit.report.merge import merge_reports  # noqa: E402
+from tests.conftest import wait_for_background  # noqa: E402
 from edgekit.report.schema import SCHEMA, dumps, finalize  # noqa: E402
 from edgekit.report.table import ms, per_device_table  # noqa: E402
 
@@ -278,6 +279,7 @@ def _chromium() -> str | None:
 
 
 def test_html_renders_in_headless_chromium(measured, tmp_path):
+    wait_for_background("EDGEKIT_APT_PID", 600)   # .ci/run installs chromium while the suite runs
     exe = _chromium()
     if not exe:
         pytest.skip("chromium not installed (apt-get install -y chromium); PNGs are checked by decoding above")
