@@ -81,6 +81,7 @@ class ExportRequest:
     localize: bool = False
     bench: bool = True
     samples: int | None = None       # held-out parity samples (default: 200 for fp16/int8, 32 for fp32)
+    calib_samples: int | None = None  # INT8 calibration samples (default: edgekit.resources.CALIB_SAMPLES)
     guard_seconds: float | None = None  # seconds per runner of the INT8 latency guards (None: the target's)
     options: dict[str, Any] = field(default_factory=dict)
     tolerance: dict[str, Any] = field(default_factory=dict)

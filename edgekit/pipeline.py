@@ -74,7 +74,9 @@ def resolve(request: ExportRequest, console: Console | None = None) -> Resolved:
     if request.input_shape:
         check_input_shape(spec, shape)
     # before the model is built (its BatchNorm statistics decode photos at this size) and any feed is decoded
-    check_memory(shape, heldout_samples(request), what="--samples" if request.samples is not None else None)
+    check_memory(shape, heldout_samples(request), calib=calib_samples(request),
+                 what="--samples" if request.samples is not None else None,
+                 calib_what="--calib-samples" if request.calib_samples is not None else None)
     model, weights = build_user_model(spec, request, console) if user_ref else \
         build(spec, weights=request.weights, pretrained=request.pretrained, console=console)
     if getattr(weights, "preprocess", None) is not None:  # e.g. torchvision's V2 weights: resize 232, not 256
@@ -112,7 +114,8 @@ def check_request_numbers(request: ExportRequest) -> None:
     from .specs import check_int, check_tolerances, guard_seconds_option
 
     check_int("--batch", request.batch, 1)
-    for flag, value in (("--samples", request.samples), ("--threads", request.threads), ("--opset", request.opset)):
+    for flag, value in (("--samples", request.samples), ("--calib-samples", request.calib_samples),
+                        ("--threads", request.threads), ("--opset", request.opset)):
         if value is not None:
             check_int(flag, value, 1)
     request.tolerance = check_tolerances(request.tolerance)
@@ -140,6 +143,13 @@ def heldout_samples(request: ExportRequest) -> int:
     return request.samples if request.samples is not None else (200 if request.precision != "fp32" else 32)
 
 
+def calib_samples(request: ExportRequest) -> int:
+    """INT8 calibration samples: ``--calib-samples``, else :data:`edgekit.resources.CALIB_SAMPLES`."""
+    from .resources import CALIB_SAMPLES
+
+    return request.calib_samples if request.calib_samples is not None else CALIB_SAMPLES
+
+
 def stage_device(stage: Artifact, request: ExportRequest) -> str | None:
     """``--device`` belongs to the requested target: its stages run there; the ONNX stages
     that lead to another target's artifact run on ONNX Runtime's CPU as references."""
@@ -159,7 +169,8 @@ def parity_feeds(res: Resolved, request: ExportRequest, console: Console | None 
     feed_input = replace(res.inputs[0], shape=(1, *res.inputs[0].shape[1:])) if request.dynamic_batch else res.inputs[0]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        feeds = photo_feeds(res.spec.preprocess, feed_input, folder=request.calib, heldout=n)
+        feeds = photo_feeds(res.spec.preprocess, feed_input, folder=request.calib, heldout=n,
+                            calib=calib_samples(request))
     for w in caught:
         if console is not None:
             console.warn(str(w.message))

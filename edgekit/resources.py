@@ -74,20 +74,26 @@ def feeds_estimate(shape: tuple[int, ...], samples: int, calib: int = CALIB_SAMP
 
 
 def check_memory(shape: tuple[int, ...], samples: int, calib: int = CALIB_SAMPLES,
-                 available: int | None = None, what: str | None = "--samples") -> None:
+                 available: int | None = None, what: str | None = "--samples", calib_what: str | None = None) -> None:
     """Refuse (UsageError, exit 2) a request whose samples or input size cannot fit in memory.
-    ``what``: the option that set ``samples`` (None when it is a default: the input is blamed)."""
+    ``what`` / ``calib_what``: the options that set ``samples`` / ``calib`` (None when a default: the input is blamed)."""
     shape_s = "x".join(str(d) for d in shape)
     est = feeds_estimate(shape, samples, calib)
     total = est["feeds"] + est["activations"]
     avail = available_bytes() if available is None else available
     room = f"this machine has {human(avail)} available" if avail is not None else "available memory is unknown"
+    if calib > MAX_SAMPLES:
+        raise UsageError(f"--calib-samples {calib} at {shape_s}: edgekit takes at most {MAX_SAMPLES} samples ({room})",
+                         hint="use --calib-samples 256 to 1024: the ranges settle long before that")
     if what and samples > MAX_SAMPLES:
         raise UsageError(f"{what} {samples} at {shape_s} needs ~{human(est['feeds'])} of feeds; edgekit takes at "
                          f"most {MAX_SAMPLES} samples ({room})", hint=f"use {what} 200 or so: parity statistics "
                          "settle long before that")
     if avail is None or total <= HEADROOM * avail:
         return
+    if calib_what and est["feeds"] >= est["activations"] and calib >= samples and calib > 1:
+        raise UsageError(f"{calib_what} {calib} at {shape_s} needs ~{human(total)} ({human(est['feeds'])} of feeds); "
+                         f"{room}", hint="use fewer calibration samples or a smaller --input-shape")
     if what and est["feeds"] >= est["activations"] and samples > 1:
         raise UsageError(f"{what} {samples} at {shape_s} needs ~{human(total)} ({human(est['feeds'])} of feeds); "
                          f"{room}", hint="use fewer samples or a smaller --input-shape")

@@ -39,6 +39,9 @@ def register(sub) -> None:
                                                    "for INT8 calibration and held-out parity")
     p.add_argument("--calib-method", choices=("auto", "mse", "minmax", "percentile", "entropy"),
                    help="INT8 activation range method (default auto: per tensor, the candidate with the least output error)")
+    p.add_argument("--calib-samples", type=int_option("--calib-samples", 1),
+                   help="INT8 calibration samples: crops of the calibration photos, or rows of a --calib array "
+                        "(default 256)")
     p.add_argument("--samples", type=int_option("--samples", 1),
                    help="held-out parity samples (default 200 for fp16/int8, 32 for fp32; checked against memory)")
     p.add_argument("--no-simplify", dest="simplify", action="store_false", help="skip the ONNX simplifier")
@@ -98,7 +101,8 @@ def request_from_args(args: argparse.Namespace):
                          opset=args.opset, weights=args.weights, pretrained=args.pretrained, calib=args.calib,
                          calib_method=args.calib_method, simplify=args.simplify, simplifier=args.simplifier,
                          device=args.device, threads=args.threads, dry_run=args.dry_run, parity=args.parity,
-                         bench=args.bench, samples=args.samples, options=options, force=args.force,
+                         bench=args.bench, samples=args.samples, calib_samples=args.calib_samples,
+                         options=options, force=args.force,
                          tolerance=_tolerances(args.tol), arch=args.arch, arm_cpus=tuple(args.arm_cpus or ()),
                          arm_samples=args.arm_samples, guard_seconds=args.guard_seconds)
 

@@ -156,11 +156,13 @@ CI_LEAVES_OUT = SERVER_SIZED | CLASSIC_VARIANTS | LARGER_FOCUS_VARIANTS
 # (tests/exporters/openvino/test_openvino.py). The rest are those networks' blocks at other widths
 # or depths: ShuffleNetV2 x0.5/x1.5/x2.0 (x1.0's), MobileNetV3-Small (Large's), Lite1/Lite2
 # (Lite0's), ResNet-34 (ResNet-18's basic blocks) and ResNeXt-50 (ResNet-50's bottlenecks with
-# grouped convolutions, which ShuffleNetV1 exports too). Plain `make test` exports them all.
+# grouped convolutions, which ShuffleNetV1 exports too), and VGG-16-BN: AlexNet's kinds of layer
+# (convolutions, ReLU, max pooling, dropout, linear) with batch norms, 37-48 s for its 553 MB
+# single-file ONNX. Plain `make test` exports them all.
 EXPORTED_ELSEWHERE = {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "shufflenet_v1_g3", "shufflenet_v2_x1_0",
                       "efficientnet_b0", "efficientnet_lite0"}
 SAME_BLOCKS_EXPORTED = {"shufflenet_v2_x0_5", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "mobilenet_v3_small",
-                        "efficientnet_lite1", "efficientnet_lite2", "resnet34", "resnext50_32x4d"}
+                        "efficientnet_lite1", "efficientnet_lite2", "resnet34", "resnext50_32x4d", "vgg16_bn"}
 CI_BUILDS_ONLY = EXPORTED_ELSEWHERE | SAME_BLOCKS_EXPORTED
 
 
