@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgekit-installed
 # dev/CI pins (torch 2.13.0 CPU build); pyproject.toml stays permissive for users. .ci/install.py fills
-# the venv with uv when it can be had (45 s on 2 cores against pip's 150 s, same releases), else with
+# the venv with uv when it can be had (52 s for a fresh 2-core clone against pip's 150 s, same releases), else with
 # pip; either byte-compiles what it installs: where PYTHONDONTWRITEBYTECODE is set, as on this
 # project's machines, nothing compiled later is kept, and every test process then recompiled torch
 # (1.5 s each; the suite took 11:09 instead of 9:32 with pip's --no-compile, 2026-12-06).
