@@ -67,8 +67,9 @@ def find_uv(python: str, constraints: list[str], log) -> str:
     here = Path(python).parent / "uv"
     if here.is_file():
         return str(here)
-    if shutil.which("uv"):
-        return shutil.which("uv")
+    on_path = shutil.which("uv")
+    if on_path:
+        return on_path
     subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *constraints, "uv"],
                    stdout=log, stderr=subprocess.STDOUT, check=True)
     return str(here)

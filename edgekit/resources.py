@@ -82,9 +82,9 @@ def check_memory(shape: tuple[int, ...], samples: int, calib: int = CALIB_SAMPLE
     total = est["feeds"] + est["activations"]
     avail = available_bytes() if available is None else available
     room = f"this machine has {human(avail)} available" if avail is not None else "available memory is unknown"
-    if calib > MAX_SAMPLES:
-        raise UsageError(f"--calib-samples {calib} at {shape_s}: edgekit takes at most {MAX_SAMPLES} samples ({room})",
-                         hint="use --calib-samples 256 to 1024: the ranges settle long before that")
+    if calib_what and calib > MAX_SAMPLES:
+        raise UsageError(f"{calib_what} {calib} at {shape_s}: edgekit takes at most {MAX_SAMPLES} samples ({room})",
+                         hint=f"use {calib_what} 256 to 1024: the ranges settle long before that")
     if what and samples > MAX_SAMPLES:
         raise UsageError(f"{what} {samples} at {shape_s} needs ~{human(est['feeds'])} of feeds; edgekit takes at "
                          f"most {MAX_SAMPLES} samples ({room})", hint=f"use {what} 200 or so: parity statistics "
