@@ -77,9 +77,12 @@ def _main_thread() -> bool:
 
 
 @contextlib.contextmanager
-def handled() -> Iterator[None]:
+def handled(then_ignore: bool = False) -> Iterator[None]:
     """Install the SIGINT/SIGTERM handlers for the duration (main thread only), then restore
-    the previous ones. A signal the parent set to be ignored stays ignored."""
+    the previous ones. A signal the parent set to be ignored stays ignored. ``then_ignore``
+    (the program, on its way out once the command is over): afterwards the signals are only
+    recorded, as :func:`ignore_late` does, with no moment in between where the interpreter's
+    default handler is back (a Ctrl-C landing there killed a finished export with a traceback)."""
     if not _main_thread():
         yield
         return
@@ -89,6 +92,9 @@ def handled() -> Iterator[None]:
     try:
         yield
     finally:
+        if then_ignore:
+            ignore_late()
+            previous = {}
         for t in _redeliveries:
             t.cancel()
         _redeliveries.clear()

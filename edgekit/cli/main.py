@@ -44,13 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     before = os.environ.get("EDGEKIT_DEBUG")
     if debug:
         os.environ["EDGEKIT_DEBUG"] = "1"  # lets stages replay the output they capture
+    code = None
     try:
-        with signals.handled():
+        with signals.handled(then_ignore=as_program):
             code = _run(argv, debug)
             if signals.received() is not None and code not in (130, 143):
                 # a library swallowed the interrupt and the command ran to its end
                 print("interrupted: the command had finished; its output is complete", file=sys.stderr)
                 code = signals.exit_code(signals.received())
+    except KeyboardInterrupt:
+        if code is None or not as_program:
+            raise
+        # the signal came in the few instructions between the command's end and the switch to
+        # recording only: the command is over, and its exit code stands
     finally:  # one in-process call's --debug must not leak into the next (tests, API callers)
         if before is None:
             os.environ.pop("EDGEKIT_DEBUG", None)
@@ -58,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["EDGEKIT_DEBUG"] = before
     if as_program:
         # The command is over, whatever its code. A signal from here on must not turn that
-        # into a kill (-2 from CPython's finalization, after its handlers are gone), and the
-        # interpreter's own finish (module teardown: about 1 s with torch and the runtimes
-        # loaded) does nothing the artifact needs: exit handlers, flush, exit.
-        signals.ignore_late()
+        # into a kill (-2 from CPython's finalization, after its handlers are gone): handled()
+        # left SIGINT/SIGTERM recorded only (then_ignore). The interpreter's own finish (module
+        # teardown: about 1 s with torch and the runtimes loaded) does nothing the artifact
+        # needs: exit handlers, flush, exit.
         _exit_now(code)
     return code
 
