@@ -37,7 +37,9 @@ over a copy of the graph (:data:`PASSES`; each pass's count goes into the manife
 * a squeeze-excite gate is expanded to its input's size before the multiply, so ONNX
   Runtime runs that QLinearMul on all threads, not as a one-thread broadcast
   (:mod:`exporters.onnx.ort_gates`);
-* layers the INT8 gate kept in float stay float.
+* layers the INT8 gate kept in float stay float, and a weighted layer ONNX Runtime runs in float
+  (it does not fuse it into an integer kernel) reads its dequantized weight as a float constant,
+  so that ONNX Runtime's NCHWc kernels take it (:mod:`exporters.onnx.ort_float`).
 
 References: ONNX Runtime "Quantize ONNX models" (QDQ format, U8S8 on x86):
 https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
@@ -55,6 +57,7 @@ from edgekit.feeds import take
 from calibration import graph as g
 from .ort_activations import integer_activations, swish_points
 from .ort_channels import pad_depthwise_channels, pad_input_channels, pools_as_depthwise
+from .ort_float import fold_float_weights
 from .ort_gates import full_size_gates
 from .ort_movement import (chain, concat_points, downstream_scale, fold_shuffles, pool_points,
                            read_dequantized, shuffle_to_gather)
@@ -326,4 +329,5 @@ PASSES: tuple[Pass, ...] = (
     Pass("depthwise_channel_sets_padded", lambda m, src, ix: pad_depthwise_channels(m, ix)),
     Pass("input_channels_padded", lambda m, src, ix: pad_input_channels(m, ix)),
     Pass("gates_full_size", lambda m, src, ix: full_size_gates(m, ix)),            # ort_gates: reads the padded shapes
+    Pass("float_layers_constant_weights", lambda m, src, ix: fold_float_weights(m, ix)),   # ort_float: last
 )
