@@ -85,3 +85,33 @@ def test_choose_times_both_forms_and_skips_a_calibration_whose_gate_failed(tiny,
     passing = replace(cals[1], meta={**cals[1].meta, "gate": {"passed": True}})
     k, rec = choose([failed, passing], src, feeds, req, log=lambda m: None)
     assert k == 1 and rec["chosen"] == "full" and not rec["candidates"][0]["gate_passed"]
+    # a gate that passed on the shared graph but that the calibration's `ort` form (what the export
+    # delivers) misses: not eligible, whatever its speed; its manifest entry says so
+    from edgekit.compare import Tolerance
+
+    strict = replace(cals[0], meta={**cals[0].meta, "gate": {"passed": True, "tolerance": Tolerance(sqnr_db=200).to_dict()}})
+    loose = replace(cals[1], meta={**cals[1].meta, "gate": {"passed": True, "tolerance": Tolerance(sqnr_db=5).to_dict()}})
+    k, rec = choose([strict, loose], src, feeds, req, log=lambda m: None)
+    first, second = rec["candidates"]
+    assert k == 1 and not first["ort_form_passed"] and second["ort_form_passed"]
+    assert first["ort_form"]["sqnr_db"] < 199.5 < 200 and "its ort form fails the gate" in rec["reason"]
+    # when no form meets it, the gate-passing calibrations are weighed as before (the verdict then says why)
+    k, rec = choose([strict, strict], src, feeds, req, log=lambda m: None)
+    assert k in (0, 1) and not any(c["ort_form_passed"] for c in rec["candidates"])
+
+
+def test_where_int8_beats_fp32_the_fewest_float_layers_win():
+    """The decision alone (latency as a share of FP32's, float layers), measured figures of 2026-12-07."""
+    from exporters.onnx.weights_choice import pick
+
+    # Lite1: both beat FP32, full has 2 float layers against paired's 7: full, though 10 % slower
+    assert pick([0, 1], {0: 0.80, 1: 0.89}, {0: 7, 1: 2}, 0.03) == (1, True)
+    # Lite2: full only matches FP32, so speed decides: paired
+    assert pick([0, 1], {0: 0.85, 1: 1.00}, {0: 9, 1: 3}, 0.03) == (0, False)
+    # Lite0: same float layers: the faster
+    assert pick([0, 1], {0: 0.84, 1: 0.96}, {0: 5, 1: 5}, 0.03) == (0, False)
+    # neither beats FP32: the faster; within the tie, the first
+    assert pick([0, 1], {0: 1.10, 1: 1.04}, {0: 17, 1: 11}, 0.03) == (1, False)
+    assert pick([0, 1], {0: 1.05, 1: 1.04}, {0: 17, 1: 11}, 0.03) == (0, False)
+    # one eligible calibration: it
+    assert pick([1], {1: 0.5}, {0: 0, 1: 3}, 0.03) == (1, False)
