@@ -39,7 +39,8 @@ def fold_float_weights(model, ix: g.GraphIndex | None = None) -> int:
         if n.op_type not in g.WEIGHTED_OPS or len(n.input) < 2 or _integer_kernel(n, prod, cons):
             continue
         dq = prod.get(n.input[1])
-        if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input if i):
+        if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input if i) \
+                or g.attr(dq, "block_size", 0):   # blocked scales (opset 21): not what calibration writes
             continue
         if n.input[1] not in made:
             made[n.input[1]] = name = f"{g.safe_name(n.input[1])}_float"
