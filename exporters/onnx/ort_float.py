@@ -24,7 +24,15 @@ import numpy as np
 
 from calibration import graph as g
 
-FUSABLE_ACTIVATIONS = ("Relu", "Clip")
+FUSABLE_ACTIVATIONS = ("Relu", "Clip")   # ONNX Runtime folds them into the Q that follows
+
+
+def lone_activation(t: str, cons):
+    """The ReLU/Clip that is the only reader of ``t``, or None: ONNX Runtime folds it into a Q after
+    it, so a convolution making ``t`` fuses with that Q (exporters.onnx.ort_form places its pairs
+    there)."""
+    users = cons.get(t, [])
+    return users[0] if len(users) == 1 and users[0].op_type in FUSABLE_ACTIVATIONS else None
 
 
 def fold_float_weights(model, ix: g.GraphIndex | None = None) -> int:
@@ -71,8 +79,5 @@ def _integer_kernel(n, prod, cons) -> bool:
     if n.op_type != "Conv":
         return True  # Gemm → QGemm, MatMul → MatMulIntegerToFloat: a float output is fine
     out = n.output[0]
-    if g.quantized_by_all_users(out, cons):
-        return True
-    users = cons.get(out, [])
-    return len(users) == 1 and users[0].op_type in FUSABLE_ACTIVATIONS and \
-        g.quantized_by_all_users(users[0].output[0], cons)
+    act = lone_activation(out, cons)
+    return g.quantized_by_all_users(out, cons) or (act is not None and g.quantized_by_all_users(act.output[0], cons))

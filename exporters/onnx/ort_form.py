@@ -57,13 +57,12 @@ from edgekit.feeds import take
 from calibration import graph as g
 from .ort_activations import integer_activations, swish_points
 from .ort_channels import pad_depthwise_channels, pad_input_channels, pools_as_depthwise
-from .ort_float import fold_float_weights
+from .ort_float import fold_float_weights, lone_activation
 from .ort_gates import full_size_gates
 from .ort_movement import (chain, concat_points, downstream_scale, fold_shuffles, pool_points,
                            read_dequantized, shuffle_to_gather)
 
 U8_MAX = 255
-FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 
 
 @dataclass(frozen=True)
@@ -272,9 +271,9 @@ def _output_point(t: str, cons) -> str | None:
     convolution into QLinearConv); None when it already ends in a Q."""
     if g.quantized_by_all_users(t, cons):
         return None
-    users = cons.get(t, [])
-    if len(users) == 1 and users[0].op_type in FUSABLE_ACTIVATIONS:
-        after = users[0].output[0]
+    act = lone_activation(t, cons)
+    if act is not None:
+        after = act.output[0]
         if g.quantized_by_all_users(after, cons) or _feeds_float_layer(after, cons):
             return None
         return after
