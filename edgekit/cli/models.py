@@ -33,11 +33,25 @@ def count_macs(model, shape) -> int:
 
     hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.inference_mode():
-        model(torch.zeros(shape, device=next((p.device for p in model.parameters()), None)))
-    for h in hooks:
-        h.remove()
+    # a BatchNorm keeps its input's shape and adds no MACs: skipping its arithmetic (a decomposition,
+    # on ``meta`` tensors) takes the zoo's count from 16 s to 9 s on 2 cores (2026-12-07)
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and "forward" not in vars(m)]
+    for m in norms:
+        m.forward = _identity
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(shape, device=next((p.device for p in model.parameters()), None)))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in norms:
+            del m.forward      # the class's own forward again
     return total
+
+
+def _identity(x):
+    return x
 
 
 def params_text(spec) -> str:

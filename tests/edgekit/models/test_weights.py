@@ -66,6 +66,18 @@ class _Server:
         self.httpd.server_close()
 
 
+def _source(name: str, **kwargs) -> torch.nn.Module:
+    """A checkpoint's source network: the zoo's builder, seeded, in eval mode, without the BatchNorm
+    statistics that create_model estimates on the bundled photos (1-3 s for GoogLeNet, Inception-v3 or
+    DenseNet-121). A checkpoint only needs the zoo's keys and shapes; the loaded model is create_model's."""
+    from edgekit.models.build import seed_for
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(name))
+        return get_spec(name).builder(**kwargs).eval()
+
+
+
 def _checkpoint_bytes(model: torch.nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
@@ -219,7 +231,7 @@ def test_legacy_densenet_key_names_load(tmp_path, counter):
     unexpected keys). Both load, bit for bit."""
     import re
 
-    source = create_model("densenet121")
+    source = _source("densenet121")
     with torch.no_grad():   # weights unlike the deterministic init, so a silent non-load shows
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -309,7 +321,7 @@ def test_checkpoint_without_auxiliary_heads_loads(tmp_path, name, heads):
     """torchvision's state_dict() of GoogLeNet / Inception-v3 built with aux_logits=False (the
     default with its published weights, and what a fine-tuned copy saves) has no aux keys; the
     heads run only in training mode, so the checkpoint must load and give the same logits."""
-    source = create_model(name)
+    source = _source(name)
     with torch.no_grad():   # weights unlike the deterministic init, so a silent non-load shows
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -326,7 +338,7 @@ def test_checkpoint_without_auxiliary_heads_loads(tmp_path, name, heads):
 
 
 def test_checkpoint_missing_part_of_an_auxiliary_head_is_refused(tmp_path):
-    source = create_model("googlenet")
+    source = _source("googlenet")
     sd = {k: v for k, v in source.state_dict().items() if not k.startswith("aux1.fc")}
     path = tmp_path / "partial.pt"
     torch.save(sd, path)
@@ -379,7 +391,7 @@ def test_safetensors_file_without_the_package_names_the_install(tmp_path, monkey
 def test_checkpoint_fine_tuned_on_its_own_classes_builds_that_head(tmp_path, name, classes):
     """The most common checkpoint a user brings: the zoo network fine-tuned on their classes.
     Every head (GoogLeNet's auxiliary ones too) has the checkpoint's class count."""
-    source = create_model(name, num_classes=classes)
+    source = _source(name, num_classes=classes)
     with torch.no_grad():
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.01)
@@ -396,7 +408,7 @@ def test_checkpoint_fine_tuned_on_its_own_classes_builds_that_head(tmp_path, nam
 
 
 def test_head_size_is_not_guessed_past_an_explicit_count_or_another_misfit(tmp_path):
-    source = create_model("mobilenet_v2", num_classes=10)
+    source = _source("mobilenet_v2", num_classes=10)
     path = tmp_path / "ten.pt"
     torch.save(source.state_dict(), path)
     with pytest.raises(WeightsError, match="its classifier has 10 classes, the model 5"):
@@ -413,7 +425,7 @@ def test_the_published_file_passed_as_weights_gets_its_own_preprocessing(tmp_pat
     """``--weights mobilenet_v2-7ebf99e0.pth`` is the file ``--pretrained`` downloads: recognised by
     its sha256 it gets the same treatment (resize 232 for torchvision's V2 recipe; GoogLeNet's
     TensorFlow-ported weights re-normalise their input). Any other file keeps the spec's."""
-    source = create_model(name)
+    source = _source(name)
     path = tmp_path / f"{name}.pth"
     torch.save(source.state_dict(), path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -441,12 +453,12 @@ def test_an_unrecognised_googlenet_checkpoint_says_transform_input_is_off(tmp_pa
     from edgekit.console import Console
 
     path = tmp_path / "finetuned.pth"
-    torch.save(create_model("googlenet").state_dict(), path)
+    torch.save(_source("googlenet").state_dict(), path)
     err = io.StringIO()
     build(get_spec("googlenet"), weights=path, console=Console(err=err))
     assert "googlenet: transform_input is off for this checkpoint" in err.getvalue()
     err = io.StringIO()
     path = tmp_path / "resnet18.pth"
-    torch.save(create_model("resnet18").state_dict(), path)
+    torch.save(_source("resnet18").state_dict(), path)
     build(get_spec("resnet18"), weights=path, console=Console(err=err))
     assert "transform_input" not in err.getvalue()

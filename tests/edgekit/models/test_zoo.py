@@ -112,6 +112,22 @@ def test_macs_are_torchvision_published_figures(name):
     assert round(macs / 1e6) == TORCHVISION_MACS[name]
 
 
+def test_counting_macs_leaves_the_model_as_it_was(photos):
+    """count_macs skips BatchNorm arithmetic while it counts; the model computes as before after it."""
+    from edgekit.cli.models import count_macs
+
+    spec = get_spec("mobilenet_v3_small")
+    model = create_model("mobilenet_v3_small")
+    x = torch.from_numpy(_inputs(spec, photos))
+    with torch.inference_mode():
+        before = model(x)
+    assert round(count_macs(model, spec.input.shape) / 1e6) == 57   # torchvision: "_ops": 0.057 (GFLOPS)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any("forward" in vars(m) for m in norms)
+    with torch.inference_mode():
+        assert torch.equal(model(x), before)
+
+
 def test_same_name_same_weights():
     a, b = create_model("shufflenet_v2_x0_5"), create_model("shufflenet_v2_x0_5")
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
