@@ -406,8 +406,8 @@ def test_fine_tuned_head_on_the_bundled_photos_reports_top1_without_judging_it(t
         assert choice is None
     np.save(tmp_path / "own.npy", np.random.default_rng(0).normal(size=(24, 1, 32, 32)).astype(np.float32))
     out2 = tmp_path / "own"
-    proc = run_edgekit("export", "lenet5", "--weights", str(ckpt), "--int8", "--no-bench", "--calib",
-                       str(tmp_path / "own.npy"), "--out", str(out2))
+    proc = run_edgekit("export", "lenet5", "--weights", str(ckpt), "--int8", "--no-bench", "--samples", "16",
+                       "--calib", str(tmp_path / "own.npy"), "--out", str(out2))
     qdq = next(p for p in json.loads((out2 / "artifact.json").read_text())["parity"] if p["stage"] == "qdq")
     assert qdq["tolerance"].get("top1") and "not assessed" not in qdq["quantization"], proc.stdout + proc.stderr
 
