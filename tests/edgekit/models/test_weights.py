@@ -77,7 +77,6 @@ def _source(name: str, **kwargs) -> torch.nn.Module:
         return get_spec(name).builder(**kwargs).eval()
 
 
-
 def _checkpoint_bytes(model: torch.nn.Module) -> bytes:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
