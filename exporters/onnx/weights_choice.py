@@ -103,15 +103,17 @@ def choose(cals: list[Artifact], fp32: Artifact, feeds, request, log: Callable[[
             forms[f"c{i}"] = scratch / f"c{i}.onnx"
             build_ort_int8(cal.path, forms[f"c{i}"], feeds.calib)
             prune(forms[f"c{i}"])
-        ref = run_outputs(fp32.path, feeds.heldout)
-        forms_ok = {i: form_meets_gate(c, forms[f"c{i}"], feeds.heldout, ref) for i, c in enumerate(cals)}
+        # a calibration whose gate failed is never weighed by its form (below): not scored (None)
+        passed = [i for i, c in enumerate(cals) if (c.meta.get("gate") or {}).get("passed")]
+        ref = run_outputs(fp32.path, feeds.heldout) if passed else None
+        forms_ok = {i: form_meets_gate(c, forms[f"c{i}"], feeds.heldout, ref) if i in passed else (None, None)
+                    for i, c in enumerate(cals)}
         times = time_against_fp32(fp32, forms, next(iter(feeds.heldout)), request.threads,
                                   request_guard_seconds(request))
         configs = {k: ort_options.session_config(p) for k, p in forms.items()}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     ratio = {k: paired_ratio(times, k, "fp32")["ratio"] for k in forms}
-    passed = [i for i, c in enumerate(cals) if (c.meta.get("gate") or {}).get("passed")]
     # a calibration whose gate passed only narrowly can lose it in its `ort` form, which is what the
     # export delivers (torchvision's MobileNetV2 paired, 2026-12-07: 95.5 % shared, 93.0 % `ort`)
     eligible = [i for i in passed if forms_ok[i][0]] or passed or [0]
