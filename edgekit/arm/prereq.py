@@ -56,7 +56,7 @@ def binfmt_entry(host: Host) -> dict[str, str] | None:
 
 
 def missing(host: Host | None = None, *, building: bool) -> list[Missing]:
-    """Everything absent, in the order a user would fix it. ``building``: also needs debootstrap,
+    """Everything absent, in the order a user would fix it. ``building``: also needs debootstrap and dpkg-deb,
     and a missing binfmt handler is not a problem (setup registers it)."""
     host = host or Host.current()
     out: list[Missing] = []
@@ -70,6 +70,8 @@ def missing(host: Host | None = None, *, building: bool) -> list[Missing]:
         out.append(Missing(f"{QEMU} not found", "apt-get install qemu-user-static"))
     if building and host.which("debootstrap") is None:
         out.append(Missing("debootstrap not found", "apt-get install debootstrap"))
+    if building and host.which("dpkg-deb") is None:   # unpacks the included packages (rootfs.py)
+        out.append(Missing("dpkg-deb not found", "apt-get install dpkg"))
     if (host.binfmt_dir / "register").exists():
         entry = binfmt_entry(host)
         if entry is None and not building:

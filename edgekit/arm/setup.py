@@ -6,6 +6,7 @@ Layout of the cache folder (``$EDGEKIT_ARM_CACHE`` or ``~/.cache/edgekit/arm``):
     bookworm-arm64/root/     the Debian arm64 userland, with /opt/edgekit/venv
     bookworm-arm64/stamp.json  release, arch, the pinned runtime versions
 
+How the userland is built without emulating its installation: edgekit/arm/rootfs.py.
 A first build goes to ``.bookworm-arm64.tmp-PID`` and is renamed into place when complete;
 adding a runtime or following a host upgrade rebuilds only the venv, also beside the old one
 and swapped in by rename. A second run with the same pins reads the stamp and returns.
@@ -15,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
-import subprocess
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,17 +25,15 @@ from typing import Callable
 from ..errors import EdgekitError, UsageError
 from . import DEBIAN_ARCH, DEFAULT_RELEASE
 from . import chroot as ch
+from . import rootfs
 from .prereq import Host, register_binfmt, require
 
-MIRROR = "http://deb.debian.org/debian"
-INCLUDE = "python3,python3-venv,python3-pip,ca-certificates"
 # runtime -> the PyPI distributions pinned to the host's versions (numpy is always pinned).
 # ExecuTorch is not here: see UNSUPPORTED in .job.
 RUNTIMES: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime",),
     "ncnn": ("ncnn",),
 }
-CA_IN_ROOT = "etc/ssl/certs/ca-certificates.crt"
 
 
 def cache_base() -> Path:
@@ -98,15 +95,6 @@ def host_pins(runtimes: list[str]) -> dict[str, str]:
     return pins
 
 
-def host_ca_bundle() -> Path | None:
-    paths = ssl.get_default_verify_paths()
-    for p in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"), paths.cafile, paths.openssl_cafile,
-              "/etc/ssl/certs/ca-certificates.crt"):
-        if p and Path(p).is_file():
-            return Path(p)
-    return None
-
-
 def setup(runtimes: list[str], *, release: str = DEFAULT_RELEASE, arch: str = "aarch64",
           host: Host | None = None, log: Callable[[str], None] = print, step=None) -> Userland:
     """Build or update the userland; returns it. ``step`` is a Console.step-like context manager."""
@@ -158,12 +146,11 @@ def _full_build(land: Userland, pins: dict[str, str], release: str, step, logfil
         root.parent.mkdir(parents=True)
         debs = cache_base() / "debs"
         debs.mkdir(exist_ok=True)
-        with step(f"debootstrap {release} arm64 (minbase + python3) — a few minutes the first time") as d:
-            _host_cmd(["debootstrap", f"--arch={DEBIAN_ARCH[land.arch]}", "--variant=minbase", f"--include={INCLUDE}",
-                       f"--cache-dir={debs}", release, str(root), MIRROR], logfile)
-            d["summary"] = f"{_du_mb(root)} MB"
-        _copy_host_files(root, log)
-        _build_venv(root, ch.VENV, pins, step, logfile)
+        with step(f"debootstrap --foreign {release} arm64 (minbase + python3, unpacked on the host)") as d:
+            rootfs.debootstrap_foreign(root, release, DEBIAN_ARCH[land.arch], debs, logfile)
+            n = rootfs.unpack_included(root, logfile)
+            d["summary"] = f"{_du_mb(root)} MB, {n} packages unpacked beside the required ones"
+        _build_venv(root, ch.VENV, pins, step, logfile, arch=land.arch, stdlib=True)
         _write_stamp(tmp, land, pins, root)
         ch.remove_tree(land.folder)
         os.rename(tmp, land.folder)
@@ -178,7 +165,7 @@ def _rebuild_venv(land: Userland, pins: dict[str, str], step, logfile: Path) -> 
     shutil.rmtree(land.root / new.lstrip("/"), ignore_errors=True)
     shutil.rmtree(land.root / old.lstrip("/"), ignore_errors=True)
     try:
-        _build_venv(land.root, new, pins, step, logfile)
+        _build_venv(land.root, new, pins, step, logfile, arch=land.arch, final=ch.VENV)
     except BaseException:
         shutil.rmtree(land.root / new.lstrip("/"), ignore_errors=True)
         raise
@@ -190,56 +177,31 @@ def _rebuild_venv(land: Userland, pins: dict[str, str], step, logfile: Path) -> 
     _write_stamp(land.folder, land, pins, land.root)
 
 
-def _copy_host_files(root: Path, log) -> None:
-    ca = host_ca_bundle()
-    if ca is not None:
-        _copy_in(ca, root / CA_IN_ROOT)
-        log(f"  copied the host CA bundle {ca} into the userland")
-    if Path("/etc/resolv.conf").is_file():
-        _copy_in(Path("/etc/resolv.conf"), root / "etc/resolv.conf")
-
-
-def _copy_in(src: Path, dest: Path) -> None:
-    """Copy a host file into the userland; a symlink at ``dest`` is replaced, never followed (an
-    absolute link there points into the host)."""
-    if dest.is_symlink():
-        dest.unlink()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
-
-
-def _build_venv(root: Path, venv: str, pins: dict[str, str], step, logfile: Path) -> None:
-    env = {"PIP_CERT": f"/{CA_IN_ROOT}", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_CACHE_DIR": "1"}
-    with step(f"venv {venv} + pip install {_pins_text(pins)} (under emulation)") as d:
-        ch.run(root, ["/usr/bin/python3", "-m", "venv", venv], log=logfile)
-        ch.run(root, [f"{venv}/bin/python", "-m", "pip", "install", "--only-binary=:all:",
-                      *[f"{k}=={v}" for k, v in sorted(pins.items())]], env=env, log=logfile)
-        d["summary"] = f"{_du_mb(root / venv.lstrip('/'))} MB"
+def _build_venv(root: Path, venv: str, pins: dict[str, str], step, logfile: Path, *, arch: str,
+                final: str | None = None, stdlib: bool = False) -> None:
+    """The venv at ``venv`` (userland path; ``final``: where it will live), filled by the host's pip
+    (edgekit/arm/rootfs.py); ``stdlib``: byte-compile the userland's standard library too."""
+    python = rootfs.python_version(root)
+    if python is None:
+        raise EdgekitError(f"no python3 in the userland at {root}", hint="remove it and rerun 'edgekit arm setup'")
+    with step(f"venv {final or venv} + {_pins_text(pins)} (aarch64 wheels, the host's pip)") as d:
+        site = rootfs.make_venv(root, venv, python)
+        rootfs.host_pip_install(site, pins, rootfs.platform_tags(root, arch), python, logfile)
+        site_in = "/" + str(site.relative_to(root))
+        dirs, as_dirs = [site_in], [site_in.replace(venv, final or venv, 1)]
+        if stdlib:
+            dirs.append(f"/usr/lib/python{python}")
+            as_dirs.append(dirs[-1])
+        who = rootfs.byte_compile(root, dirs, python, logfile, as_dirs)
+        d["summary"] = f"{_du_mb(root / venv.lstrip('/'))} MB, byte-compiled by {who}"
 
 
 def _write_stamp(folder: Path, land: Userland, pins: dict[str, str], root: Path) -> None:
     data = {"schema": "edgekit.arm/1", "release": land.release, "arch": land.arch, "pins": pins,
-            "python": _python_version(root), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "python": rootfs.python_version(root) or "?", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     tmp = folder / "stamp.json.tmp"
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, folder / "stamp.json")
-
-
-def _python_version(root: Path) -> str:
-    for p in sorted((root / "usr/bin").glob("python3.*")):
-        if p.name[len("python3."):].isdigit():
-            return p.name[len("python"):]
-    return "?"
-
-
-def _host_cmd(argv: list[str], logfile: Path) -> None:
-    with open(logfile, "ab") as fh:
-        fh.write(f"$ {' '.join(argv)}\n".encode())
-        fh.flush()
-        proc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise EdgekitError(f"{argv[0]} exited with {proc.returncode}: {ch._tail(logfile)[:300]}",
-                           hint=f"see {logfile}; a proxy or mirror problem? the mirror is {MIRROR}")
 
 
 def _du_mb(path: Path) -> int:

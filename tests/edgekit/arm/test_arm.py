@@ -13,7 +13,8 @@ from edgekit.arm import prereq
 from edgekit.arm.prereq import Host
 from edgekit.errors import UnavailableError
 
-ALL_TOOLS = {"qemu-aarch64-static": "/usr/bin/qemu-aarch64-static", "debootstrap": "/usr/sbin/debootstrap"}
+ALL_TOOLS = {"qemu-aarch64-static": "/usr/bin/qemu-aarch64-static", "debootstrap": "/usr/sbin/debootstrap",
+             "dpkg-deb": "/usr/bin/dpkg-deb"}
 
 
 def _binfmt(tmp_path: Path, flags: str | None = "PF") -> Path:
@@ -47,7 +48,7 @@ def test_every_missing_piece_is_listed(tmp_path):
     msg = err.value.message
     assert err.value.exit_code == 2 and "\n" not in msg
     for piece in ("not root", "binfmt_misc is not mounted", "qemu-aarch64-static not found",
-                  "debootstrap not found"):
+                  "debootstrap not found", "dpkg-deb not found"):
         assert piece in msg
     assert "mount -t binfmt_misc" in err.value.hint and "apt-get install" in err.value.hint
 
