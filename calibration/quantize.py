@@ -36,6 +36,7 @@ from . import gate as gate_mod
 from . import graph as g
 from . import equalize as eq
 from . import bounds, methods, qdq, ranges, spares
+from . import headroom as headroom_mod
 from .cache import CalibrationCache, make_key
 from .weights import calibrate_weights
 from .sensitivity import rank_layers
@@ -44,6 +45,7 @@ from .stats import collect
 Feeds = Iterable[dict[str, np.ndarray]]
 # 3: accumulator-grid biases, SQNR target; 4/5: uint8 activations, their list; 6: uint8 from a proven floor; 7: exact ORT kernels (edgekit/ort_options.py)
 CACHE_VERSION = 7
+RESULT_VERSION = 9  # calibrated graphs; 9: the classifier input's headroom (headroom.py)
 DEFAULT_METHOD = "auto"
 
 
@@ -125,7 +127,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     calib_fp, held_fp = feeds_fingerprint(calib), feeds_fingerprint(heldout)
     cache = CalibrationCache(options.cache_dir)
     src_sha = src.sha256 or src.path.name
-    key = make_key("int8", CACHE_VERSION, src_sha, calib_fp, held_fp, options.key())
+    key = make_key("int8", CACHE_VERSION, RESULT_VERSION, src_sha, calib_fp, held_fp, options.key())
     if options.use_cache:
         hit = cache.lookup(key)
         if hit is not None:
@@ -189,6 +191,7 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     for t in extra:  # read by an Add only: no consumer layer to score candidates at, the MSE threshold
         picked.setdefault(t, methods.threshold(stats[t], "mse" if options.method == "auto" else options.method,
                                                options.percentile))
+    headroom = headroom_mod.widen(model, targets, picked, calib) if options.method == "auto" else {}
     unsigned, floors = unsigned - signed, {t: f for t, f in floors.items() if t not in signed}
     act_scales = {t: methods.scale_for(th, t in unsigned, floors.get(t, 0.0)) for t, th in picked.items()}
     plan = qdq.QdqPlan(targets, act_scales, residual=options.residual, unsigned=unsigned, floors=floors, add_inputs=set(extra),
@@ -287,6 +290,8 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
         for c in range_choices.values():
             counts[c] = counts.get(c, 0) + 1
         meta["range_selection"] = {"counts": counts, "per_tensor": dict(sorted(range_choices.items()))}
+    if headroom:
+        meta["classifier_headroom"] = headroom
     timings["total"] = time.perf_counter() - t_start
     meta["seconds"] = {k: round(v, 2) for k, v in timings.items()}
     meta["cache"] = {"hit": False, "key": key, "dir": str(cache.root / "result" / key) if options.use_cache else None}
