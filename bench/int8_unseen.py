@@ -21,18 +21,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.int8_common import CONFIDENT  # noqa: E402
+from bench.int8_common import scores  # noqa: E402
 
 
 def load_input(art: Path):
     from edgekit.specs import InputSpec, Preprocess
 
     m = json.loads((art / "artifact.json").read_text())
-    pre = m["model"]["preprocess"]
-    pre = Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])})
     stage = next(s for s in m["stages"] if s["stage"] == "simplified")
-    inp = InputSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in stage["inputs"][0].items()})
-    return pre, inp
+    return Preprocess.from_dict(m["model"]["preprocess"]), InputSpec.from_dict(stage["inputs"][0])
 
 
 def logits(path: Path, feeds) -> np.ndarray:
@@ -49,20 +46,14 @@ def score_folder(art: Path, photos: Path, per_photo: int = 25) -> dict:
     feeds = list(ImageFeeds(crops(sorted(photos.iterdir()), per_photo, seed=11), pre, inp, str(photos)))
     sim = next(art.glob("*.sim.onnx"))
     ref = logits(sim, feeds)
-    e = np.exp(ref - ref.max(1, keepdims=True))
-    p = np.sort(e / e.sum(1, keepdims=True), 1)
-    conf = (p[:, -1] - p[:, -2]) >= CONFIDENT
     yard = yardstick(sim, feeds, inp, pre)["top1"]
-    row = {"photos": str(photos), "crops": len(feeds), "yardstick_top1": round(yard, 4),
-           "confident": int(conf.sum()), "graphs": {}}
+    row = {"photos": str(photos), "crops": len(feeds), "yardstick_top1": round(yard, 4), "graphs": {}}
     for f in sorted(art.glob("*.int8.onnx")):
-        out = logits(f, feeds)
-        agree = out.argmax(1) == ref.argmax(1)
-        sqnr = float(10 * np.log10((ref ** 2).sum() / ((out - ref) ** 2).sum()))
-        top1, ctop1 = float(agree.mean()), float(agree[conf].mean()) if conf.any() else None
-        row["graphs"][f.name] = {"top1": round(top1, 4), "confident_top1": ctop1, "sqnr_db": round(sqnr, 2),
-                                 "meets": bool(top1 >= yard - 0.01 - 1e-9 and (ctop1 is None or ctop1 >= 0.99)
-                                               and sqnr >= 25.0)}
+        s = scores(ref, logits(f, feeds))
+        row["confident"] = s["confident_samples"]
+        s["meets"] = bool(s["top1"] >= yard - 0.01 - 1e-9 and s["sqnr_db"] is not None and s["sqnr_db"] >= 25.0
+                          and (s["confident_top1"] is None or s["confident_top1"] >= 0.99))
+        row["graphs"][f.name] = s
     return row
 
 
@@ -75,7 +66,7 @@ def main(argv=None) -> int:
     rows = [score_folder(args.artifact, d) for d in args.photos]
     for r in rows:
         print(f"{r['photos']}: {r['crops']} crops, yardstick {r['yardstick_top1']:.3f} (bar "
-              f"{r['yardstick_top1'] - 0.01:.3f}), {r['confident']} confident")
+              f"{r['yardstick_top1'] - 0.01:.3f}), {r.get('confident', 0)} confident")
         for name, g in r["graphs"].items():
             print(f"  {name:40s} top-1 {g['top1']:.3f}  confident {g['confident_top1']}  SQNR {g['sqnr_db']:5.2f} dB"
                   f"  {'meets' if g['meets'] else 'MISSES'}")

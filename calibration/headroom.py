@@ -24,8 +24,11 @@ import math
 
 import numpy as np
 
+from edgekit.feeds import take
+
 from . import graph as g
 from .bounds import PASS
+from .ranges import activations, clip_bound
 
 TAIL_SD = 4.0
 MIN_SAMPLES = 16      # fewer crops do not estimate a spread
@@ -53,16 +56,9 @@ def proven_max(model, tensor: str) -> float | None:
     """An upper bound the graph proves: a ``Clip`` upstream through ops that keep their input's
     range (pooling, reshapes), or None."""
     prod = g.producers(model)
-    inits = g.initializers(model)
-    node = prod.get(tensor)
-    while node is not None and node.op_type in PASS:
-        node = prod.get(node.input[0])
-    if node is None or node.op_type != "Clip":
-        return None
-    hi = g.attr(node, "max", None)
-    if len(node.input) > 2 and node.input[2] in inits:
-        hi = float(g.to_array(inits[node.input[2]]))
-    return None if hi is None else float(hi)
+    while tensor in prod and prod[tensor].op_type in PASS:
+        tensor = prod[tensor].input[0]
+    return clip_bound(model, tensor)
 
 
 def tail_bound(peaks: np.ndarray) -> float | None:
@@ -78,10 +74,6 @@ def tail_bound(peaks: np.ndarray) -> float | None:
 def widen(model, targets, picked: dict[str, float], feeds) -> dict[str, dict]:
     """Raise the threshold in ``picked`` of each classifier input the graph does not bound to its tail
     bound; returns what was done per tensor, for the manifest."""
-    from edgekit.feeds import take
-
-    from .ranges import activations
-
     tensors = [t for t in classifier_inputs(model, targets) if t in picked and proven_max(model, t) is None]
     if not tensors:
         return {}
