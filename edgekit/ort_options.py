@@ -5,8 +5,8 @@ INT8 ONNX artifact needs.
 VNNI: Intel before Cascade Lake / Ice Lake, AMD before Zen 4) ONNX Runtime's fast u8×s8 integer
 kernels add pairs of products in saturating 16-bit lanes (``vpmaddubsw``): 255 · 127 · 2 does
 not fit, and the result is wrong, not slightly off. This key makes ONNX Runtime convert those
-operators to its exact u8×u8 kernels where the weights leave [-64, 63]; where VNNI exists it
-changes nothing. Source: ``kOrtSessionOptionsAvx2PrecisionMode`` in ONNX Runtime's
+operators to its exact u8×u8 kernels where the weights leave [-64, 63]; where VNNI exists the
+results are the same without it, and it costs time (below). Source: ``kOrtSessionOptionsAvx2PrecisionMode`` in ONNX Runtime's
 ``include/onnxruntime/core/session/onnxruntime_session_options_config_keys.h`` (and PR #12088,
 "x86/64 U8S8 Gemm Precision Fix").
 
@@ -26,6 +26,11 @@ paired weights (``--ort-int8-weights``), the INT8 forms of MobileNetV3-Large, Ef
 ShuffleNetV2 and pretrained Lite0 computed the same bits with and without the key and ran at
 1.15×, 1.17×, 1.48× and 1.05× FP32 without it (0.89×, 0.96×, 1.43×, 0.87× with it). Such a model's
 sessions leave the key out (:func:`session_config`).
+
+**CPUs with VNNI need no key, and pay for it** (2026-12-08). :func:`session_config` says what a
+deployment on an x86 CPU without VNNI needs (the manifest records it); :func:`apply` sets it only
+where this CPU is one (:func:`needed_here`). On an AMD EPYC with AVX-512 VNNI (Zen 4) the key made
+MobileNetV3-Large's full-weight INT8 form 1.8× slower (5.9 against 3.3 ms) with the same bits.
 """
 from __future__ import annotations
 
@@ -45,11 +50,27 @@ _FLOAT_OPS = {"Conv": "conv", "MatMul": "matmul", "Gemm": "gemm"}   # weight inp
 
 
 def apply(so: Any, model: Any = None) -> Any:
-    """Add the session config ``model`` needs (:func:`session_config`; every key when no model is
-    given) to an ``onnxruntime.SessionOptions``; returns it."""
+    """Add the session config ``model`` needs on this CPU to an ``onnxruntime.SessionOptions``;
+    returns it. On an x86 CPU without VNNI that is :func:`session_config` (every key when no model is
+    given); elsewhere nothing, because there the fast kernels are exact and the key only costs time
+    (:func:`needed_here`)."""
+    if not needed_here():
+        return so
     for key, value in (SESSION_CONFIG if model is None else session_config(model)).items():
         so.add_session_config_entry(key, value)
     return so
+
+
+@lru_cache(maxsize=1)
+def needed_here() -> bool:
+    """Whether this CPU's u8×s8 kernels saturate (x86 without VNNI), so that sessions need the key.
+    With VNNI (``vpdpbusd`` adds into 32 bits) or on ARM they compute the same integers without it,
+    and the key is not free: measured on an AMD EPYC (Zen 4, AVX-512 VNNI, ONNX Runtime 1.32,
+    2026-12-08), MobileNetV3-Large's INT8 form ran 3.3 ms without the key and 5.9 ms with it, with
+    bit-identical outputs (tests/exporters/onnx/test_int8_precision.py checks the bits on such CPUs)."""
+    from edgekit.bench.device import int8_saturates
+
+    return int8_saturates()
 
 
 def session_config(model: Any) -> dict[str, str]:
