@@ -35,7 +35,7 @@ from edgekit.feeds import feeds_fingerprint, feeds_info, take
 from . import gate as gate_mod
 from . import graph as g
 from . import equalize as eq
-from . import bounds, methods, qdq, ranges, spares
+from . import bounds, fallback, methods, qdq, ranges, spares
 from . import headroom as headroom_mod
 from .cache import CalibrationCache, make_key
 from .weights import calibrate_weights
@@ -45,7 +45,7 @@ from .stats import collect
 Feeds = Iterable[dict[str, np.ndarray]]
 # 3: accumulator-grid biases, SQNR target; 4/5: uint8 activations, their list; 6: uint8 from a proven floor; 7: exact ORT kernels (edgekit/ort_options.py)
 CACHE_VERSION = 7
-RESULT_VERSION = 9  # calibrated graphs; 9: the classifier input's headroom (headroom.py)
+RESULT_VERSION = 10  # calibrated graphs; 9: the classifier input's headroom (headroom.py); 10: the SQNR margin (fallback.py)
 DEFAULT_METHOD = "auto"
 
 
@@ -106,6 +106,8 @@ class Int8Options:
             from . import lean
 
             d["lean"] = lean.settings()
+        if self.fallback:
+            d["margin"] = fallback.settings()
         return d
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,46 +211,17 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
         reference = gate_mod.run_outputs(src.path, heldout)
         source = held_info["source"]
 
-        def score(p: qdq.QdqPlan, name: str, tol: Tolerance, base=None) -> tuple[Path, Comparison]:
+        def score(p: qdq.QdqPlan, name: str, tol: Tolerance | None = None, base=None) -> tuple[Path, Comparison]:
             f = work / f"{name}.onnx"
             g.onnx_mod().save(qdq.build(model if base is None else base, p), str(f))
-            return f, gate_mod.score(f, heldout, reference, tol, source=source,
+            return f, gate_mod.score(f, heldout, reference, tol or options.gate, source=source,
                                      yardstick_top1=options.yardstick_top1)
 
-        candidate, first = score(plan, "candidate", options.gate)
-        first_file = candidate  # each fallback step writes a file of its own
-        log(f"INT8 gate before fallback: {gate_mod.describe(first)} -> {'pass' if first else 'fail'}")
-        steps, ranking, final, best_steps, lean_record = [], [], first, [], None
+        first = score(plan, "candidate")
+        log(f"INT8 gate before fallback: {gate_mod.describe(first[1])} -> {'pass' if first[1] else 'fail'}")
         max_float = int(math.floor(options.max_float_fraction * len(targets) + 1e-9))
-        if not first and options.fallback and max_float > 0:
-            log("ranking layers by sensitivity ...")
-            ranking = rank_layers(model, plan, calib, max_feeds=options.sensitivity_feeds,
-                                  progress=_step(progress, "layer sensitivity"))
-            for s in ranking[:max_float]:
-                plan.float_nodes.add(s.node)
-                candidate, final = score(plan, f"fallback{len(plan.float_nodes)}", options.gate)
-                best_steps.append((final, candidate, set(plan.float_nodes)))
-                steps.append({"float": s.node, "layer_sqnr_db": round(s.sqnr_db, 2), **gate_mod.summary(final)})
-                log(f"  keeping {s.node} in float: {gate_mod.describe(final)} -> {'pass' if final else 'fail'}")
-                if final:
-                    break
-            if final and options.lean:
-                cheaper = _cheaper(model, plan, ranking, final, score, options.gate, log)
-                if cheaper is not None:
-                    lean_record, found = cheaper
-                    if found is not None:
-                        candidate, final = found
-                        plan.float_nodes.clear()
-                        plan.float_nodes.update(lean_record.floats)
-            if not final:
-                # keep the best of the steps tried (fewer float layers can score better than more)
-                tried = [(first, first_file, set())] + best_steps
-                final, candidate, floats = max(tried, key=lambda t: _rank(t[0]))
-                plan.float_nodes.clear()
-                plan.float_nodes.update(floats)
-                log(f"INT8 gate cannot pass with at most {max_float} of {len(targets)} layers in float "
-                    f"({options.max_float_fraction:.0%}); keeping the best step ({len(floats)} in float: "
-                    f"{gate_mod.describe(final)}); the artifact is written, the gate is marked failed")
+        outcome = fallback.run(model, plan, calib, score, first, options, max_float, log, progress)
+        candidate, final, ranking = outcome.candidate, outcome.final, outcome.ranking
         spare = []
         if final and options.fallback and options.spare_steps > 0 and spare_dir is not None:
             if not ranking:
@@ -276,11 +249,13 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    meta = _meta(plan, options, choices, first, final, steps, ranking, baselines,
+    meta = _meta(plan, options, choices, first[1], final, outcome.steps, ranking, baselines,
                  calib_info, held_info, calib_fp, held_fp)
     meta["equalization"] = equalized
-    if lean_record is not None:
-        meta["cheaper_float_set"] = lean_record.to_dict()
+    if outcome.lean is not None:
+        meta["cheaper_float_set"] = outcome.lean.to_dict()
+    if outcome.margin is not None:
+        meta["gate"]["margin"] = outcome.margin
     if plan.add_inputs:
         meta["add_inputs"] = sorted(plan.add_inputs)
     if spare:
@@ -298,25 +273,6 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
     if options.use_cache:
         cache.store(key, path, meta, {d["file"]: spare_dir / d["file"] for d in spare})
     return _artifact(src, path, meta)
-
-
-def _cheaper(model, plan, ranking, final, score, tol, log):
-    """(the :class:`lean.Lean` outcome, the adopted set's (file, comparison) or None) once the
-    damage-first fallback has passed; None when it took no float layer."""
-    from dataclasses import replace
-
-    from . import lean
-
-    first = set(plan.float_nodes)
-    if not first:
-        return None
-    costs = lean.float_costs(model, [s.node for s in ranking])
-    sq = final.primary().sqnr_db
-
-    def gate(floats: set[str]):
-        return score(replace(plan, float_nodes=set(floats)), f"lean{len(floats)}", tol)
-
-    return lean.search(ranking, first, sq, costs, gate, log)
 
 
 def add_inputs(model, targets) -> list[str]:
@@ -344,13 +300,6 @@ def _unsigned(model, tensors: list[str], options: Int8Options) -> tuple[set[str]
 
 def _scales(stats, tensors, method: str, percentile: float) -> dict[str, float]:
     return {t: methods.scale_for(methods.threshold(stats[t], method, percentile)) for t in tensors}
-
-
-def _rank(comp: Comparison) -> tuple[int, float]:
-    """Order gate results that all failed: fewest failed criteria first, then SQNR (top-1 on a
-    few hundred photos moves by near-ties from one step to the next; SQNR does not)."""
-    s = gate_mod.summary(comp)
-    return (-len(comp.failures), s.get("sqnr_db") or -math.inf)
 
 
 def _step(progress, name):

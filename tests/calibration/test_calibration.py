@@ -272,7 +272,9 @@ def test_failing_gate_keeps_layers_in_float_until_it_passes(tiny, tmp_path):
                         fast(tolerance=strict, max_float_fraction=0.6, cache_dir=cache), log=logs.append)
     gate = art.meta["gate"]
     assert not gate["before"]["passed"] and gate["passed"], gate
-    assert art.meta["float_layers"] and len(art.meta["float_layers"]) == len(gate["fallback"])
+    passed_at = next(i for i, st in enumerate(gate["fallback"], 1) if st["passed"])
+    assert art.meta["float_layers"] and len(art.meta["float_layers"]) <= len(gate["fallback"])
+    assert len(gate["fallback"]) - passed_at <= 2  # at most two margin steps past the first pass
     assert gate["after"]["sqnr_db"] >= sqnr + 4.0
     assert art.meta["sensitivity"] and any("keeping" in line for line in logs)
     m = onnx.load(str(art.path))
@@ -287,6 +289,50 @@ def test_failing_gate_keeps_layers_in_float_until_it_passes(tiny, tmp_path):
                          fast(tolerance=Tolerance(cosine=0.999999999), max_float_fraction=0.2, cache_dir=cache),
                          log=lambda m: None)
     assert art2.meta["gate"]["passed"] is False and len(art2.meta["float_layers"]) == 1
+
+
+def test_a_gate_passed_by_a_hair_gets_up_to_two_layers_of_margin(tiny, tmp_path):
+    """calibration/fallback.py: past a passed gate whose SQNR is less than SQNR_MARGIN_DB above its
+    floor, up to MARGIN_STEPS more layers of the ranking go to float, and the passing step with the
+    best SQNR, less MIN_GAIN_DB a layer, is delivered; a gate passed with room to spare, or not
+    assessed, gets none."""
+    from calibration import fallback
+
+    src, fs = tiny
+    cache = tmp_path / "cache"
+    plain = quantize_int8(src, tmp_path / "a.onnx", fs.calib, fs.heldout, fast(fallback=False, cache_dir=cache),
+                          log=lambda m: None)
+    sqnr = plain.meta["gate"]["after"]["sqnr_db"]
+    logs = []
+    hair = Tolerance(cosine=0.98, sqnr_db=sqnr - 0.5)
+    art = quantize_int8(src, tmp_path / "b.onnx", fs.calib, fs.heldout,
+                        fast(tolerance=hair, max_float_fraction=0.6, lean=False, cache_dir=cache), log=logs.append)
+    gate = art.meta["gate"]
+    assert gate["before"]["passed"] and gate["passed"]
+    steps = gate["fallback"]
+    assert 1 <= len(steps) <= fallback.MARGIN_STEPS and all(st["margin"] for st in steps)
+    assert [st["float"] for st in steps] == [r["node"] for r in art.meta["sensitivity"][:len(steps)]]
+    # each layer past the first pass is charged MIN_GAIN_DB
+    worth = [(gate["before"]["sqnr_db"], 0)] + [(st["sqnr_db"], i) for i, st in enumerate(steps, 1) if st["passed"]]
+    best, layers = max(worth, key=lambda t: (t[0] - fallback.MIN_GAIN_DB * t[1], -t[1]))
+    assert gate["after"]["sqnr_db"] == best >= sqnr and len(art.meta["float_layers"]) == layers
+    margin = gate["margin"]
+    assert margin["aim_sqnr_db"] == pytest.approx(sqnr - 0.5 + fallback.SQNR_MARGIN_DB, abs=0.01)
+    assert margin["steps"] == len(steps) and margin["reached"] == (best >= margin["aim_sqnr_db"])
+    assert margin["float_layers"] == layers
+    assert any("aiming for" in line for line in logs)
+    # room to spare: no float layer
+    roomy = quantize_int8(src, tmp_path / "c.onnx", fs.calib, fs.heldout,
+                          fast(tolerance=Tolerance(cosine=0.98, sqnr_db=sqnr - fallback.SQNR_MARGIN_DB - 0.5),
+                               max_float_fraction=0.6,
+                               cache_dir=cache), log=lambda m: None)
+    assert roomy.meta["float_layers"] == [] and not roomy.meta["gate"]["fallback"]
+    assert "margin" not in roomy.meta["gate"]
+    # not assessed (untrained weights): no margin either
+    untrained = Tolerance(cosine=0.98, sqnr_db=sqnr + 10, assessed=False, assessed_note="untrained")
+    loose = quantize_int8(src, tmp_path / "d.onnx", fs.calib, fs.heldout,
+                          fast(tolerance=untrained, max_float_fraction=0.6, cache_dir=cache), log=lambda m: None)
+    assert loose.meta["float_layers"] == [] and "margin" not in loose.meta["gate"]
 
 
 def test_spare_steps_continue_the_fallback_past_a_passed_gate(tiny, tmp_path):
