@@ -61,6 +61,7 @@ class Outcome:
     ranking: list = field(default_factory=list)
     lean: Any = None
     margin: dict[str, Any] | None = None
+    first_pass: set[str] | None = None   # the first passing step's float set, when the margin added to it
 
 
 def aim_db(comp: Comparison) -> float | None:
@@ -126,6 +127,8 @@ def run(model, plan: qdq.QdqPlan, calib, score: Score, first: tuple[Path, Compar
         _set(plan, floats)
         if options.lean and floats:
             _cheaper(model, plan, out, score, log)
+        if len(plan.float_nodes) > base:
+            out.first_pass = set(passed[0][2])
         return out
     # no step passed: keep the best one (fewer float layers can score better than more)
     out.final, out.candidate, floats = max(tried, key=lambda t: rank_failed(t[0]))

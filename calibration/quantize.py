@@ -45,7 +45,7 @@ from .stats import collect
 Feeds = Iterable[dict[str, np.ndarray]]
 # 3: accumulator-grid biases, SQNR target; 4/5: uint8 activations, their list; 6: uint8 from a proven floor; 7: exact ORT kernels (edgekit/ort_options.py)
 CACHE_VERSION = 7
-RESULT_VERSION = 10  # calibrated graphs; 9: the classifier input's headroom (headroom.py); 10: the SQNR margin (fallback.py)
+RESULT_VERSION = 11  # calibrated graphs; 9: the classifier input's headroom (headroom.py); 10: the SQNR margin (fallback.py); 11: its first pass as a spare
 DEFAULT_METHOD = "auto"
 
 
@@ -228,9 +228,11 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
                 ranking = rank_layers(model, plan, calib, max_feeds=options.sensitivity_feeds,
                                       progress=_step(progress, "layer sensitivity"))
             spare = spares.write(model, plan, ranking, options.spare_steps, max_float, spare_dir)
+            if outcome.first_pass is not None:
+                spare.append(spares.before_margin(model, plan, outcome.first_pass, spare_dir))
             if spare:
                 log(f"spare fallback steps (used if a target's artifact misses the bar): "
-                    f"{', '.join(d['float_added'] for d in spare)}")
+                    f"{', '.join(d['float_added'] or 'the step before the margin' for d in spare)}")
         timings["gate"] = time.perf_counter() - t0
 
         baselines = {}

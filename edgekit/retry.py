@@ -186,6 +186,8 @@ def describe(qdq: Artifact) -> str:
     """What the Q/DQ stage ``qdq`` of a further attempt is, for the log."""
     alt, step = qdq.meta.get("alternate_calibration"), qdq.meta.get("spare_step")
     cal = f"the alternate calibration ({alt['activations']} activations)" if alt else "the calibration"
+    if step and step.get("before_margin"):
+        return f"{cal}'s first passing step, before its SQNR margin ({step['float_layers']} float layers)"
     return f"{cal}'s next fallback step ({step['float_added']} in float too)" if step else cal
 
 

@@ -321,6 +321,19 @@ def test_a_gate_passed_by_a_hair_gets_up_to_two_layers_of_margin(tiny, tmp_path)
     assert margin["steps"] == len(steps) and margin["reached"] == (best >= margin["aim_sqnr_db"])
     assert margin["float_layers"] == layers
     assert any("aiming for" in line for line in logs)
+    # with spares asked for, the first passing step (here: no float layer) is the last spare when the
+    # margin kept layers in float (calibration.spares.before_margin)
+    from calibration import spares
+
+    again = quantize_int8(src, tmp_path / "b2.onnx", fs.calib, fs.heldout,
+                          fast(tolerance=hair, max_float_fraction=0.6, lean=False, spare_steps=1, cache_dir=cache),
+                          log=lambda m: None, spare_dir=tmp_path / "spares")
+    listed = again.meta.get("spares") or []
+    assert [bool(d.get("before_margin")) for d in listed][-1:] == ([True] if layers else [False] * bool(listed))
+    if layers:
+        last = spares.stages(again, tmp_path / "spares")[-1]
+        assert last.meta["spare_step"]["before_margin"] and last.meta["float_layers"] == []
+        assert last.meta["layers"]["int8"] == 6 and not any(st.get("margin") for st in last.meta["gate"]["fallback"])
     # room to spare: no float layer
     roomy = quantize_int8(src, tmp_path / "c.onnx", fs.calib, fs.heldout,
                           fast(tolerance=Tolerance(cosine=0.98, sqnr_db=sqnr - fallback.SQNR_MARGIN_DB - 0.5),

@@ -202,6 +202,9 @@ def test_run_tries_the_alternate_calibration_once_the_spares_are_spent(tmp_path)
     work, attempt, asked, comps, warns = case([6], alt_raises=True, spares=False)
     assert attempt == [b"q0"] and asked == [1] and (work / "m.pte").read_bytes() == b"pte1"
     assert retry.describe(_art(tmp_path / "d.onnx", "qdq")) == "the calibration"
+    before = _art(tmp_path / "e.onnx", "qdq")
+    before.meta = {"spare_step": {"step": 3, "before_margin": True, "float_layers": 6}}
+    assert retry.describe(before) == "the calibration's first passing step, before its SQNR margin (6 float layers)"
 
 
 def test_score_puts_the_delivered_artifact_first():
