@@ -89,7 +89,8 @@ def run(model, plan: qdq.QdqPlan, calib, score: Score, first: tuple[Path, Compar
     ``first`` of the plan as calibrated; ``score(plan, name)`` builds and gates a plan."""
     first_file, first_comp = first
     out = Outcome(first_file, first_comp)
-    if not options.fallback or max_float <= 0 or not (not first_comp or short_of_margin(first_comp)):
+    wanted = not first_comp or short_of_margin(first_comp)
+    if not (wanted and options.fallback and max_float > 0):
         return out
     if first_comp:
         log(f"INT8 gate passed {_sqnr(first_comp) - first_comp.tolerance.sqnr_db:.2f} dB past its SQNR floor; "
