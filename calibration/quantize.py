@@ -11,7 +11,8 @@ docs/calibration.md):
 4. the Q/DQ graph in TensorRT's explicit-quantization form (:mod:`calibration.qdq`);
 5. the accuracy gate against the FP32 model on the held-out feeds; when it fails,
    the layers whose quantization alone hurts most (:mod:`calibration.sensitivity`)
-   are kept in float one by one until it passes or the float budget is spent.
+   are kept in float one by one until it passes or the float budget is spent, then up to two
+   more while SQNR is short of a margin past the floor (:mod:`calibration.fallback`).
 
 The result is cached by (source sha256, feeds fingerprints, method, options).
 """
