@@ -35,7 +35,6 @@ from edgekit.compare import Comparison
 
 from . import gate as gate_mod
 from . import qdq
-from .sensitivity import rank_layers
 
 SQNR_MARGIN_DB = 1.0   # aim this far past the gate's SQNR floor (25.5 dB: 26.5) once the gate passes
 MARGIN_STEPS = 2       # with at most this many float layers more than the first passing step
@@ -83,10 +82,11 @@ def short_of_margin(comp: Comparison) -> bool:
     return bool(comp) and aim is not None and _sqnr(comp) < aim
 
 
-def run(model, plan: qdq.QdqPlan, calib, score: Score, first: tuple[Path, Comparison], options, max_float: int,
-        log: Callable[[str], None], progress=None) -> Outcome:
+def run(model, plan: qdq.QdqPlan, rank: Callable[[], list], score: Score, first: tuple[Path, Comparison], options,
+        max_float: int, log: Callable[[str], None]) -> Outcome:
     """Float fallback of ``plan`` (changed in place to the delivered float set) from the gate result
-    ``first`` of the plan as calibrated; ``score(plan, name)`` builds and gates a plan."""
+    ``first`` of the plan as calibrated; ``rank()`` ranks its layers damage-first
+    (:func:`calibration.sensitivity.rank_layers`), ``score(plan, name)`` builds and gates a plan."""
     first_file, first_comp = first
     out = Outcome(first_file, first_comp)
     wanted = not first_comp or short_of_margin(first_comp)
@@ -96,8 +96,7 @@ def run(model, plan: qdq.QdqPlan, calib, score: Score, first: tuple[Path, Compar
         log(f"INT8 gate passed {_sqnr(first_comp) - first_comp.tolerance.sqnr_db:.2f} dB past its SQNR floor; "
             f"aiming for {SQNR_MARGIN_DB:g} dB with at most {MARGIN_STEPS} float layers")
     log("ranking layers by sensitivity ...")
-    out.ranking = rank_layers(model, plan, calib, max_feeds=options.sensitivity_feeds,
-                              progress=None if progress is None else (lambda i, n: progress("layer sensitivity", i, n)))
+    out.ranking = rank()
     tried = [(first_comp, first_file, set(plan.float_nodes))]
     extra = 0
     for s in out.ranking[:max_float]:

@@ -221,13 +221,15 @@ def quantize_int8(src: Artifact, path: Path, calib: Feeds, heldout: Feeds, optio
         first = score(plan, "candidate")
         log(f"INT8 gate before fallback: {gate_mod.describe(first[1])} -> {'pass' if first[1] else 'fail'}")
         max_float = int(math.floor(options.max_float_fraction * len(targets) + 1e-9))
-        outcome = fallback.run(model, plan, calib, score, first, options, max_float, log, progress)
+        def rank():
+            return rank_layers(model, plan, calib, max_feeds=options.sensitivity_feeds,
+                               progress=_step(progress, "layer sensitivity"))
+
+        outcome = fallback.run(model, plan, rank, score, first, options, max_float, log)
         candidate, final, ranking = outcome.candidate, outcome.final, outcome.ranking
         spare = []
         if final and options.fallback and options.spare_steps > 0 and spare_dir is not None:
-            if not ranking:
-                ranking = rank_layers(model, plan, calib, max_feeds=options.sensitivity_feeds,
-                                      progress=_step(progress, "layer sensitivity"))
+            ranking = ranking or rank()
             spare = spares.write(model, plan, ranking, options.spare_steps, max_float, spare_dir)
             if outcome.first_pass is not None:
                 spare.append(spares.before_margin(model, plan, outcome.first_pass, spare_dir))
