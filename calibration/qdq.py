@@ -82,6 +82,14 @@ class QdqPlan:
                 "convs": len(convs), "int8_convs": len(convs) - float_convs,
                 "int8_conv_fraction": round(1 - float_convs / len(convs), 4) if convs else None}
 
+    def activation_lists(self) -> dict[str, Any]:
+        """The manifest's ``activation_floors`` and ``unsigned_activations``: of the activations the
+        INT8 layers of this float set read."""
+        read = {t.activation for t in self.quantized()}
+        return {"activation_floors": {t: {"floor": round(f, 6), "zero_point": self.zero_point(t)}
+                                      for t, f in sorted(self.floors.items()) if t in read},
+                "unsigned_activations": sorted(self.unsigned & read)}
+
     def zero_point(self, tensor: str) -> int:
         """The uint8 zero point of an activation (0 unless it has a floor below 0)."""
         return methods.zero_point(self.act_scales[tensor], self.floors.get(tensor, 0.0)) if tensor in self.unsigned else 0

@@ -320,7 +320,6 @@ def _brief(s: dict) -> str:
 
 def _meta(plan, options, choices, first, final, steps, ranking, baselines,
           calib_info, held_info, calib_fp, held_fp) -> dict[str, Any]:
-    read_int8 = {t.activation for t in plan.quantized()}
     gptq_layers = sorted(n for n, c in choices.items() if c.startswith("gptq"))
     rounding = {}
     for c in choices.values():
@@ -342,9 +341,7 @@ def _meta(plan, options, choices, first, final, steps, ranking, baselines,
         "weight_rounding": {"counts": rounding, "gptq_layers": gptq_layers, "bias_corrected": len(plan.biases)},
         "activation_ranges": {t: round(s * (methods.UQMAX - plan.zero_point(t) if t in plan.unsigned else methods.QMAX), 6)
                               for t, s in sorted(plan.act_scales.items())},
-        "activation_floors": {t: {"floor": round(f, 6), "zero_point": plan.zero_point(t)}
-                              for t, f in sorted(plan.floors.items()) if t in read_int8},
-        "unsigned_activations": sorted(plan.unsigned & read_int8),
+        **plan.activation_lists(),
         "gate": {"tolerance": options.gate.to_dict(), "top1_gated": options.gate.top1 is not None,
                  "passed": bool(final), "before": gate_mod.summary(first), "after": gate_mod.summary(final),
                  "fallback": steps},

@@ -63,11 +63,8 @@ def _record(model, plan: qdq.QdqPlan, floats: set[str], folder: Path, name: str,
     spare = replace(plan, float_nodes=set(floats))
     folder.mkdir(parents=True, exist_ok=True)
     g.onnx_mod().save(qdq.build(model, spare), str(folder / name))
-    read = {t.activation for t in spare.quantized()}
     return {"file": name, **extra, "float_layers": sorted(floats), "layers": spare.layer_counts(),
-            "unsigned_activations": sorted(plan.unsigned & read),
-            "activation_floors": {t: {"floor": round(f, 6), "zero_point": spare.zero_point(t)}
-                                  for t, f in sorted(plan.floors.items()) if t in read}}
+            **spare.activation_lists()}
 
 
 def restore(meta: dict[str, Any], src_dir: Path, dest: Path | None) -> None:
